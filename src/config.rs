@@ -1,0 +1,431 @@
+//! Configuration: built-in defaults, then an optional TOML file, then
+//! `AGENT_TOKENS__SECTION__KEY` environment variables (added last, so they win).
+//!
+//! This module owns the public config keys and their validation. It never
+//! prints a secret: HMAC secrets are held in `SecretString`, whose `Debug`
+//! is redacted, and error messages name keys, never values of secret keys.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use secrecy::SecretString;
+use serde::{Deserialize, Deserializer};
+
+/// The environment variable prefix; `AGENT_TOKENS__JWT__HMAC_SECRET` sets `jwt.hmac_secret`.
+pub const ENV_PREFIX: &str = "AGENT_TOKENS";
+
+/// A configuration problem, phrased as one plain sentence that names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl ConfigError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub storage: StorageSettings,
+    pub jwt: JwtSettings,
+    pub tokens: TokenSettings,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Address to listen on, `IP:PORT`.
+    pub bind: String,
+    /// One access-log line per request (never with the Authorization header).
+    pub access_log: bool,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".to_owned(),
+            access_log: true,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSettings {
+    /// The sled directory.
+    pub path: PathBuf,
+    /// sled's page cache in MiB (sled's own default of 1 GiB is far too much here).
+    pub cache_mb: u64,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("/var/lib/agent-tokens/db"),
+            cache_mb: 32,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtSettings {
+    /// Allowed algorithms; the token header's `alg` must be one of these.
+    #[serde(deserialize_with = "string_or_list")]
+    pub algorithms: Vec<String>,
+    pub hmac_secret: Option<SecretString>,
+    pub hmac_secret_file: Option<PathBuf>,
+    pub public_key_file: Option<PathBuf>,
+    pub jwks_file: Option<PathBuf>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway_secs: u64,
+    pub user_claim: String,
+}
+
+impl Default for JwtSettings {
+    fn default() -> Self {
+        Self {
+            algorithms: vec!["HS256".to_owned()],
+            hmac_secret: None,
+            hmac_secret_file: None,
+            public_key_file: None,
+            jwks_file: None,
+            issuer: None,
+            audience: None,
+            leeway_secs: 30,
+            user_claim: "sub".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenSettings {}
+
+/// Accepts `["HS256", "RS256"]` from TOML and `HS256,RS256` from the environment.
+fn string_or_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum StringOrList {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match StringOrList::deserialize(deserializer)? {
+        StringOrList::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        StringOrList::Many(v) => v,
+    })
+}
+
+/// Where settings come from, in increasing precedence after the built-in defaults.
+#[derive(Default)]
+pub struct Sources<'a> {
+    /// A TOML file (`--config PATH`).
+    pub file: Option<&'a Path>,
+    /// TOML text layered above the file and below the environment (used by `--dev`).
+    pub overlay: Option<String>,
+    /// The environment; `None` reads the process environment.
+    pub env: Option<HashMap<String, String>>,
+}
+
+impl Settings {
+    /// Loads and type-checks settings. Semantic checks are in [`Settings::validate`].
+    pub fn load(sources: Sources<'_>) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = sources.file {
+            if !path.is_file() {
+                return Err(ConfigError::new(format!(
+                    "The config file {} does not exist or is not a file.",
+                    path.display()
+                )));
+            }
+            builder = builder.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        if let Some(overlay) = sources.overlay {
+            builder =
+                builder.add_source(config::File::from_str(&overlay, config::FileFormat::Toml));
+        }
+        let env = config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("__")
+            .separator("__")
+            .source(sources.env);
+        builder = builder.add_source(env);
+        let raw = builder.build().map_err(describe_config_error)?;
+        let settings: Settings = raw.try_deserialize().map_err(describe_config_error)?;
+        Ok(settings)
+    }
+
+    /// Checks everything that does not need the key material (see `jwt::JwtVerifier`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.bind_addr()?;
+        if self.storage.path.as_os_str().is_empty() {
+            return Err(ConfigError::new("storage.path must not be empty."));
+        }
+        if self.storage.cache_mb == 0 || self.storage.cache_mb > 64 * 1024 {
+            return Err(ConfigError::new(
+                "storage.cache_mb must be between 1 and 65536.",
+            ));
+        }
+        if self.jwt.algorithms.is_empty() {
+            return Err(ConfigError::new(
+                "jwt.algorithms must list at least one algorithm.",
+            ));
+        }
+        if self.jwt.user_claim.trim().is_empty() {
+            return Err(ConfigError::new("jwt.user_claim must not be empty."));
+        }
+        if self.jwt.leeway_secs > 600 {
+            return Err(ConfigError::new(
+                "jwt.leeway_secs must be at most 600 seconds.",
+            ));
+        }
+        if matches!(&self.jwt.issuer, Some(s) if s.is_empty()) {
+            return Err(ConfigError::new(
+                "jwt.issuer must not be empty when set; remove it to skip the issuer check.",
+            ));
+        }
+        if matches!(&self.jwt.audience, Some(s) if s.is_empty()) {
+            return Err(ConfigError::new(
+                "jwt.audience must not be empty when set; remove it to skip the audience check.",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The parsed `server.bind` address.
+    pub fn bind_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.server.bind.parse().map_err(|_| {
+            ConfigError::new(format!(
+                "server.bind must be an IP address and port such as 127.0.0.1:8080 (got {:?}).",
+                self.server.bind
+            ))
+        })
+    }
+}
+
+/// Turns the config crate's errors into one sentence that names the key.
+/// Values are never echoed: a mistyped secret must not end up in a terminal log.
+fn describe_config_error(err: config::ConfigError) -> ConfigError {
+    use config::ConfigError as E;
+    match err {
+        E::NotFound(key) => ConfigError::new(format!("Missing config key {key}.")),
+        E::FileParse { uri, cause } => {
+            let place = uri.unwrap_or_else(|| "the config file".to_owned());
+            ConfigError::new(format!("{place} is not valid TOML: {cause}"))
+        }
+        E::Type { key, expected, .. } => match key {
+            Some(key) => ConfigError::new(format!("Config key {key} must be {expected}.")),
+            None => ConfigError::new(format!("A config value must be {expected}.")),
+        },
+        E::Message(msg) if msg.contains("non-Unicode") => ConfigError::new(
+            "An AGENT_TOKENS__ environment variable contains non-UTF-8 data.",
+        ),
+        E::Message(msg) => ConfigError::new(describe_serde_message(&msg)),
+        other => ConfigError::new(describe_serde_message(&other.to_string())),
+    }
+}
+
+/// serde says "unknown field `x`, expected one of ..." and config appends
+/// " for key `jwt`"; rewrite that as "Unknown config key jwt.x."
+fn describe_serde_message(msg: &str) -> String {
+    if let Some(rest) = msg.strip_prefix("unknown field `") {
+        let field = rest.split('`').next().unwrap_or_default();
+        let section = msg
+            .rsplit_once("for key `")
+            .and_then(|(_, k)| k.split('`').next())
+            .filter(|k| !k.is_empty());
+        let key = match section {
+            Some(section) => format!("{section}.{field}"),
+            None => field.to_owned(),
+        };
+        return format!("Unknown config key {key}.");
+    }
+    let mut sentence = msg.trim().to_owned();
+    if !sentence.ends_with('.') {
+        sentence.push('.');
+    }
+    format!("Invalid configuration: {sentence}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    fn load_toml(toml: &str) -> Result<Settings, ConfigError> {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(toml.as_bytes()).unwrap();
+        Settings::load(Sources {
+            file: Some(file.path()),
+            overlay: None,
+            env: env(&[]),
+        })
+    }
+
+    #[test]
+    fn defaults_match_the_documented_values() {
+        let s = Settings::load(Sources {
+            env: env(&[]),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.server.bind, "127.0.0.1:8080");
+        assert!(s.server.access_log);
+        assert_eq!(s.storage.path, PathBuf::from("/var/lib/agent-tokens/db"));
+        assert_eq!(s.storage.cache_mb, 32);
+        assert_eq!(s.jwt.algorithms, vec!["HS256"]);
+        assert_eq!(s.jwt.leeway_secs, 30);
+        assert_eq!(s.jwt.user_claim, "sub");
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn the_environment_wins_over_the_file() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(b"[server]\nbind = \"127.0.0.1:9000\"\naccess_log = true\n")
+            .unwrap();
+        let s = Settings::load(Sources {
+            file: Some(file.path()),
+            overlay: None,
+            env: env(&[
+                ("AGENT_TOKENS__SERVER__BIND", "127.0.0.1:9100"),
+                ("AGENT_TOKENS__SERVER__ACCESS_LOG", "false"),
+                ("AGENT_TOKENS__JWT__ALGORITHMS", "RS256, ES256"),
+                ("AGENT_TOKENS__STORAGE__CACHE_MB", "8"),
+            ]),
+        })
+        .unwrap();
+        assert_eq!(s.server.bind, "127.0.0.1:9100");
+        assert!(!s.server.access_log);
+        assert_eq!(s.jwt.algorithms, vec!["RS256", "ES256"]);
+        assert_eq!(s.storage.cache_mb, 8);
+    }
+
+    #[test]
+    fn a_numeric_looking_secret_from_the_environment_is_kept_verbatim() {
+        use secrecy::ExposeSecret;
+        let secret = "000123456789012345678901234567890e5";
+        let s = Settings::load(Sources {
+            env: env(&[("AGENT_TOKENS__JWT__HMAC_SECRET", secret)]),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.jwt.hmac_secret.unwrap().expose_secret(), secret);
+    }
+
+    #[test]
+    fn the_overlay_sits_between_file_and_environment() {
+        let s = Settings::load(Sources {
+            file: None,
+            overlay: Some("[server]\nbind = \"127.0.0.1:1\"\n[storage]\ncache_mb = 4\n".into()),
+            env: env(&[("AGENT_TOKENS__SERVER__BIND", "127.0.0.1:2")]),
+        })
+        .unwrap();
+        assert_eq!(s.server.bind, "127.0.0.1:2");
+        assert_eq!(s.storage.cache_mb, 4);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let err = load_toml("[server]\nbindd = \"127.0.0.1:1\"\n").unwrap_err();
+        assert_eq!(err.to_string(), "Unknown config key server.bindd.");
+        let err = load_toml("[sever]\nbind = \"127.0.0.1:1\"\n").unwrap_err();
+        assert_eq!(err.to_string(), "Unknown config key sever.");
+        let err = Settings::load(Sources {
+            env: env(&[("AGENT_TOKENS__JWT__SECRET", "x")]),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "Unknown config key jwt.secret.");
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() {
+        let err = load_toml("[storage]\ncache_mb = \"lots\"\n").unwrap_err();
+        assert!(
+            err.to_string().contains("storage.cache_mb"),
+            "message was: {err}"
+        );
+        let err = load_toml("[server]\naccess_log = \"maybe\"\n").unwrap_err();
+        assert!(
+            err.to_string().contains("server.access_log"),
+            "message was: {err}"
+        );
+    }
+
+    #[test]
+    fn a_missing_config_file_is_reported_plainly() {
+        let err = Settings::load(Sources {
+            file: Some(Path::new("/nonexistent/agent-tokens.toml")),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "The config file /nonexistent/agent-tokens.toml does not exist or is not a file."
+        );
+    }
+
+    #[test]
+    fn invalid_toml_is_reported() {
+        let err = load_toml("[server\n").unwrap_err();
+        assert!(err.to_string().contains("is not valid TOML"), "{err}");
+    }
+
+    #[test]
+    fn semantic_checks_name_the_key() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "[server]\nbind = \"localhost\"\n",
+                "server.bind must be an IP address and port such as 127.0.0.1:8080 (got \"localhost\").",
+            ),
+            ("[storage]\npath = \"\"\n", "storage.path must not be empty."),
+            ("[storage]\ncache_mb = 0\n", "storage.cache_mb must be between 1 and 65536."),
+            ("[jwt]\nalgorithms = []\n", "jwt.algorithms must list at least one algorithm."),
+            ("[jwt]\nuser_claim = \" \"\n", "jwt.user_claim must not be empty."),
+            ("[jwt]\nleeway_secs = 3600\n", "jwt.leeway_secs must be at most 600 seconds."),
+            (
+                "[jwt]\nissuer = \"\"\n",
+                "jwt.issuer must not be empty when set; remove it to skip the issuer check.",
+            ),
+            (
+                "[jwt]\naudience = \"\"\n",
+                "jwt.audience must not be empty when set; remove it to skip the audience check.",
+            ),
+        ];
+        for (toml, expected) in cases {
+            let err = load_toml(toml).unwrap().validate().unwrap_err();
+            assert_eq!(&err.to_string(), expected, "for config {toml:?}");
+        }
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_hmac_secret() {
+        let s = load_toml("[jwt]\nhmac_secret = \"super-secret-value-that-is-long-enough\"\n")
+            .unwrap();
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("super-secret-value"), "{debug}");
+    }
+}

@@ -1,0 +1,134 @@
+//! `serve --dev`: a working service in one command for a newcomer.
+//!
+//! A throw-away data directory (deleted on exit) and a random HS256 secret,
+//! layered between the config file and the environment, plus a ready user
+//! JWT on stdout. Never for production: the secret dies with the process.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use ring::rand::{SecureRandom, SystemRandom};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{json, Map, Value};
+use tempfile::TempDir;
+
+use crate::config::Settings;
+
+/// The `sub` of the printed JWT.
+pub const DEV_USER: &str = "dev-user";
+const DEV_JWT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+pub struct DevMode {
+    data_dir: TempDir,
+    secret: SecretString,
+}
+
+impl DevMode {
+    pub fn new() -> std::io::Result<Self> {
+        let data_dir = tempfile::Builder::new()
+            .prefix("agent-tokens-dev-")
+            .tempdir()?;
+        let mut bytes = [0u8; 32];
+        SystemRandom::new()
+            .fill(&mut bytes)
+            .map_err(|_| std::io::Error::other("the system random number generator failed"))?;
+        let secret = SecretString::from(hex::encode(bytes));
+        Ok(Self { data_dir, secret })
+    }
+
+    /// The TOML layered above the config file and below the environment.
+    pub fn overlay(&self) -> String {
+        let mut storage = toml_table();
+        storage.insert(
+            "path".into(),
+            Value::String(self.data_dir.path().join("db").display().to_string()),
+        );
+        let mut jwt = toml_table();
+        jwt.insert("algorithms".into(), json!(["HS256"]));
+        jwt.insert(
+            "hmac_secret".into(),
+            Value::String(self.secret.expose_secret().to_owned()),
+        );
+        format!(
+            "[storage]\n{}\n[jwt]\n{}\n",
+            toml_lines(&storage),
+            toml_lines(&jwt)
+        )
+    }
+
+    /// Prints the dev banner, a user JWT and a curl line to stdout.
+    pub fn announce(&self, settings: &Settings, port: u16) {
+        let host = settings
+            .bind_addr()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_else(|_| "127.0.0.1".into());
+        let host = match host.as_str() {
+            "0.0.0.0" => "127.0.0.1".to_owned(),
+            "::" => "[::1]".to_owned(),
+            h if h.contains(':') => format!("[{h}]"),
+            h => h.to_owned(),
+        };
+        let base = format!("http://{host}:{port}");
+        println!("agent-tokens {} — DEV MODE", env!("CARGO_PKG_VERSION"));
+        println!("  This is a development mode: data lives in a throw-away directory and the JWT");
+        println!("  secret is random and dies with the process. Do not use it in production.");
+        println!("  Data directory: {}", settings.storage.path.display());
+        println!("  Listening on:   {base}");
+        match self.user_jwt(settings) {
+            Some(jwt) => {
+                println!();
+                println!("A user JWT for {DEV_USER:?}, valid for 24 hours:");
+                println!();
+                println!("  {jwt}");
+                println!();
+                println!("Get (or create) that user's agent token:");
+                println!();
+                println!(
+                    "  curl -s -X POST {base}/api/agent-tokens/me/get-or-create -H \"Authorization: Bearer {jwt}\""
+                );
+            }
+            None => println!(
+                "  (No user JWT printed: the environment replaced the dev HS256 secret.)"
+            ),
+        }
+        println!();
+    }
+
+    /// A JWT signed with the effective HMAC secret, if it is still HS256-capable.
+    fn user_jwt(&self, settings: &Settings) -> Option<String> {
+        let secret = settings.jwt.hmac_secret.as_ref()?;
+        if !settings.jwt.algorithms.iter().any(|a| a == "HS256") {
+            return None;
+        }
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?;
+        let mut claims = Map::new();
+        claims.insert(settings.jwt.user_claim.clone(), json!(DEV_USER));
+        claims.insert("iat".into(), json!(now.as_secs()));
+        claims.insert("exp".into(), json!((now + DEV_JWT_LIFETIME).as_secs()));
+        if let Some(iss) = &settings.jwt.issuer {
+            claims.insert("iss".into(), json!(iss));
+        }
+        if let Some(aud) = &settings.jwt.audience {
+            claims.insert("aud".into(), json!(aud));
+        }
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret.expose_secret().as_bytes()),
+        )
+        .ok()
+    }
+}
+
+fn toml_table() -> Map<String, Value> {
+    Map::new()
+}
+
+/// `key = value` lines; JSON string and array syntax is valid TOML for these values.
+fn toml_lines(table: &Map<String, Value>) -> String {
+    table
+        .iter()
+        .map(|(k, v)| format!("{k} = {v}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -1,0 +1,191 @@
+//! Group commit: one flusher thread makes mutations durable.
+//!
+//! sled 0.34.7's `flush()` ends in `sync_file_range`, which survives a
+//! process crash but not a power cut (no device cache flush, no metadata),
+//! and concurrent `flush_async` calls deadlock it. So a single thread calls
+//! the blocking `flush()` followed by `fdatasync` on sled's data file, and
+//! every request waiting at that moment shares the result.
+//!
+//! Ordering: a writer applies its change, then bumps `written`; the flusher
+//! reads `written` *before* flushing, so a completed flush covers every
+//! write counted at that point. Waiters are only woken after the sync.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use sled::Db;
+use tokio::sync::oneshot;
+
+/// A flush or sync failed; every request waiting on it gets this.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DurabilityError {
+    #[error("flushing the store to disk failed: {0}")]
+    Flush(Arc<str>),
+    #[error("cannot open the store's data file for syncing: {0}")]
+    DataFile(Arc<str>),
+    #[error("the flusher thread has stopped")]
+    Stopped,
+}
+
+type Waiter = oneshot::Sender<Result<(), DurabilityError>>;
+
+#[derive(Default)]
+struct State {
+    /// Highest write sequence known to be on stable storage.
+    durable: u64,
+    waiters: Vec<Waiter>,
+    shutdown: bool,
+}
+
+struct Shared {
+    written: AtomicU64,
+    state: Mutex<State>,
+    wake: Condvar,
+    stats: FlushStats,
+}
+
+/// Counters for metrics and benchmarks.
+#[derive(Default)]
+pub struct FlushStats {
+    pub flushes: AtomicU64,
+    pub flush_micros_total: AtomicU64,
+    pub waiters_served: AtomicU64,
+}
+
+pub struct Flusher {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    // The state is a counter and a list of senders; a panic elsewhere cannot
+    // leave it half-updated in a way that matters, so poisoning is ignored.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn flush_and_sync(db: &Db, data_file: &File) -> Result<(), DurabilityError> {
+    db.flush()
+        .map_err(|e| DurabilityError::Flush(e.to_string().into()))?;
+    data_file
+        .sync_data()
+        .map_err(|e| DurabilityError::Flush(e.to_string().into()))
+}
+
+impl Flusher {
+    /// Starts the flusher thread for the sled database at `path`.
+    pub fn start(db: Db, path: &Path) -> Result<Self, DurabilityError> {
+        let data_file = File::open(path.join("db"))
+            .map_err(|e| DurabilityError::DataFile(e.to_string().into()))?;
+        // What open wrote (schema key, sled's own metadata) is durable before
+        // we serve, and new files are reachable after a power cut.
+        flush_and_sync(&db, &data_file)?;
+        if let Ok(dir) = File::open(path) {
+            let _ = dir.sync_all();
+        }
+        let shared = Arc::new(Shared {
+            written: AtomicU64::new(0),
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+            stats: FlushStats::default(),
+        });
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("agent-tokens-flusher".into())
+            .spawn(move || run(thread_shared, db, data_file))
+            .map_err(|e| DurabilityError::Flush(e.to_string().into()))?;
+        Ok(Self {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Records that a mutation was applied and waits until it is durable.
+    pub async fn wrote_and_wait(&self) -> Result<(), DurabilityError> {
+        let seq = self.shared.written.fetch_add(1, Ordering::SeqCst) + 1;
+        self.wait_for(seq).await
+    }
+
+    /// Waits until every mutation applied so far is durable.
+    pub async fn wait_for_all_writes(&self) -> Result<(), DurabilityError> {
+        let seq = self.shared.written.load(Ordering::SeqCst);
+        self.wait_for(seq).await
+    }
+
+    pub fn stats(&self) -> &FlushStats {
+        &self.shared.stats
+    }
+
+    async fn wait_for(&self, seq: u64) -> Result<(), DurabilityError> {
+        let rx = {
+            let mut state = lock(&self.shared.state);
+            if state.durable >= seq {
+                return Ok(());
+            }
+            let (tx, rx) = oneshot::channel();
+            state.waiters.push(tx);
+            self.shared.wake.notify_one();
+            rx
+        };
+        rx.await.map_err(|_| DurabilityError::Stopped)?
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        lock(&self.shared.state).shutdown = true;
+        self.shared.wake.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(shared: Arc<Shared>, db: Db, data_file: File) {
+    loop {
+        let (waiters, shutdown) = {
+            let mut state = lock(&shared.state);
+            while state.waiters.is_empty() && !state.shutdown {
+                state = shared
+                    .wake
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            (std::mem::take(&mut state.waiters), state.shutdown)
+        };
+        let target = shared.written.load(Ordering::SeqCst);
+        let started = Instant::now();
+        let result = flush_and_sync(&db, &data_file);
+        record(&shared.stats, started.elapsed(), waiters.len());
+        match &result {
+            Ok(()) => {
+                let mut state = lock(&shared.state);
+                state.durable = state.durable.max(target);
+            }
+            Err(e) => log::error!("{e}"),
+        }
+        for waiter in waiters {
+            let _ = waiter.send(result.clone());
+        }
+        if shutdown {
+            let state = lock(&shared.state);
+            if state.waiters.is_empty() {
+                break;
+            }
+        }
+    }
+}
+
+fn record(stats: &FlushStats, took: Duration, waiters: usize) {
+    stats.flushes.fetch_add(1, Ordering::Relaxed);
+    stats.flush_micros_total.fetch_add(
+        u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
+    stats
+        .waiters_served
+        .fetch_add(waiters as u64, Ordering::Relaxed);
+}

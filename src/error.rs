@@ -1,0 +1,191 @@
+//! The one mapping from failures to HTTP responses.
+//!
+//! Every error body is `{"error": "<snake_case code>", "message": "<text>"}`.
+//! 401s carry `WWW-Authenticate: Bearer ...` (RFC 6750). 500s carry the
+//! product page's message for the operation and log the cause; no body,
+//! header or log line built here ever contains a token, JWT or key.
+
+use std::fmt;
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::jwt::JwtError;
+
+pub const REALM: &str = "agent-tokens";
+
+/// The management operation that failed, which picks the page's 500 message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    FetchStatus,
+    StoreToken,
+    CheckOrStore,
+    Revoke,
+}
+
+impl Operation {
+    pub fn failure_message(self) -> &'static str {
+        match self {
+            Operation::FetchStatus => "Failed to fetch token status.",
+            Operation::StoreToken => "Failed to store agent token.",
+            Operation::CheckOrStore => "Failed to check or store token.",
+            Operation::Revoke => "Failed to revoke token.",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No `Authorization` header, or an empty bearer value.
+    #[error("no credentials")]
+    MissingCredentials,
+    /// An `Authorization` header that is not `Bearer <token>` in visible ASCII.
+    #[error("malformed Authorization header")]
+    MalformedAuthorization,
+    /// A user JWT that failed verification.
+    #[error("invalid user JWT: {0}")]
+    InvalidJwt(#[source] JwtError),
+    /// An agent token presented where a user JWT is required.
+    #[error("agent token presented to a management route")]
+    AgentTokenNotAllowed,
+    /// A storage (or token generation) failure during `op`.
+    #[error("{} ({source})", op.failure_message())]
+    Failed {
+        op: Operation,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A wiring fault in the server itself (never caused by the client).
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+    #[error("route not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+}
+
+impl ApiError {
+    pub fn failed(op: Operation, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        ApiError::Failed {
+            op,
+            source: Box::new(source),
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::MissingCredentials => "missing_credentials",
+            ApiError::MalformedAuthorization => "invalid_request",
+            ApiError::InvalidJwt(_) => "invalid_token",
+            ApiError::AgentTokenNotAllowed => "user_jwt_required",
+            ApiError::Failed { .. } | ApiError::Internal(_) => "internal_error",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+        }
+    }
+
+    fn message(&self) -> &'static str {
+        match self {
+            ApiError::MissingCredentials
+            | ApiError::MalformedAuthorization
+            | ApiError::InvalidJwt(_) => "Missing or invalid JWT.",
+            ApiError::AgentTokenNotAllowed => {
+                "Agent tokens cannot be used here. This endpoint requires a user JWT."
+            }
+            ApiError::Failed { op, .. } => op.failure_message(),
+            ApiError::Internal(_) => "Internal server error.",
+            ApiError::NotFound => "No such route.",
+            ApiError::MethodNotAllowed => "This method is not allowed on this route.",
+        }
+    }
+
+    /// The RFC 6750 challenge; the description never echoes the credential.
+    fn challenge(&self) -> Option<String> {
+        let (error, description) = match self {
+            ApiError::MissingCredentials => return Some(format!("Bearer realm=\"{REALM}\"")),
+            ApiError::MalformedAuthorization => (
+                "invalid_request",
+                "Send Authorization: Bearer <user JWT>".to_owned(),
+            ),
+            ApiError::InvalidJwt(e) => ("invalid_token", e.to_string()),
+            ApiError::AgentTokenNotAllowed => {
+                ("invalid_token", "This endpoint requires a user JWT".to_owned())
+            }
+            _ => return None,
+        };
+        Some(format!(
+            "Bearer realm=\"{REALM}\", error=\"{error}\", error_description=\"{}\"",
+            quoted_string_safe(&description)
+        ))
+    }
+}
+
+/// Keeps a header quoted-string valid: visible ASCII without `"` or `\`.
+fn quoted_string_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '"' | '\\' => '\'',
+            c if c.is_ascii_graphic() || c == ' ' => c,
+            _ => '?',
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+pub struct ErrorBody<'a> {
+    pub error: &'a str,
+    pub message: &'a str,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::MissingCredentials
+            | ApiError::MalformedAuthorization
+            | ApiError::InvalidJwt(_)
+            | ApiError::AgentTokenNotAllowed => StatusCode::UNAUTHORIZED,
+            ApiError::Failed { .. } | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        match self {
+            ApiError::Failed { op, source } => {
+                log::error!("{}: {}", op.failure_message(), ErrorChain(source.as_ref()));
+            }
+            ApiError::Internal(what) => log::error!("internal error: {what}"),
+            ApiError::InvalidJwt(e) => log::debug!("rejected user JWT: {e}"),
+            _ => {}
+        }
+        let mut response = HttpResponse::build(self.status_code());
+        response.insert_header((header::CACHE_CONTROL, "no-store"));
+        if let Some(challenge) = self.challenge() {
+            if let Ok(value) = HeaderValue::from_str(&challenge) {
+                response.insert_header((header::WWW_AUTHENTICATE, value));
+            }
+        }
+        response.json(ErrorBody {
+            error: self.code(),
+            message: self.message(),
+        })
+    }
+}
+
+/// Formats an error with its whole `source()` chain for the log.
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(cause) = next {
+            write!(f, ": {cause}")?;
+            next = cause.source();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,15 @@
+//! agent-tokens: one agent API token per user, managed with the user's JWT,
+//! verified by gateways and APIs. One binary, sled storage, no database.
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod dev;
+pub mod durability;
+pub mod error;
+pub mod jwt;
+pub mod routes;
+pub mod store;
+pub mod token;
+pub mod user;

@@ -1,0 +1,24 @@
+//! HTTP routes, one file per area. Handlers extract, call the store, map.
+
+pub mod health;
+pub mod tokens;
+
+use actix_web::{web, HttpResponse};
+
+use crate::error::ApiError;
+
+/// Registers every route.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(health::healthz);
+    tokens::configure(cfg);
+}
+
+/// The JSON 405 for a known path with an unsupported method.
+pub async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed)
+}
+
+/// The JSON 404 for every unknown path.
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound)
+}

@@ -1,0 +1,279 @@
+//! Agent tokens: `sk_agt_` + 64 lowercase hex characters, encoding 28 random
+//! bytes followed by a 4-byte checksum (the first 4 bytes of SHA-256 of the
+//! 28 random bytes).
+//!
+//! The checksum lets the verify path and secret scanners reject typos and
+//! garbage without a storage lookup. Only [`TokenHash`] (SHA-256 of the whole
+//! token string) and the display prefix are ever stored. A [`PlainToken`]
+//! never prints itself: its `Debug` shows the display prefix only, and its
+//! memory is wiped on drop.
+
+use std::fmt;
+
+use ring::digest::{digest, SHA256};
+use ring::rand::{SecureRandom, SystemRandom};
+use secrecy::zeroize::Zeroize;
+
+/// Every agent token starts with this. It is part of the public format:
+/// changing it would invalidate every issued token and every secret scanner rule.
+pub const TOKEN_PREFIX: &str = "sk_agt_";
+const RANDOM_LEN: usize = 28;
+const CHECKSUM_LEN: usize = 4;
+const BODY_HEX_LEN: usize = (RANDOM_LEN + CHECKSUM_LEN) * 2;
+/// Length of a whole token string.
+pub const TOKEN_LEN: usize = TOKEN_PREFIX.len() + BODY_HEX_LEN;
+/// Hex characters of the body shown in the display prefix.
+const DISPLAY_HEX_LEN: usize = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("the token does not start with sk_agt_")]
+    WrongPrefix,
+    #[error("the token is not 71 characters long")]
+    WrongLength,
+    #[error("the token body is not lowercase hex")]
+    NotHex,
+    #[error("the token checksum does not match")]
+    BadChecksum,
+    #[error("the system random number generator failed")]
+    Rng,
+}
+
+/// A well-formed agent token with a valid checksum. Holding one means the
+/// format is right; whether it is live is the store's business.
+pub struct PlainToken(String);
+
+impl PlainToken {
+    /// Generates a fresh token from the system CSPRNG.
+    pub fn generate(rng: &SystemRandom) -> Result<Self, TokenError> {
+        let mut bytes = [0u8; RANDOM_LEN + CHECKSUM_LEN];
+        rng.fill(&mut bytes[..RANDOM_LEN])
+            .map_err(|_| TokenError::Rng)?;
+        let sum = checksum(&bytes[..RANDOM_LEN]);
+        bytes[RANDOM_LEN..].copy_from_slice(&sum);
+        let mut s = String::with_capacity(TOKEN_LEN);
+        s.push_str(TOKEN_PREFIX);
+        s.push_str(&hex::encode(bytes));
+        bytes.zeroize();
+        Ok(Self(s))
+    }
+
+    /// Parses a presented token: prefix, length, lowercase hex, checksum.
+    /// No storage access; a typo fails here.
+    pub fn parse(candidate: &str) -> Result<Self, TokenError> {
+        let body = candidate
+            .strip_prefix(TOKEN_PREFIX)
+            .ok_or(TokenError::WrongPrefix)?;
+        if body.len() != BODY_HEX_LEN {
+            return Err(TokenError::WrongLength);
+        }
+        if !body.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(TokenError::NotHex);
+        }
+        let mut bytes = [0u8; RANDOM_LEN + CHECKSUM_LEN];
+        hex::decode_to_slice(body, &mut bytes).map_err(|_| TokenError::NotHex)?;
+        let ok = checksum(&bytes[..RANDOM_LEN]) == bytes[RANDOM_LEN..];
+        bytes.zeroize();
+        if !ok {
+            return Err(TokenError::BadChecksum);
+        }
+        Ok(Self(candidate.to_owned()))
+    }
+
+    /// The full secret. Call only to hand it to the user once.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// SHA-256 of the whole token string: the only form that is stored.
+    pub fn hash(&self) -> TokenHash {
+        TokenHash::of(&self.0)
+    }
+
+    /// `sk_agt_` + the first 8 hex characters + `...`. Safe to store and show:
+    /// it carries 32 of the 224 random bits.
+    pub fn display_prefix(&self) -> String {
+        let end = TOKEN_PREFIX.len() + DISPLAY_HEX_LEN;
+        format!("{}...", &self.0[..end])
+    }
+}
+
+impl fmt::Debug for PlainToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PlainToken({})", self.display_prefix())
+    }
+}
+
+impl Drop for PlainToken {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+/// Whether a presented credential looks like an agent token rather than a JWT,
+/// so management routes can say "use a user JWT" instead of "invalid JWT".
+pub fn looks_like_agent_token(credential: &str) -> bool {
+    credential.starts_with(TOKEN_PREFIX)
+}
+
+fn checksum(random: &[u8]) -> [u8; CHECKSUM_LEN] {
+    let d = digest(&SHA256, random);
+    let mut out = [0u8; CHECKSUM_LEN];
+    out.copy_from_slice(&d.as_ref()[..CHECKSUM_LEN]);
+    out
+}
+
+/// SHA-256 of a token string: the storage key of the token index.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenHash([u8; 32]);
+
+impl TokenHash {
+    fn of(token: &str) -> Self {
+        let d = digest(&SHA256, token.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        Self(out)
+    }
+
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TokenHash({})", hex::encode(self.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn fresh() -> PlainToken {
+        PlainToken::generate(&SystemRandom::new()).unwrap()
+    }
+
+    #[test]
+    fn generated_tokens_have_the_pinned_shape() {
+        let t = fresh();
+        let s = t.expose();
+        assert_eq!(s.len(), 71);
+        assert!(s.starts_with("sk_agt_"));
+        assert!(s[7..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+    }
+
+    #[test]
+    fn generated_tokens_parse_and_are_distinct() {
+        let a = fresh();
+        let b = fresh();
+        assert_ne!(a.expose(), b.expose());
+        assert_eq!(PlainToken::parse(a.expose()).unwrap().expose(), a.expose());
+    }
+
+    #[test]
+    fn the_checksum_is_the_first_four_bytes_of_sha256_of_the_random_part() {
+        let t = fresh();
+        let bytes = hex::decode(&t.expose()[7..]).unwrap();
+        let d = digest(&SHA256, &bytes[..28]);
+        assert_eq!(&bytes[28..], &d.as_ref()[..4]);
+    }
+
+    #[test]
+    fn a_flipped_character_fails_the_checksum() {
+        let t = fresh();
+        let s = t.expose();
+        for i in 7..s.len() {
+            let mut chars: Vec<u8> = s.bytes().collect();
+            chars[i] = if chars[i] == b'0' { b'1' } else { b'0' };
+            let mutated = String::from_utf8(chars).unwrap();
+            assert_eq!(
+                PlainToken::parse(&mutated).unwrap_err(),
+                TokenError::BadChecksum,
+                "position {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_tokens_are_rejected_with_the_reason() {
+        let t = fresh();
+        let s = t.expose().to_owned();
+        assert_eq!(
+            PlainToken::parse(&s.replacen("sk_agt_", "sk_agx_", 1)).unwrap_err(),
+            TokenError::WrongPrefix
+        );
+        assert_eq!(
+            PlainToken::parse(&s[..70]).unwrap_err(),
+            TokenError::WrongLength
+        );
+        assert_eq!(
+            PlainToken::parse(&format!("{s}0")).unwrap_err(),
+            TokenError::WrongLength
+        );
+        assert_eq!(
+            PlainToken::parse(&s.to_uppercase().replacen("SK_AGT_", "sk_agt_", 1)).unwrap_err(),
+            TokenError::NotHex
+        );
+        assert_eq!(
+            PlainToken::parse(&format!("sk_agt_{}", "g".repeat(64))).unwrap_err(),
+            TokenError::NotHex
+        );
+        assert_eq!(PlainToken::parse("").unwrap_err(), TokenError::WrongPrefix);
+    }
+
+    #[test]
+    fn the_display_prefix_is_eight_hex_characters_and_an_ellipsis() {
+        let t = fresh();
+        let p = t.display_prefix();
+        assert_eq!(p.len(), 7 + 8 + 3);
+        assert!(p.ends_with("..."));
+        assert_eq!(&p[..15], &t.expose()[..15]);
+    }
+
+    #[test]
+    fn the_hash_is_sha256_of_the_token_string() {
+        let t = fresh();
+        let d = digest(&SHA256, t.expose().as_bytes());
+        assert_eq!(&t.hash().as_bytes()[..], d.as_ref());
+        assert_eq!(t.hash(), PlainToken::parse(t.expose()).unwrap().hash());
+    }
+
+    #[test]
+    fn debug_output_never_contains_the_token() {
+        let t = fresh();
+        let debug = format!("{t:?}");
+        assert!(!debug.contains(&t.expose()[15..]), "{debug}");
+        assert!(debug.contains(&t.display_prefix()));
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics_on_arbitrary_input(s in ".{0,200}") {
+            let _ = PlainToken::parse(&s);
+        }
+
+        #[test]
+        fn random_hex_bodies_almost_never_pass_the_checksum(body in "[0-9a-f]{64}") {
+            let candidate = format!("sk_agt_{body}");
+            let bytes = hex::decode(&body).unwrap();
+            let expected = checksum(&bytes[..28]) == bytes[28..];
+            prop_assert_eq!(PlainToken::parse(&candidate).is_ok(), expected);
+        }
+
+        #[test]
+        fn every_generated_token_round_trips(_seed in 0u8..255) {
+            let t = fresh();
+            let parsed = PlainToken::parse(t.expose()).unwrap();
+            prop_assert_eq!(parsed.hash(), t.hash());
+            prop_assert_eq!(parsed.display_prefix(), t.display_prefix());
+        }
+    }
+}
