@@ -12,7 +12,11 @@ use crate::dev::DevMode;
 use crate::jwt::JwtVerifier;
 
 #[derive(Debug, Parser)]
-#[command(name = "agent-tokens", version, about = "One agent API token per user: managed with the user's JWT, verified by gateways and APIs.")]
+#[command(
+    name = "agent-tokens",
+    version,
+    about = "One agent API token per user: managed with the user's JWT, verified by gateways and APIs."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -230,9 +230,9 @@ fn describe_config_error(err: config::ConfigError) -> ConfigError {
             Some(key) => ConfigError::new(format!("Config key {key} must be {expected}.")),
             None => ConfigError::new(format!("A config value must be {expected}.")),
         },
-        E::Message(msg) if msg.contains("non-Unicode") => ConfigError::new(
-            "An AGENT_TOKENS__ environment variable contains non-UTF-8 data.",
-        ),
+        E::Message(msg) if msg.contains("non-Unicode") => {
+            ConfigError::new("An AGENT_TOKENS__ environment variable contains non-UTF-8 data.")
+        }
         E::Message(msg) => ConfigError::new(describe_serde_message(&msg)),
         other => ConfigError::new(describe_serde_message(&other.to_string())),
     }
@@ -423,8 +423,8 @@ mod tests {
 
     #[test]
     fn debug_output_never_shows_the_hmac_secret() {
-        let s = load_toml("[jwt]\nhmac_secret = \"super-secret-value-that-is-long-enough\"\n")
-            .unwrap();
+        let s =
+            load_toml("[jwt]\nhmac_secret = \"super-secret-value-that-is-long-enough\"\n").unwrap();
         let debug = format!("{s:?}");
         assert!(!debug.contains("super-secret-value"), "{debug}");
     }

@@ -87,9 +87,9 @@ impl DevMode {
                     "  curl -s -X POST {base}/api/agent-tokens/me/get-or-create -H \"Authorization: Bearer {jwt}\""
                 );
             }
-            None => println!(
-                "  (No user JWT printed: the environment replaced the dev HS256 secret.)"
-            ),
+            None => {
+                println!("  (No user JWT printed: the environment replaced the dev HS256 secret.)")
+            }
         }
         println!();
     }

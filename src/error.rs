@@ -110,9 +110,10 @@ impl ApiError {
                 "Send Authorization: Bearer <user JWT>".to_owned(),
             ),
             ApiError::InvalidJwt(e) => ("invalid_token", e.to_string()),
-            ApiError::AgentTokenNotAllowed => {
-                ("invalid_token", "This endpoint requires a user JWT".to_owned())
-            }
+            ApiError::AgentTokenNotAllowed => (
+                "invalid_token",
+                "This endpoint requires a user JWT".to_owned(),
+            ),
             _ => return None,
         };
         Some(format!(

@@ -418,12 +418,10 @@ fn load_jwks(path: &Path) -> Result<Vec<JwksEntry>, ConfigError> {
         let kid = match (&jwk.common.key_id, several) {
             (Some(kid), _) => kid.clone(),
             (None, false) => String::new(),
-            (None, true) => {
-                return Err(ConfigError::new(format!(
-                    "jwt.jwks_file key #{} has no kid; every key needs one when the set has several.",
-                    i + 1
-                )))
-            }
+            (None, true) => return Err(ConfigError::new(format!(
+                "jwt.jwks_file key #{} has no kid; every key needs one when the set has several.",
+                i + 1
+            ))),
         };
         if out.iter().any(|(k, ..)| *k == kid) {
             return Err(ConfigError::new(format!(
@@ -468,9 +466,7 @@ fn load_jwks(path: &Path) -> Result<Vec<JwksEntry>, ConfigError> {
             }
         }
         let key = DecodingKey::from_jwk(jwk).map_err(|e| {
-            ConfigError::new(format!(
-                "jwt.jwks_file key {kid:?} cannot be loaded: {e}."
-            ))
+            ConfigError::new(format!("jwt.jwks_file key {kid:?} cannot be loaded: {e}."))
         })?;
         if kind == KeyKind::Hmac {
             if let AlgorithmParameters::OctetKey(p) = &jwk.algorithm {
@@ -486,3 +482,7 @@ fn load_jwks(path: &Path) -> Result<Vec<JwksEntry>, ConfigError> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+#[path = "jwt_tests.rs"]
+mod tests;

@@ -41,7 +41,9 @@ pub enum StoreError {
     Corrupt { what: &'static str },
     #[error("the store at {path} has schema version {found}, but this binary knows versions up to {SCHEMA_VERSION}")]
     UnknownSchema { path: PathBuf, found: u32 },
-    #[error("the store at {path} holds data but no schema version; it was not written by agent-tokens")]
+    #[error(
+        "the store at {path} holds data but no schema version; it was not written by agent-tokens"
+    )]
     MissingSchema { path: PathBuf },
     #[error("cannot open the store at {path}: {source}")]
     Open {
@@ -316,9 +318,8 @@ impl Store {
     pub fn users(&self) -> impl Iterator<Item = Result<(String, UserRecord), StoreError>> + '_ {
         self.users.iter().map(|item| {
             let (k, v) = item?;
-            let user = String::from_utf8(k.to_vec()).map_err(|_| StoreError::Corrupt {
-                what: "user key",
-            })?;
+            let user = String::from_utf8(k.to_vec())
+                .map_err(|_| StoreError::Corrupt { what: "user key" })?;
             Ok((user, decode_user(&v)?))
         })
     }

@@ -95,7 +95,10 @@ async fn rotate(
         .rotate(&user, &new)
         .await
         .map_err(|e| ApiError::failed(Operation::StoreToken, e))?;
-    log::info!("rotated the agent token of user {user:?} (now {})", new.prefix);
+    log::info!(
+        "rotated the agent token of user {user:?} (now {})",
+        new.prefix
+    );
     Ok(HttpResponse::Ok()
         .insert_header(no_store())
         .json(RotateResponse {
@@ -112,7 +115,11 @@ async fn get_or_create(
 ) -> Result<HttpResponse, ApiError> {
     let op = Operation::CheckOrStore;
     // The common case is an existing token: answer it without generating one.
-    if let Some(existing) = state.store.get(&user).map_err(|e| ApiError::failed(op, e))? {
+    if let Some(existing) = state
+        .store
+        .get(&user)
+        .map_err(|e| ApiError::failed(op, e))?
+    {
         state
             .store
             .wait_until_durable()
@@ -128,7 +135,10 @@ async fn get_or_create(
         .map_err(|e| ApiError::failed(op, e))?;
     Ok(match outcome {
         GetOrCreate::Created(record) => {
-            log::info!("created an agent token for user {user:?} ({})", record.prefix);
+            log::info!(
+                "created an agent token for user {user:?} ({})",
+                record.prefix
+            );
             HttpResponse::Ok()
                 .insert_header(no_store())
                 .json(GetOrCreateResponse {

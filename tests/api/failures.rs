@@ -1,0 +1,72 @@
+//! Storage failures: each route's 500 carries the page's message, and a
+//! failed request changes nothing.
+
+use reqwest::Method;
+
+use crate::helpers::*;
+
+/// Starts an app whose stored record for `victim` cannot be decoded.
+async fn app_with_a_damaged_record(victim: &str) -> TestApp {
+    let app = spawn_app().await;
+    app.rotate(&user_jwt(victim)).await;
+    let (dir, config) = app.stop().await;
+    {
+        let db = sled::open(dir.path().join("db")).unwrap();
+        db.open_tree("user_token")
+            .unwrap()
+            .insert(victim.as_bytes(), &b"\x07garbage"[..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    TestApp::start_in(config, dir).await
+}
+
+#[tokio::test]
+async fn each_route_answers_its_page_message_when_storage_fails_and_nothing_changes() {
+    let app = app_with_a_damaged_record("victim").await;
+    let jwt = user_jwt("victim");
+    for (method, path, message) in [
+        (
+            Method::GET,
+            "/api/agent-tokens/me",
+            "Failed to fetch token status.",
+        ),
+        (
+            Method::POST,
+            "/api/agent-tokens/me",
+            "Failed to store agent token.",
+        ),
+        (
+            Method::POST,
+            "/api/agent-tokens/me/get-or-create",
+            "Failed to check or store token.",
+        ),
+        (
+            Method::DELETE,
+            "/api/agent-tokens/me",
+            "Failed to revoke token.",
+        ),
+    ] {
+        let resp = app.request(method.clone(), path, Some(&jwt)).await;
+        let body = assert_error(resp, 500, "internal_error").await;
+        assert_eq!(body["message"], message, "{method} {path}");
+    }
+    // Other users are unaffected.
+    let resp = app.get_or_create(&user_jwt("bystander")).await;
+    assert_eq!(resp.status().as_u16(), 200);
+
+    let (dir, _) = app.stop().await;
+    let db = sled::open(dir.path().join("db")).unwrap();
+    let value = db
+        .open_tree("user_token")
+        .unwrap()
+        .get("victim")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        &value[..],
+        b"\x07garbage",
+        "the failed requests changed nothing"
+    );
+    assert_eq!(db.open_tree("tokenhash_user").unwrap().len(), 2);
+}

@@ -1,0 +1,297 @@
+//! Starts the real application on port 0 with its own temporary data
+//! directory, and signs user JWTs the way an issuer would.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use actix_web::dev::ServerHandle;
+use agent_tokens::app::{Application, StartupError};
+use agent_tokens::config::{Settings, Sources};
+use agent_tokens::store::{IndexEntry, Store, UserRecord};
+use agent_tokens::token::TokenHash;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+pub const HMAC_SECRET: &str = "test-secret-that-is-at-least-32-bytes-long!";
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The `[jwt]` section (and anything else) of a test config, as TOML.
+#[derive(Clone)]
+pub struct TestConfig {
+    pub toml: String,
+}
+
+impl TestConfig {
+    /// HS256 with [`HMAC_SECRET`].
+    pub fn hs256() -> Self {
+        Self {
+            toml: format!("[jwt]\nalgorithms = [\"HS256\"]\nhmac_secret = \"{HMAC_SECRET}\"\n"),
+        }
+    }
+
+    /// Arbitrary `[jwt]` body lines, e.g. `algorithms = ["RS256"]`.
+    pub fn jwt(lines: &str) -> Self {
+        Self {
+            toml: format!("[jwt]\n{lines}\n"),
+        }
+    }
+
+    /// Appends more TOML (a whole other section).
+    pub fn with(mut self, more: &str) -> Self {
+        self.toml.push('\n');
+        self.toml.push_str(more);
+        self.toml.push('\n');
+        self
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub port: u16,
+    pub client: reqwest::Client,
+    pub data_dir: TempDir,
+    pub config: TestConfig,
+    handle: ServerHandle,
+    task: tokio::task::JoinHandle<Result<(), StartupError>>,
+}
+
+pub fn settings_for(config: &TestConfig, db_path: &Path) -> Settings {
+    let toml = format!(
+        "[server]\nbind = \"127.0.0.1:0\"\naccess_log = false\n[storage]\npath = \"{}\"\ncache_mb = 8\n{}",
+        db_path.display(),
+        config.toml
+    );
+    Settings::load(Sources {
+        file: None,
+        overlay: Some(toml),
+        env: Some(HashMap::new()),
+    })
+    .expect("test settings load")
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(TestConfig::hs256()).await
+}
+
+pub async fn spawn_app_with(config: TestConfig) -> TestApp {
+    let data_dir = tempfile::tempdir().unwrap();
+    start_in(config, data_dir).await
+}
+
+async fn start_in(config: TestConfig, data_dir: TempDir) -> TestApp {
+    TestApp::start_in(config, data_dir).await
+}
+
+impl TestApp {
+    /// Starts the app on an existing data directory.
+    pub async fn start_in(config: TestConfig, data_dir: TempDir) -> TestApp {
+        let settings = settings_for(&config, &data_dir.path().join("db"));
+        let app = Application::build(&settings).expect("app builds");
+        let port = app.port();
+        let handle = app.handle();
+        let task = tokio::spawn(app.run_until_stopped());
+        TestApp {
+            address: format!("http://127.0.0.1:{port}"),
+            port,
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            data_dir,
+            config,
+            handle,
+            task,
+        }
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.path().join("db")
+    }
+
+    /// Stops the server gracefully and waits until the store is closed.
+    pub async fn stop(self) -> (TempDir, TestConfig) {
+        self.handle.stop(true).await;
+        self.task.await.unwrap().unwrap();
+        (self.data_dir, self.config)
+    }
+
+    /// Stops and starts again on the same data directory (a new port).
+    pub async fn restart(self) -> TestApp {
+        let (dir, config) = self.stop().await;
+        start_in(config, dir).await
+    }
+
+    /// Stops the server and opens its store directly to inspect what is stored.
+    pub async fn stop_and_inspect(self) -> (Stored, TempDir) {
+        let (dir, _) = self.stop().await;
+        let store = Store::open(&dir.path().join("db"), 8).unwrap();
+        let stored = Stored {
+            users: store.users().map(Result::unwrap).collect(),
+            index: store.index_entries().map(Result::unwrap).collect(),
+        };
+        drop(store);
+        (stored, dir)
+    }
+
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        bearer: Option<&str>,
+    ) -> reqwest::Response {
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(b) = bearer {
+            req = req.bearer_auth(b);
+        }
+        req.send().await.unwrap()
+    }
+
+    pub async fn get_me(&self, jwt: &str) -> reqwest::Response {
+        self.request(reqwest::Method::GET, "/api/agent-tokens/me", Some(jwt))
+            .await
+    }
+
+    pub async fn rotate(&self, jwt: &str) -> reqwest::Response {
+        self.request(reqwest::Method::POST, "/api/agent-tokens/me", Some(jwt))
+            .await
+    }
+
+    pub async fn get_or_create(&self, jwt: &str) -> reqwest::Response {
+        self.request(
+            reqwest::Method::POST,
+            "/api/agent-tokens/me/get-or-create",
+            Some(jwt),
+        )
+        .await
+    }
+
+    pub async fn revoke(&self, jwt: &str) -> reqwest::Response {
+        self.request(reqwest::Method::DELETE, "/api/agent-tokens/me", Some(jwt))
+            .await
+    }
+}
+
+/// Everything in the two trees after a stop.
+pub struct Stored {
+    pub users: Vec<(String, UserRecord)>,
+    pub index: Vec<(TokenHash, IndexEntry)>,
+}
+
+/// SHA-256 of a token string, as the store keys it.
+pub fn sha256(token: &str) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    d.as_ref().try_into().unwrap()
+}
+
+/// Standard claims for `sub`, valid for an hour.
+pub fn claims(sub: &str) -> Value {
+    json!({ "sub": sub, "iat": now(), "exp": now() + 3600 })
+}
+
+/// An HS256 user JWT for `sub` signed with [`HMAC_SECRET`].
+pub fn user_jwt(sub: &str) -> String {
+    sign_hs(Algorithm::HS256, &claims(sub), HMAC_SECRET.as_bytes())
+}
+
+pub fn sign_hs(alg: Algorithm, claims: &Value, secret: &[u8]) -> String {
+    encode(&Header::new(alg), claims, &EncodingKey::from_secret(secret)).unwrap()
+}
+
+/// Signs with a private key fixture (`rsa`, `rsa_other`, `ec256`, `ec384`, `ed25519`, ...).
+pub fn sign_with_key(alg: Algorithm, claims: &Value, key: &str, kid: Option<&str>) -> String {
+    let pem = std::fs::read(fixture(&format!("{key}_private.pem"))).unwrap();
+    let encoding = match alg {
+        Algorithm::RS256
+        | Algorithm::RS384
+        | Algorithm::RS512
+        | Algorithm::PS256
+        | Algorithm::PS384
+        | Algorithm::PS512 => EncodingKey::from_rsa_pem(&pem).unwrap(),
+        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&pem).unwrap(),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(&pem).unwrap(),
+        _ => panic!("use sign_hs for HMAC"),
+    };
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    encode(&header, claims, &encoding).unwrap()
+}
+
+/// A JWT with arbitrary header JSON and signature bytes (for alg=none and similar).
+pub fn forge(header: &Value, claims: &Value, signature: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    format!(
+        "{}.{}.{}",
+        b64.encode(header.to_string()),
+        b64.encode(claims.to_string()),
+        b64.encode(signature)
+    )
+}
+
+/// Asserts a JSON error response with the given status and `error` code; returns the body.
+pub async fn assert_error(resp: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(resp.status().as_u16(), status, "status");
+    assert_eq!(
+        resp.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/json"),
+        "content type"
+    );
+    let www = resp
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], code, "error code in {body}");
+    assert!(body["message"].is_string(), "message in {body}");
+    assert_eq!(
+        body.as_object().unwrap().len(),
+        2,
+        "only error and message: {body}"
+    );
+    if status == 401 {
+        let www = www.expect("401 carries WWW-Authenticate");
+        assert!(www.starts_with("Bearer "), "{www}");
+    }
+    body
+}
+
+/// Asserts the page's 401 for a rejected user JWT.
+pub async fn assert_invalid_jwt(resp: reqwest::Response) {
+    assert_eq!(resp.status().as_u16(), 401);
+    let www = resp
+        .headers()
+        .get("www-authenticate")
+        .expect("WWW-Authenticate")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(www.starts_with("Bearer "), "{www}");
+    assert!(www.contains("error=\"invalid_token\""), "{www}");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_token");
+    assert_eq!(body["message"], "Missing or invalid JWT.");
+}

@@ -1,0 +1,8 @@
+//! Integration tests against the real App on port 0 with a temporary sled directory.
+
+mod concurrency;
+mod failures;
+mod helpers;
+mod jwt;
+mod persistence;
+mod tokens;

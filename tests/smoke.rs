@@ -1,0 +1,314 @@
+//! The built binary, run the way an operator runs it.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_agent-tokens");
+const SECRET: &str = "smoke-test-secret-of-at-least-32-bytes";
+
+fn write_config(dir: &Path) -> std::path::PathBuf {
+    let secret_file = dir.join("jwt-secret");
+    // A trailing newline, as `echo` or `openssl rand -hex` leave it.
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    let config = dir.join("agent-tokens.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+bind = "127.0.0.1:0"
+access_log = true
+
+[storage]
+path = "{}"
+cache_mb = 8
+
+[jwt]
+algorithms = ["HS256"]
+hmac_secret_file = "{}"
+leeway_secs = 30
+user_claim = "sub"
+"#,
+            dir.join("db").display(),
+            secret_file.display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Reads the child's stream on a thread and returns lines as they come.
+fn lines_of(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str, seen: &mut Vec<String>) -> String {
+    loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => {
+                seen.push(line.clone());
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+            Err(_) => panic!("no line containing {needle:?}; saw {seen:#?}"),
+        }
+    }
+}
+
+fn port_from(line: &str) -> u16 {
+    line.split("listening on port ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"))
+}
+
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for _ in 0..200 {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    panic!("the server did not stop within 10 s of SIGTERM");
+}
+
+fn hs256_jwt(sub: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"sub": sub, "exp": now + 600}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_binary_serves_the_api_from_a_real_config_file_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .env_remove("AGENT_TOKENS__SERVER__BIND")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = lines_of(child.stderr.take().unwrap());
+    let mut seen = Vec::new();
+    let port = port_from(&wait_for_line(&stderr, "listening on port", &mut seen));
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let jwt = hs256_jwt("smoke-user");
+
+    let created: Value = client
+        .post(format!("{base}/api/agent-tokens/me/get-or-create"))
+        .bearer_auth(&jwt)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(created["is_new"], true);
+    let token = created["token"].as_str().unwrap().to_owned();
+    let status: Value = client
+        .get(format!("{base}/api/agent-tokens/me"))
+        .bearer_auth(&jwt)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["token_prefix"], created["token_prefix"]);
+
+    let exit = terminate(&mut child);
+    assert!(exit.success(), "exit status {exit:?}");
+    // Drain the rest of the log: access lines were written, without secrets.
+    while let Ok(line) = stderr.recv_timeout(Duration::from_millis(500)) {
+        seen.push(line);
+    }
+    let log = seen.join("\n");
+    assert!(log.contains("\"POST /api/agent-tokens/me/get-or-create HTTP/1.1\" 200"), "{log}");
+    assert!(!log.contains(&jwt), "the JWT reached the log");
+    assert!(!log.contains(&token[15..]), "the token reached the log");
+    assert!(!log.contains(SECRET), "the HMAC secret reached the log");
+
+    // Restarted on the same data, the token is still there.
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = lines_of(child.stderr.take().unwrap());
+    let port = port_from(&wait_for_line(&stderr, "listening on port", &mut Vec::new()));
+    let again: Value = client
+        .post(format!("http://127.0.0.1:{port}/api/agent-tokens/me/get-or-create"))
+        .bearer_auth(&jwt)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["is_new"], false);
+    assert_eq!(again["token_prefix"], created["token_prefix"]);
+    assert!(terminate(&mut child).success());
+}
+
+#[tokio::test]
+async fn dev_mode_prints_a_working_jwt_and_curl_line_and_honours_the_environment() {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--dev"])
+        .env("AGENT_TOKENS__SERVER__BIND", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = lines_of(child.stdout.take().unwrap());
+    let mut seen = Vec::new();
+    let banner = wait_for_line(&stdout, "Listening on:", &mut seen);
+    let base = banner.split("Listening on:").nth(1).unwrap().trim().to_owned();
+    let curl = wait_for_line(&stdout, "curl -s -X POST", &mut seen);
+    let text = seen.join("\n");
+    assert!(text.contains("DEV MODE"), "{text}");
+    assert!(text.contains("Do not use it in production"), "{text}");
+    let jwt = curl
+        .split("Bearer ")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches('"')
+        .to_owned();
+    assert!(curl.contains(&format!("{base}/api/agent-tokens/me/get-or-create")));
+
+    let created: Value = reqwest::Client::new()
+        .post(format!("{base}/api/agent-tokens/me/get-or-create"))
+        .bearer_auth(&jwt)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(created["is_new"], true, "{created}");
+    let data_dir = text
+        .lines()
+        .find_map(|l| l.split("Data directory:").nth(1))
+        .map(|s| std::path::PathBuf::from(s.trim()))
+        .unwrap();
+    assert!(data_dir.exists());
+    assert!(terminate(&mut child).success());
+    assert!(!data_dir.exists(), "the throw-away directory is removed on exit");
+}
+
+#[test]
+fn check_config_accepts_a_good_file_with_a_one_line_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.starts_with("config OK"), "{stdout}");
+    assert!(!stdout.contains(SECRET));
+}
+
+#[test]
+fn check_config_names_the_bad_key_in_one_sentence_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[server]\nbnid = \"x\"\n", "Unknown config key server.bnid."),
+        (
+            "[jwt]\nhmac_secret = \"short\"\n",
+            "jwt.hmac_secret must be at least 32 bytes long.",
+        ),
+        (
+            "[jwt]\nalgorithms = [\"RS256\"]\nhmac_secret = \"0123456789abcdef0123456789abcdef\"\n",
+            "jwt.hmac_secret is set but jwt.algorithms lists no HS256, HS384 or HS512.",
+        ),
+        (
+            "[jwt]\nalgorithms = [\"none\"]\n",
+            "jwt.algorithms lists \"none\"",
+        ),
+    ];
+    for (toml, expected) in cases {
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, toml).unwrap();
+        let out = Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{toml}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(expected), "{toml}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(!stderr.contains("short"), "secret echoed: {stderr}");
+    }
+}
+
+#[test]
+fn serve_refuses_to_start_without_a_key_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nokey.toml");
+    std::fs::write(
+        &file,
+        format!("[storage]\npath = \"{}\"\n", dir.path().join("db").display()),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("No JWT key is configured"), "{stderr}");
+}
+
+#[test]
+fn version_and_help_work() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8(out.stdout).unwrap().starts_with("agent-tokens "));
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(help.contains("serve") && help.contains("check-config"), "{help}");
+}
