@@ -10,8 +10,10 @@ use actix_web::middleware::{Condition, Logger};
 use actix_web::{web, App, HttpServer};
 use ring::rand::SystemRandom;
 
+use crate::clock::Clock;
 use crate::config::{ConfigError, Settings};
 use crate::jwt::JwtVerifier;
+use crate::policy::TokenPolicy;
 use crate::routes;
 use crate::store::{Store, StoreError};
 
@@ -20,6 +22,8 @@ pub struct AppState {
     pub store: Store,
     pub jwt: JwtVerifier,
     pub rng: SystemRandom,
+    pub clock: Clock,
+    pub policy: TokenPolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,12 +46,17 @@ pub enum StartupError {
 pub struct Application {
     port: u16,
     server: Server,
-    state: Weak<AppState>,
+    state: Arc<AppState>,
 }
 
 impl Application {
     /// Validates settings, loads keys, opens the store and binds `server.bind`.
     pub fn build(settings: &Settings) -> Result<Self, StartupError> {
+        Self::build_with_clock(settings, Clock::system())
+    }
+
+    /// [`Application::build`] with a clock tests can move.
+    pub fn build_with_clock(settings: &Settings, clock: Clock) -> Result<Self, StartupError> {
         settings.validate()?;
         let jwt = JwtVerifier::from_settings(&settings.jwt)?;
         let addr = settings.bind_addr()?;
@@ -61,6 +70,8 @@ impl Application {
             store,
             jwt,
             rng: SystemRandom::new(),
+            clock,
+            policy: TokenPolicy::from_settings(&settings.tokens),
         });
         Self::serve(listener, state, settings.server.access_log)
     }
@@ -71,8 +82,7 @@ impl Application {
         access_log: bool,
     ) -> Result<Self, StartupError> {
         let port = listener.local_addr().map_err(StartupError::Server)?.port();
-        let weak = Arc::downgrade(&state);
-        let data = web::Data::from(state);
+        let data = web::Data::from(Arc::clone(&state));
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
@@ -90,7 +100,7 @@ impl Application {
         Ok(Self {
             port,
             server,
-            state: weak,
+            state,
         })
     }
 
@@ -104,19 +114,43 @@ impl Application {
         self.server.handle()
     }
 
-    /// Serves until stopped (SIGINT/SIGTERM or the handle), then waits for
-    /// the store to close: its final flush has run when this returns.
+    /// Serves until stopped (SIGINT/SIGTERM or the handle), then closes the
+    /// store here: its final flush has run and its lock is released when
+    /// this returns.
     pub async fn run_until_stopped(self) -> Result<(), StartupError> {
         let Application { server, state, .. } = self;
-        server.await.map_err(StartupError::Server)?;
-        // Worker threads drop their App (and its Arc) as they wind down.
+        let sweeper = tokio::spawn(expire_grace_periodically(Arc::downgrade(&state)));
+        let served = server.await.map_err(StartupError::Server);
+        sweeper.abort();
+        let _ = sweeper.await;
+        // Worker threads drop their App (and its Arc) as they wind down; the
+        // last reference must be ours so the store closes before we return.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while state.strong_count() > 0 && Instant::now() < deadline {
-            actix_web::rt::time::sleep(Duration::from_millis(5)).await;
+        while Arc::strong_count(&state) > 1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        if state.strong_count() > 0 {
-            log::warn!("the store was still in use 10 s after shutdown");
+        match Arc::try_unwrap(state) {
+            Ok(state) => drop(state),
+            Err(_) => log::warn!("the store was still in use 10 s after shutdown"),
         }
-        Ok(())
+        served
+    }
+}
+
+/// How often rotated-out tokens past their grace window are swept away.
+const GRACE_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Sweeps expired grace entries at start and then periodically, until the
+/// app is gone. Verify refuses them by time anyway; this keeps storage bounded.
+async fn expire_grace_periodically(state: Weak<AppState>) {
+    loop {
+        let Some(app) = state.upgrade() else { return };
+        match app.store.expire_grace(app.clock.now()) {
+            Ok(0) => {}
+            Ok(n) => log::info!("removed {n} rotated-out token(s) past their grace window"),
+            Err(e) => log::error!("cannot remove expired grace entries: {e}"),
+        }
+        drop(app);
+        tokio::time::sleep(GRACE_SWEEP_INTERVAL).await;
     }
 }

@@ -105,7 +105,15 @@ impl Default for JwtSettings {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
-pub struct TokenSettings {}
+pub struct TokenSettings {
+    /// How long a rotated-out token keeps verifying (0: it dies at once).
+    pub rotation_grace_secs: u64,
+    /// Tokens older than this stop verifying; unset means no expiry.
+    pub max_age_days: Option<u64>,
+}
+
+/// Longest rotation grace window: 30 days.
+pub const MAX_ROTATION_GRACE_SECS: u64 = 30 * 86_400;
 
 /// Accepts `["HS256", "RS256"]` from TOML and `HS256,RS256` from the environment.
 fn string_or_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
@@ -200,6 +208,16 @@ impl Settings {
         if matches!(&self.jwt.audience, Some(s) if s.is_empty()) {
             return Err(ConfigError::new(
                 "jwt.audience must not be empty when set; remove it to skip the audience check.",
+            ));
+        }
+        if self.tokens.rotation_grace_secs > MAX_ROTATION_GRACE_SECS {
+            return Err(ConfigError::new(format!(
+                "tokens.rotation_grace_secs must be at most {MAX_ROTATION_GRACE_SECS} (30 days)."
+            )));
+        }
+        if matches!(self.tokens.max_age_days, Some(d) if d == 0 || d > 36_500) {
+            return Err(ConfigError::new(
+                "tokens.max_age_days must be between 1 and 36500 when set; remove it for tokens that do not expire.",
             ));
         }
         Ok(())
@@ -413,6 +431,14 @@ mod tests {
             (
                 "[jwt]\naudience = \"\"\n",
                 "jwt.audience must not be empty when set; remove it to skip the audience check.",
+            ),
+            (
+                "[tokens]\nrotation_grace_secs = 2592001\n",
+                "tokens.rotation_grace_secs must be at most 2592000 (30 days).",
+            ),
+            (
+                "[tokens]\nmax_age_days = 0\n",
+                "tokens.max_age_days must be between 1 and 36500 when set; remove it for tokens that do not expire.",
             ),
         ];
         for (toml, expected) in cases {

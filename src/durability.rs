@@ -31,6 +31,9 @@ pub enum DurabilityError {
     Stopped,
 }
 
+/// How long a write that nobody waits for may stay unflushed.
+pub const IDLE_FLUSH: Duration = Duration::from_secs(1);
+
 type Waiter = oneshot::Sender<Result<(), DurabilityError>>;
 
 #[derive(Default)]
@@ -109,6 +112,12 @@ impl Flusher {
         self.wait_for(seq).await
     }
 
+    /// Records a mutation that need not be waited for (last-used stamps,
+    /// clean-up); the flusher makes it durable within [`IDLE_FLUSH`].
+    pub fn wrote(&self) {
+        self.shared.written.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// Waits until every mutation applied so far is durable.
     pub async fn wait_for_all_writes(&self) -> Result<(), DurabilityError> {
         let seq = self.shared.written.load(Ordering::SeqCst);
@@ -149,10 +158,15 @@ fn run(shared: Arc<Shared>, db: Db, data_file: File) {
         let (waiters, shutdown) = {
             let mut state = lock(&shared.state);
             while state.waiters.is_empty() && !state.shutdown {
-                state = shared
+                let (next, timeout) = shared
                     .wake
-                    .wait(state)
+                    .wait_timeout(state, IDLE_FLUSH)
                     .unwrap_or_else(PoisonError::into_inner);
+                state = next;
+                // Unwaited writes (last-used stamps) still reach the disk.
+                if timeout.timed_out() && shared.written.load(Ordering::SeqCst) > state.durable {
+                    break;
+                }
             }
             (std::mem::take(&mut state.waiters), state.shutdown)
         };

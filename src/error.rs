@@ -13,6 +13,8 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
 use crate::jwt::JwtError;
+use crate::policy::Inactive;
+use crate::token::TokenError;
 
 pub const REALM: &str = "agent-tokens";
 
@@ -23,6 +25,7 @@ pub enum Operation {
     StoreToken,
     CheckOrStore,
     Revoke,
+    Verify,
 }
 
 impl Operation {
@@ -32,6 +35,7 @@ impl Operation {
             Operation::StoreToken => "Failed to store agent token.",
             Operation::CheckOrStore => "Failed to check or store token.",
             Operation::Revoke => "Failed to revoke token.",
+            Operation::Verify => "Failed to verify token.",
         }
     }
 }
@@ -50,6 +54,10 @@ pub enum ApiError {
     /// An agent token presented where a user JWT is required.
     #[error("agent token presented to a management route")]
     AgentTokenNotAllowed,
+    /// The verify route's answer for anything but a live agent token. Always
+    /// a 401: nginx `auth_request` turns any other 4xx into a 500.
+    #[error("agent token refused: {0}")]
+    InvalidAgentToken(VerifyRefusal),
     /// A storage (or token generation) failure during `op`.
     #[error("{} ({source})", op.failure_message())]
     Failed {
@@ -78,7 +86,7 @@ impl ApiError {
         match self {
             ApiError::MissingCredentials => "missing_credentials",
             ApiError::MalformedAuthorization => "invalid_request",
-            ApiError::InvalidJwt(_) => "invalid_token",
+            ApiError::InvalidJwt(_) | ApiError::InvalidAgentToken(_) => "invalid_token",
             ApiError::AgentTokenNotAllowed => "user_jwt_required",
             ApiError::Failed { .. } | ApiError::Internal(_) => "internal_error",
             ApiError::NotFound => "not_found",
@@ -94,6 +102,7 @@ impl ApiError {
             ApiError::AgentTokenNotAllowed => {
                 "Agent tokens cannot be used here. This endpoint requires a user JWT."
             }
+            ApiError::InvalidAgentToken(reason) => reason.message(),
             ApiError::Failed { op, .. } => op.failure_message(),
             ApiError::Internal(_) => "Internal server error.",
             ApiError::NotFound => "No such route.",
@@ -114,6 +123,7 @@ impl ApiError {
                 "invalid_token",
                 "This endpoint requires a user JWT".to_owned(),
             ),
+            ApiError::InvalidAgentToken(reason) => ("invalid_token", reason.to_string()),
             _ => return None,
         };
         Some(format!(
@@ -146,7 +156,8 @@ impl ResponseError for ApiError {
             ApiError::MissingCredentials
             | ApiError::MalformedAuthorization
             | ApiError::InvalidJwt(_)
-            | ApiError::AgentTokenNotAllowed => StatusCode::UNAUTHORIZED,
+            | ApiError::AgentTokenNotAllowed
+            | ApiError::InvalidAgentToken(_) => StatusCode::UNAUTHORIZED,
             ApiError::Failed { .. } | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -169,11 +180,70 @@ impl ResponseError for ApiError {
                 response.insert_header((header::WWW_AUTHENTICATE, value));
             }
         }
+        if let ApiError::InvalidAgentToken(_) = self {
+            return response.json(InactiveBody {
+                active: false,
+                error: self.code(),
+                message: self.message(),
+            });
+        }
         response.json(ErrorBody {
             error: self.code(),
             message: self.message(),
         })
     }
+}
+
+/// Why the verify route refused a credential. The text goes to the client
+/// (body and `WWW-Authenticate`), so it never includes the credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyRefusal {
+    #[error("No agent token was presented")]
+    Missing,
+    #[error("The Authorization header is not Bearer <agent token>")]
+    MalformedHeader,
+    #[error("The agent token is malformed: {0}")]
+    Malformed(#[source] TokenError),
+    #[error("A user JWT was presented; this endpoint takes an agent token")]
+    UserJwt,
+    #[error("The agent token is unknown or revoked")]
+    Unknown,
+    #[error("The agent token was rotated out")]
+    RotatedOut,
+    #[error("The agent token has expired")]
+    Expired,
+}
+
+impl VerifyRefusal {
+    fn message(self) -> &'static str {
+        match self {
+            VerifyRefusal::Missing => "An agent token is required.",
+            VerifyRefusal::MalformedHeader => "Send Authorization: Bearer <agent token>.",
+            VerifyRefusal::Malformed(_) => "The agent token is malformed.",
+            VerifyRefusal::UserJwt => {
+                "A user JWT cannot be used here. This endpoint takes an agent token."
+            }
+            VerifyRefusal::Unknown => "The agent token is not valid (unknown or revoked).",
+            VerifyRefusal::RotatedOut => "The agent token was rotated out.",
+            VerifyRefusal::Expired => "The agent token has expired.",
+        }
+    }
+}
+
+impl From<Inactive> for VerifyRefusal {
+    fn from(inactive: Inactive) -> Self {
+        match inactive {
+            Inactive::RotatedOut => VerifyRefusal::RotatedOut,
+            Inactive::Expired => VerifyRefusal::Expired,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct InactiveBody<'a> {
+    active: bool,
+    error: &'a str,
+    message: &'a str,
 }
 
 /// Formats an error with its whole `source()` chain for the log.

@@ -50,6 +50,8 @@ pub enum JwtError {
     WrongAudience,
     #[error("the token lacks the required claim {0}")]
     MissingClaim(String),
+    #[error("the token's {0} claim is not a number")]
+    NotNumeric(&'static str),
     #[error("the token's user claim is missing or not a string")]
     MissingUserClaim,
     #[error("the token's user claim is invalid: {0}")]
@@ -166,10 +168,15 @@ impl JwtVerifier {
 
         let mut static_keys = Vec::new();
         if let Some(secret) = load_hmac_secret(settings)? {
+            let key_name = if settings.hmac_secret.is_some() {
+                "jwt.hmac_secret"
+            } else {
+                "jwt.hmac_secret_file"
+            };
             let validation = validation_for(KeyKind::Hmac, None).ok_or_else(|| {
-                ConfigError::new(
-                    "jwt.hmac_secret is set but jwt.algorithms lists no HS256, HS384 or HS512.",
-                )
+                ConfigError::new(format!(
+                    "{key_name} is set but jwt.algorithms lists no HS256, HS384 or HS512."
+                ))
             })?;
             static_keys.push(VerifyKey {
                 kind: KeyKind::Hmac,
@@ -267,6 +274,11 @@ impl JwtVerifier {
             return Err(JwtError::AlgorithmNotAllowed);
         }
         let data = decode::<Map<String, Value>>(token, &key.key, &key.validation)?;
+        // jsonwebtoken skips an nbf it cannot read as a number; RFC 7519 §4.1.5
+        // requires a NumericDate, so a string must not switch the check off.
+        if data.claims.get("nbf").is_some_and(|v| !v.is_number()) {
+            return Err(JwtError::NotNumeric("nbf"));
+        }
         let claim = data
             .claims
             .get(&self.user_claim)
@@ -368,6 +380,12 @@ fn load_public_key(path: &Path) -> Result<(KeyKind, DecodingKey), ConfigError> {
             path.display()
         ))
     };
+    // jsonwebtoken also takes an RSA *private* key here; an issuer's private
+    // key has no business on the verifying host, so refuse anything but a public key.
+    let parsed = pem::parse(&bytes).map_err(|_| not_a_key())?;
+    if !matches!(parsed.tag(), "PUBLIC KEY" | "RSA PUBLIC KEY") {
+        return Err(not_a_key());
+    }
     if let Ok(key) = DecodingKey::from_rsa_pem(&bytes) {
         return Ok((KeyKind::Rsa, key));
     }
@@ -376,8 +394,7 @@ fn load_public_key(path: &Path) -> Result<(KeyKind, DecodingKey), ConfigError> {
     }
     if let Ok(key) = DecodingKey::from_ec_pem(&bytes) {
         // The curve is named by its OID in the SubjectPublicKeyInfo.
-        let der = pem::parse(&bytes).map_err(|_| not_a_key())?;
-        let contents = der.contents();
+        let contents = parsed.contents();
         let has = |oid: &[u8]| contents.windows(oid.len()).any(|w| w == oid);
         let kind = if has(OID_P256) {
             KeyKind::EcP256
@@ -418,10 +435,12 @@ fn load_jwks(path: &Path) -> Result<Vec<JwksEntry>, ConfigError> {
         let kid = match (&jwk.common.key_id, several) {
             (Some(kid), _) => kid.clone(),
             (None, false) => String::new(),
-            (None, true) => return Err(ConfigError::new(format!(
+            (None, true) => {
+                return Err(ConfigError::new(format!(
                 "jwt.jwks_file key #{} has no kid; every key needs one when the set has several.",
                 i + 1
-            ))),
+            )))
+            }
         };
         if out.iter().any(|(k, ..)| *k == kid) {
             return Err(ConfigError::new(format!(

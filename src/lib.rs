@@ -4,11 +4,13 @@
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod dev;
 pub mod durability;
 pub mod error;
 pub mod jwt;
+pub mod policy;
 pub mod routes;
 pub mod store;
 pub mod token;

@@ -61,22 +61,7 @@ impl PlainToken {
     /// Parses a presented token: prefix, length, lowercase hex, checksum.
     /// No storage access; a typo fails here.
     pub fn parse(candidate: &str) -> Result<Self, TokenError> {
-        let body = candidate
-            .strip_prefix(TOKEN_PREFIX)
-            .ok_or(TokenError::WrongPrefix)?;
-        if body.len() != BODY_HEX_LEN {
-            return Err(TokenError::WrongLength);
-        }
-        if !body.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(TokenError::NotHex);
-        }
-        let mut bytes = [0u8; RANDOM_LEN + CHECKSUM_LEN];
-        hex::decode_to_slice(body, &mut bytes).map_err(|_| TokenError::NotHex)?;
-        let ok = checksum(&bytes[..RANDOM_LEN]) == bytes[RANDOM_LEN..];
-        bytes.zeroize();
-        if !ok {
-            return Err(TokenError::BadChecksum);
-        }
+        check_format(candidate)?;
         Ok(Self(candidate.to_owned()))
     }
 
@@ -116,6 +101,28 @@ pub fn looks_like_agent_token(credential: &str) -> bool {
     credential.starts_with(TOKEN_PREFIX)
 }
 
+/// Checks prefix, length, lowercase hex and checksum without copying the token.
+fn check_format(candidate: &str) -> Result<(), TokenError> {
+    let body = candidate
+        .strip_prefix(TOKEN_PREFIX)
+        .ok_or(TokenError::WrongPrefix)?;
+    if body.len() != BODY_HEX_LEN {
+        return Err(TokenError::WrongLength);
+    }
+    if !body.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(TokenError::NotHex);
+    }
+    let mut bytes = [0u8; RANDOM_LEN + CHECKSUM_LEN];
+    hex::decode_to_slice(body, &mut bytes).map_err(|_| TokenError::NotHex)?;
+    let ok = checksum(&bytes[..RANDOM_LEN]) == bytes[RANDOM_LEN..];
+    bytes.zeroize();
+    if ok {
+        Ok(())
+    } else {
+        Err(TokenError::BadChecksum)
+    }
+}
+
 fn checksum(random: &[u8]) -> [u8; CHECKSUM_LEN] {
     let d = digest(&SHA256, random);
     let mut out = [0u8; CHECKSUM_LEN];
@@ -133,6 +140,13 @@ impl TokenHash {
         let mut out = [0u8; 32];
         out.copy_from_slice(d.as_ref());
         Self(out)
+    }
+
+    /// Checks a presented token's format and checksum and hashes it, without
+    /// copying the secret: the verify path's first step, before any lookup.
+    pub fn of_presented(candidate: &str) -> Result<Self, TokenError> {
+        check_format(candidate)?;
+        Ok(Self::of(candidate))
     }
 
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
@@ -244,6 +258,19 @@ mod tests {
         let d = digest(&SHA256, t.expose().as_bytes());
         assert_eq!(&t.hash().as_bytes()[..], d.as_ref());
         assert_eq!(t.hash(), PlainToken::parse(t.expose()).unwrap().hash());
+    }
+
+    #[test]
+    fn of_presented_hashes_valid_tokens_and_rejects_the_rest() {
+        let t = fresh();
+        assert_eq!(TokenHash::of_presented(t.expose()).unwrap(), t.hash());
+        let mut bad = t.expose().to_owned();
+        bad.pop();
+        bad.push(if t.expose().ends_with('0') { '1' } else { '0' });
+        assert_eq!(
+            TokenHash::of_presented(&bad).unwrap_err(),
+            TokenError::BadChecksum
+        );
     }
 
     #[test]

@@ -156,7 +156,10 @@ async fn the_binary_serves_the_api_from_a_real_config_file_and_stops_cleanly_on_
         seen.push(line);
     }
     let log = seen.join("\n");
-    assert!(log.contains("\"POST /api/agent-tokens/me/get-or-create HTTP/1.1\" 200"), "{log}");
+    assert!(
+        log.contains("\"POST /api/agent-tokens/me/get-or-create HTTP/1.1\" 200"),
+        "{log}"
+    );
     assert!(!log.contains(&jwt), "the JWT reached the log");
     assert!(!log.contains(&token[15..]), "the token reached the log");
     assert!(!log.contains(SECRET), "the HMAC secret reached the log");
@@ -171,9 +174,15 @@ async fn the_binary_serves_the_api_from_a_real_config_file_and_stops_cleanly_on_
         .spawn()
         .unwrap();
     let stderr = lines_of(child.stderr.take().unwrap());
-    let port = port_from(&wait_for_line(&stderr, "listening on port", &mut Vec::new()));
+    let port = port_from(&wait_for_line(
+        &stderr,
+        "listening on port",
+        &mut Vec::new(),
+    ));
     let again: Value = client
-        .post(format!("http://127.0.0.1:{port}/api/agent-tokens/me/get-or-create"))
+        .post(format!(
+            "http://127.0.0.1:{port}/api/agent-tokens/me/get-or-create"
+        ))
         .bearer_auth(&jwt)
         .send()
         .await
@@ -183,6 +192,82 @@ async fn the_binary_serves_the_api_from_a_real_config_file_and_stops_cleanly_on_
         .unwrap();
     assert_eq!(again["is_new"], false);
     assert_eq!(again["token_prefix"], created["token_prefix"]);
+    assert!(terminate(&mut child).success());
+}
+
+fn spawn_server(config: &Path) -> (Child, u16) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .env_remove("AGENT_TOKENS__SERVER__BIND")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = lines_of(child.stderr.take().unwrap());
+    let port = port_from(&wait_for_line(
+        &stderr,
+        "listening on port",
+        &mut Vec::new(),
+    ));
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || while stderr.recv().is_ok() {});
+    (child, port)
+}
+
+#[tokio::test]
+async fn last_used_survives_sigkill_once_the_flush_interval_has_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let (mut child, port) = spawn_server(&config);
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let jwt = hs256_jwt("stamped");
+    let token: Value = client
+        .post(format!("{base}/api/agent-tokens/me"))
+        .bearer_auth(&jwt)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["token"].as_str().unwrap().to_owned();
+    let verified = client
+        .get(format!("{base}/api/agent-tokens/verify"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(verified.status().as_u16(), 200);
+    let before: Value = client
+        .get(format!("{base}/api/agent-tokens/me"))
+        .bearer_auth(&jwt)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(before["last_used_at"].is_string(), "{before}");
+    // Unwaited last-used stamps are flushed within a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let (mut child, port) = spawn_server(&config);
+    let after: Value = client
+        .get(format!("http://127.0.0.1:{port}/api/agent-tokens/me"))
+        .bearer_auth(&jwt)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(after["last_used_at"], before["last_used_at"]);
+    assert_eq!(after["token_prefix"], before["token_prefix"]);
     assert!(terminate(&mut child).success());
 }
 
@@ -199,7 +284,12 @@ async fn dev_mode_prints_a_working_jwt_and_curl_line_and_honours_the_environment
     let stdout = lines_of(child.stdout.take().unwrap());
     let mut seen = Vec::new();
     let banner = wait_for_line(&stdout, "Listening on:", &mut seen);
-    let base = banner.split("Listening on:").nth(1).unwrap().trim().to_owned();
+    let base = banner
+        .split("Listening on:")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .to_owned();
     let curl = wait_for_line(&stdout, "curl -s -X POST", &mut seen);
     let text = seen.join("\n");
     assert!(text.contains("DEV MODE"), "{text}");
@@ -229,7 +319,10 @@ async fn dev_mode_prints_a_working_jwt_and_curl_line_and_honours_the_environment
         .unwrap();
     assert!(data_dir.exists());
     assert!(terminate(&mut child).success());
-    assert!(!data_dir.exists(), "the throw-away directory is removed on exit");
+    assert!(
+        !data_dir.exists(),
+        "the throw-away directory is removed on exit"
+    );
 }
 
 #[test]
@@ -252,7 +345,10 @@ fn check_config_accepts_a_good_file_with_a_one_line_summary() {
 fn check_config_names_the_bad_key_in_one_sentence_and_exits_non_zero() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        ("[server]\nbnid = \"x\"\n", "Unknown config key server.bnid."),
+        (
+            "[server]\nbnid = \"x\"\n",
+            "Unknown config key server.bnid.",
+        ),
         (
             "[jwt]\nhmac_secret = \"short\"\n",
             "jwt.hmac_secret must be at least 32 bytes long.",
@@ -289,7 +385,10 @@ fn serve_refuses_to_start_without_a_key_and_says_why() {
     let file = dir.path().join("nokey.toml");
     std::fs::write(
         &file,
-        format!("[storage]\npath = \"{}\"\n", dir.path().join("db").display()),
+        format!(
+            "[storage]\npath = \"{}\"\n",
+            dir.path().join("db").display()
+        ),
     )
     .unwrap();
     let out = Command::new(BIN)
@@ -306,9 +405,14 @@ fn serve_refuses_to_start_without_a_key_and_says_why() {
 fn version_and_help_work() {
     let out = Command::new(BIN).arg("--version").output().unwrap();
     assert!(out.status.success());
-    assert!(String::from_utf8(out.stdout).unwrap().starts_with("agent-tokens "));
+    assert!(String::from_utf8(out.stdout)
+        .unwrap()
+        .starts_with("agent-tokens "));
     let out = Command::new(BIN).arg("--help").output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
-    assert!(help.contains("serve") && help.contains("check-config"), "{help}");
+    assert!(
+        help.contains("serve") && help.contains("check-config"),
+        "{help}"
+    );
 }

@@ -2,6 +2,7 @@
 
 pub mod health;
 pub mod tokens;
+pub mod verify;
 
 use actix_web::{web, HttpResponse};
 
@@ -11,6 +12,7 @@ use crate::error::ApiError;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(health::healthz);
     tokens::configure(cfg);
+    verify::configure(cfg);
 }
 
 /// The JSON 405 for a known path with an unsupported method.

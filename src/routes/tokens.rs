@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::app::AppState;
 use crate::auth::UserJwt;
+use crate::clock::rfc3339;
 use crate::error::{ApiError, Operation};
 use crate::store::{GetOrCreate, NewToken};
 use crate::token::PlainToken;
@@ -32,10 +33,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
+/// The page's two fields, plus timestamps (RFC 3339 UTC, null when unknown).
 #[derive(Debug, Serialize)]
 pub struct StatusResponse {
     pub has_token: bool,
     pub token_prefix: Option<String>,
+    pub created_at: Option<String>,
+    pub last_used_at: Option<String>,
+    pub expires_at: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -76,12 +81,23 @@ async fn status(
         .store
         .get(&user)
         .map_err(|e| ApiError::failed(Operation::FetchStatus, e))?;
-    Ok(HttpResponse::Ok()
-        .insert_header(no_store())
-        .json(StatusResponse {
-            has_token: record.is_some(),
-            token_prefix: record.map(|r| r.prefix),
-        }))
+    let response = match record {
+        Some(r) => StatusResponse {
+            has_token: true,
+            created_at: Some(rfc3339(r.created_at)),
+            last_used_at: r.last_used_at.map(rfc3339),
+            expires_at: state.policy.expires_at(r.created_at).map(rfc3339),
+            token_prefix: Some(r.prefix),
+        },
+        None => StatusResponse {
+            has_token: false,
+            token_prefix: None,
+            created_at: None,
+            last_used_at: None,
+            expires_at: None,
+        },
+    };
+    Ok(HttpResponse::Ok().insert_header(no_store()).json(response))
 }
 
 /// Handles `POST /api/agent-tokens/me`: generate or rotate.
@@ -92,7 +108,12 @@ async fn rotate(
     let (token, new) = fresh_token(&state, Operation::StoreToken)?;
     state
         .store
-        .rotate(&user, &new)
+        .rotate(
+            &user,
+            &new,
+            state.clock.now(),
+            state.policy.rotation_grace_secs,
+        )
         .await
         .map_err(|e| ApiError::failed(Operation::StoreToken, e))?;
     log::info!(
@@ -130,7 +151,7 @@ async fn get_or_create(
     let (token, new) = fresh_token(&state, op)?;
     let outcome = state
         .store
-        .get_or_create(&user, &new)
+        .get_or_create(&user, &new, state.clock.now())
         .await
         .map_err(|e| ApiError::failed(op, e))?;
     Ok(match outcome {

@@ -11,14 +11,14 @@ async fn app_with_a_damaged_record(victim: &str) -> TestApp {
     app.rotate(&user_jwt(victim)).await;
     let (dir, config) = app.stop().await;
     {
-        let db = sled::open(dir.path().join("db")).unwrap();
+        let db = raw_db(&dir.path().join("db"));
         db.open_tree("user_token")
             .unwrap()
             .insert(victim.as_bytes(), &b"\x07garbage"[..])
             .unwrap();
         db.flush().unwrap();
     }
-    TestApp::start_in(config, dir).await
+    TestApp::start_in(config, dir, agent_tokens::clock::Clock::manual()).await
 }
 
 #[tokio::test]
@@ -56,7 +56,7 @@ async fn each_route_answers_its_page_message_when_storage_fails_and_nothing_chan
     assert_eq!(resp.status().as_u16(), 200);
 
     let (dir, _) = app.stop().await;
-    let db = sled::open(dir.path().join("db")).unwrap();
+    let db = raw_db(&dir.path().join("db"));
     let value = db
         .open_tree("user_token")
         .unwrap()

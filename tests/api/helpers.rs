@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix_web::dev::ServerHandle;
 use agent_tokens::app::{Application, StartupError};
+use agent_tokens::clock::Clock;
 use agent_tokens::config::{Settings, Sources};
 use agent_tokens::store::{IndexEntry, Store, UserRecord};
 use agent_tokens::token::TokenHash;
@@ -67,6 +68,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub data_dir: TempDir,
     pub config: TestConfig,
+    /// The app's clock: frozen, moved only by `clock.advance(secs)`.
+    pub clock: Clock,
     handle: ServerHandle,
     task: tokio::task::JoinHandle<Result<(), StartupError>>,
 }
@@ -95,14 +98,14 @@ pub async fn spawn_app_with(config: TestConfig) -> TestApp {
 }
 
 async fn start_in(config: TestConfig, data_dir: TempDir) -> TestApp {
-    TestApp::start_in(config, data_dir).await
+    TestApp::start_in(config, data_dir, Clock::manual()).await
 }
 
 impl TestApp {
     /// Starts the app on an existing data directory.
-    pub async fn start_in(config: TestConfig, data_dir: TempDir) -> TestApp {
+    pub async fn start_in(config: TestConfig, data_dir: TempDir, clock: Clock) -> TestApp {
         let settings = settings_for(&config, &data_dir.path().join("db"));
-        let app = Application::build(&settings).expect("app builds");
+        let app = Application::build_with_clock(&settings, clock.clone()).expect("app builds");
         let port = app.port();
         let handle = app.handle();
         let task = tokio::spawn(app.run_until_stopped());
@@ -115,6 +118,7 @@ impl TestApp {
                 .unwrap(),
             data_dir,
             config,
+            clock,
             handle,
             task,
         }
@@ -137,10 +141,11 @@ impl TestApp {
         (self.data_dir, self.config)
     }
 
-    /// Stops and starts again on the same data directory (a new port).
+    /// Stops and starts again on the same data directory (a new port, the same clock).
     pub async fn restart(self) -> TestApp {
+        let clock = self.clock.clone();
         let (dir, config) = self.stop().await;
-        start_in(config, dir).await
+        TestApp::start_in(config, dir, clock).await
     }
 
     /// Stops the server and opens its store directly to inspect what is stored.
@@ -150,6 +155,7 @@ impl TestApp {
         let stored = Stored {
             users: store.users().map(Result::unwrap).collect(),
             index: store.index_entries().map(Result::unwrap).collect(),
+            grace_entries: store.grace_entries(),
         };
         drop(store);
         (stored, dir)
@@ -187,6 +193,27 @@ impl TestApp {
         .await
     }
 
+    pub async fn verify(&self, token: &str) -> reqwest::Response {
+        self.request(
+            reqwest::Method::GET,
+            "/api/agent-tokens/verify",
+            Some(token),
+        )
+        .await
+    }
+
+    pub async fn verify_status(&self, token: &str) -> u16 {
+        self.verify(token).await.status().as_u16()
+    }
+
+    /// Rotates and returns the new raw token.
+    pub async fn new_token(&self, jwt: &str) -> String {
+        let resp = self.rotate(jwt).await;
+        assert_eq!(resp.status().as_u16(), 200);
+        let body: Value = resp.json().await.unwrap();
+        body["token"].as_str().unwrap().to_owned()
+    }
+
     pub async fn revoke(&self, jwt: &str) -> reqwest::Response {
         self.request(reqwest::Method::DELETE, "/api/agent-tokens/me", Some(jwt))
             .await
@@ -197,6 +224,7 @@ impl TestApp {
 pub struct Stored {
     pub users: Vec<(String, UserRecord)>,
     pub index: Vec<(TokenHash, IndexEntry)>,
+    pub grace_entries: usize,
 }
 
 /// SHA-256 of a token string, as the store keys it.
@@ -294,4 +322,15 @@ pub async fn assert_invalid_jwt(resp: reqwest::Response) {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "invalid_token");
     assert_eq!(body["message"], "Missing or invalid JWT.");
+}
+
+/// Opens a sled directory directly, as the tests' stand-in for an older
+/// release or a damaged store. No background flusher, so dropping it
+/// releases the directory lock at once.
+pub fn raw_db(path: &Path) -> sled::Db {
+    sled::Config::new()
+        .path(path)
+        .flush_every_ms(None)
+        .open()
+        .unwrap()
 }

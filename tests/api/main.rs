@@ -6,3 +6,4 @@ mod helpers;
 mod jwt;
 mod persistence;
 mod tokens;
+mod verify;

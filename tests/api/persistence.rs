@@ -103,7 +103,7 @@ async fn a_store_from_a_newer_release_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     {
-        let db = sled::open(&path).unwrap();
+        let db = raw_db(&path);
         db.open_tree("meta")
             .unwrap()
             .insert("schema_version", &99u32.to_be_bytes())

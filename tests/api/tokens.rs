@@ -20,6 +20,15 @@ fn assert_token_shape(token: &str) {
     );
 }
 
+/// The page's fields for "no token"; the added timestamps are null too.
+fn assert_no_token(body: &Value) {
+    assert_eq!(body["has_token"], false, "{body}");
+    assert_eq!(body["token_prefix"], Value::Null, "{body}");
+    for field in ["created_at", "last_used_at", "expires_at"] {
+        assert_eq!(body[field], Value::Null, "{field} in {body}");
+    }
+}
+
 fn prefix_of(token: &str) -> String {
     format!("{}...", &token[..15])
 }
@@ -38,10 +47,7 @@ async fn json(resp: reqwest::Response) -> Value {
 async fn get_me_without_a_token_says_so_with_a_null_prefix() {
     let app = spawn_app().await;
     let body = json(app.get_me(&user_jwt("alice")).await).await;
-    assert_eq!(
-        body,
-        serde_json::json!({"has_token": false, "token_prefix": null})
-    );
+    assert_no_token(&body);
 }
 
 #[tokio::test]
@@ -124,10 +130,7 @@ async fn delete_me_revokes_with_204_and_an_empty_body_and_is_idempotent() {
         assert!(resp.bytes().await.unwrap().is_empty());
     }
     let status = json(app.get_me(&jwt).await).await;
-    assert_eq!(
-        status,
-        serde_json::json!({"has_token": false, "token_prefix": null})
-    );
+    assert_no_token(&status);
     let (stored, _dir) = app.stop_and_inspect().await;
     assert!(stored.users.is_empty());
     assert!(stored.index.is_empty());

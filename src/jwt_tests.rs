@@ -1,0 +1,656 @@
+//! Unit tests for jwt.rs (config errors and key selection).
+
+use super::*;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use jsonwebtoken::{encode, EncodingKey, Header};
+use secrecy::SecretString;
+use serde_json::json;
+use tempfile::NamedTempFile;
+
+const SECRET_32: &str = "0123456789abcdef0123456789abcdef";
+const SECRET_31: &str = "0123456789abcdef0123456789abcde";
+
+const ALGORITHM_LIST: &str =
+    "HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA";
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn settings(algorithms: &[&str]) -> JwtSettings {
+    JwtSettings {
+        algorithms: algorithms.iter().map(|a| a.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+fn with_secret(algorithms: &[&str], secret: &str) -> JwtSettings {
+    JwtSettings {
+        hmac_secret: Some(SecretString::from(secret.to_owned())),
+        ..settings(algorithms)
+    }
+}
+
+fn with_public_key(algorithms: &[&str], file: PathBuf) -> JwtSettings {
+    JwtSettings {
+        public_key_file: Some(file),
+        ..settings(algorithms)
+    }
+}
+
+fn with_jwks(algorithms: &[&str], file: PathBuf) -> JwtSettings {
+    JwtSettings {
+        jwks_file: Some(file),
+        ..settings(algorithms)
+    }
+}
+
+fn temp_file(contents: &[u8]) -> NamedTempFile {
+    let mut file = NamedTempFile::new().unwrap();
+    file.write_all(contents).unwrap();
+    file.flush().unwrap();
+    file
+}
+
+/// The fixture JWKS as JSON, to be edited by a test.
+fn fixture_jwks() -> serde_json::Value {
+    serde_json::from_str(&fs::read_to_string(fixture("jwks.json")).unwrap()).unwrap()
+}
+
+fn jwks_file(set: &serde_json::Value) -> NamedTempFile {
+    temp_file(set.to_string().as_bytes())
+}
+
+/// The fixture key with this kid, as JSON.
+fn fixture_jwk(kid: &str) -> serde_json::Value {
+    fixture_jwks()["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == kid)
+        .unwrap_or_else(|| panic!("no fixture key {kid}"))
+        .clone()
+}
+
+fn config_error(s: &JwtSettings) -> String {
+    JwtVerifier::from_settings(s).unwrap_err().to_string()
+}
+
+fn io_error(path: &Path) -> std::io::Error {
+    fs::read(path).unwrap_err()
+}
+
+fn sign(alg: Algorithm, key: &str, kid: Option<&str>) -> String {
+    let pem = fs::read(fixture(&format!("{key}_private.pem"))).unwrap();
+    let encoding = match alg {
+        Algorithm::RS256 | Algorithm::RS384 | Algorithm::PS256 => {
+            EncodingKey::from_rsa_pem(&pem).unwrap()
+        }
+        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&pem).unwrap(),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(&pem).unwrap(),
+        other => panic!("no private key fixture for {other:?}"),
+    };
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    let exp = jsonwebtoken::get_current_timestamp() + 3600;
+    encode(&header, &json!({ "sub": "user-1", "exp": exp }), &encoding).unwrap()
+}
+
+// --- algorithms ---
+
+#[test]
+fn an_unknown_algorithm_name_is_refused_with_the_list_of_known_ones() {
+    for name in ["HS257", "none", "hs256", "RS256 ", "ES512", ""] {
+        let err = config_error(&with_secret(&["HS256", name], SECRET_32));
+        assert_eq!(
+            err,
+            format!("jwt.algorithms lists {name:?}, which is not one of {ALGORITHM_LIST}.")
+        );
+    }
+}
+
+#[test]
+fn a_repeated_algorithm_is_accepted_once() {
+    let verifier =
+        JwtVerifier::from_settings(&with_secret(&["HS256", "HS256"], SECRET_32)).unwrap();
+    assert_eq!(verifier.allowed, vec![Algorithm::HS256]);
+}
+
+// --- HMAC secret ---
+
+#[test]
+fn an_hmac_secret_shorter_than_32_bytes_is_refused() {
+    let err = config_error(&with_secret(&["HS256"], SECRET_31));
+    assert_eq!(err, "jwt.hmac_secret must be at least 32 bytes long.");
+    JwtVerifier::from_settings(&with_secret(&["HS256"], SECRET_32)).unwrap();
+}
+
+#[test]
+fn an_hmac_secret_file_shorter_than_32_bytes_is_refused() {
+    for contents in [
+        SECRET_31.to_owned(),
+        format!("{SECRET_31}\n"),
+        String::new(),
+    ] {
+        let file = temp_file(contents.as_bytes());
+        let s = JwtSettings {
+            hmac_secret_file: Some(file.path().to_owned()),
+            ..settings(&["HS256"])
+        };
+        assert_eq!(
+            config_error(&s),
+            "jwt.hmac_secret_file must be at least 32 bytes long.",
+            "for file contents {contents:?}"
+        );
+    }
+}
+
+#[test]
+fn a_trailing_newline_in_the_hmac_secret_file_is_trimmed() {
+    for contents in [
+        SECRET_32.to_owned(),
+        format!("{SECRET_32}\n"),
+        format!("{SECRET_32}\r\n"),
+    ] {
+        let file = temp_file(contents.as_bytes());
+        let s = JwtSettings {
+            hmac_secret_file: Some(file.path().to_owned()),
+            ..settings(&["HS256"])
+        };
+        let verifier = JwtVerifier::from_settings(&s).unwrap();
+        // The key is the 32 bytes without the newline: a token signed with them verifies.
+        let exp = jsonwebtoken::get_current_timestamp() + 3600;
+        let token = encode(
+            &Header::new(Algorithm::HS256),
+            &json!({ "sub": "user-1", "exp": exp }),
+            &EncodingKey::from_secret(SECRET_32.as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(
+            verifier.verify(&token).unwrap().as_str(),
+            "user-1",
+            "for file contents {contents:?}"
+        );
+    }
+}
+
+#[test]
+fn hmac_secret_and_hmac_secret_file_together_are_refused() {
+    let file = temp_file(SECRET_32.as_bytes());
+    let s = JwtSettings {
+        hmac_secret_file: Some(file.path().to_owned()),
+        ..with_secret(&["HS256"], SECRET_32)
+    };
+    assert_eq!(
+        config_error(&s),
+        "Set only one of jwt.hmac_secret and jwt.hmac_secret_file."
+    );
+}
+
+#[test]
+fn an_hmac_secret_without_any_hs_algorithm_is_refused() {
+    let err = config_error(&with_secret(&["RS256"], SECRET_32));
+    assert_eq!(
+        err,
+        "jwt.hmac_secret is set but jwt.algorithms lists no HS256, HS384 or HS512."
+    );
+}
+
+#[test]
+fn an_hmac_secret_file_without_any_hs_algorithm_is_refused_naming_that_key() {
+    let file = temp_file(SECRET_32.as_bytes());
+    let s = JwtSettings {
+        hmac_secret_file: Some(file.path().to_owned()),
+        ..settings(&["RS256"])
+    };
+    assert_eq!(
+        config_error(&s),
+        "jwt.hmac_secret_file is set but jwt.algorithms lists no HS256, HS384 or HS512."
+    );
+}
+
+// --- unreadable and unusable files ---
+
+#[test]
+fn unreadable_key_files_are_reported_with_their_path_and_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let cause = io_error(&missing);
+
+    let s = JwtSettings {
+        hmac_secret_file: Some(missing.clone()),
+        ..settings(&["HS256"])
+    };
+    assert_eq!(
+        config_error(&s),
+        format!(
+            "jwt.hmac_secret_file {} cannot be read: {cause}.",
+            missing.display()
+        )
+    );
+
+    let s = with_public_key(&["RS256"], missing.clone());
+    assert_eq!(
+        config_error(&s),
+        format!(
+            "jwt.public_key_file {} cannot be read: {cause}.",
+            missing.display()
+        )
+    );
+
+    let s = with_jwks(&["RS256"], missing.clone());
+    assert_eq!(
+        config_error(&s),
+        format!(
+            "jwt.jwks_file {} cannot be read: {cause}.",
+            missing.display()
+        )
+    );
+
+    // A directory is not a key file either.
+    let cause = io_error(dir.path());
+    let s = with_public_key(&["RS256"], dir.path().to_owned());
+    assert_eq!(
+        config_error(&s),
+        format!(
+            "jwt.public_key_file {} cannot be read: {cause}.",
+            dir.path().display()
+        )
+    );
+}
+
+#[test]
+fn a_public_key_file_that_is_not_a_pem_public_key_is_refused() {
+    let not_pem = temp_file(b"this is not a key\n");
+    let garbage_pem = temp_file(b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n");
+    let jwks = fixture("jwks.json");
+    for path in [
+        not_pem.path().to_owned(),
+        garbage_pem.path().to_owned(),
+        jwks,
+    ] {
+        let s = with_public_key(&["RS256"], path.clone());
+        assert_eq!(
+            config_error(&s),
+            format!(
+                "jwt.public_key_file {} is not a PEM public key (RSA, EC P-256/P-384 or Ed25519).",
+                path.display()
+            )
+        );
+    }
+}
+
+#[test]
+fn a_private_key_in_public_key_file_is_refused() {
+    for (alg, key) in [
+        ("RS256", "rsa_private.pem"),
+        ("ES256", "ec256_private.pem"),
+        ("ES384", "ec384_private.pem"),
+        ("EdDSA", "ed25519_private.pem"),
+    ] {
+        let path = fixture(key);
+        let s = with_public_key(&[alg], path.clone());
+        assert_eq!(
+            JwtVerifier::from_settings(&s)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(format!(
+                "jwt.public_key_file {} is not a PEM public key (RSA, EC P-256/P-384 or Ed25519).",
+                path.display()
+            )),
+            "for {key}"
+        );
+    }
+}
+
+#[test]
+fn every_public_key_fixture_loads_as_its_own_kind() {
+    for (alg, key, kind) in [
+        ("RS256", "rsa_public.pem", "an RSA key"),
+        ("ES256", "ec256_public.pem", "an EC P-256 key"),
+        ("ES384", "ec384_public.pem", "an EC P-384 key"),
+        ("EdDSA", "ed25519_public.pem", "an Ed25519 key"),
+    ] {
+        let verifier = JwtVerifier::from_settings(&with_public_key(&[alg], fixture(key))).unwrap();
+        assert_eq!(verifier.describe_keys(), kind);
+    }
+}
+
+// --- algorithms without a key, keys without an algorithm ---
+
+#[test]
+fn a_public_key_no_configured_algorithm_can_use_is_refused() {
+    for (algorithms, key, kind) in [
+        (&["ES384"][..], "ec256_public.pem", "an EC P-256 key"),
+        (&["ES256"][..], "ec384_public.pem", "an EC P-384 key"),
+        (&["ES256"][..], "rsa_public.pem", "an RSA key"),
+        (&["RS256"][..], "ed25519_public.pem", "an Ed25519 key"),
+        (&["EdDSA"][..], "ec256_public.pem", "an EC P-256 key"),
+    ] {
+        let s = with_public_key(algorithms, fixture(key));
+        assert_eq!(
+            config_error(&s),
+            format!(
+                "jwt.public_key_file holds {kind} but jwt.algorithms lists no algorithm it can verify."
+            ),
+            "for {key} with {algorithms:?}"
+        );
+    }
+}
+
+#[test]
+fn an_algorithm_no_configured_key_can_verify_is_refused() {
+    let s = with_public_key(&["ES256", "ES384"], fixture("ec256_public.pem"));
+    assert_eq!(
+        config_error(&s),
+        "jwt.algorithms lists ES384 but no configured key can verify it."
+    );
+
+    let s = with_secret(&["HS256", "RS256"], SECRET_32);
+    assert_eq!(
+        config_error(&s),
+        "jwt.algorithms lists RS256 but no configured key can verify it."
+    );
+
+    let s = JwtSettings {
+        public_key_file: Some(fixture("rsa_public.pem")),
+        ..with_secret(&["HS256", "RS256", "EdDSA"], SECRET_32)
+    };
+    assert_eq!(
+        config_error(&s),
+        "jwt.algorithms lists EdDSA but no configured key can verify it."
+    );
+
+    // A JWKS key pinned to RS256 does not serve RS384.
+    let mut rsa = fixture_jwk("rsa-1");
+    rsa["alg"] = json!("RS256");
+    let file = jwks_file(&json!({ "keys": [rsa] }));
+    let s = with_jwks(&["RS256", "RS384"], file.path().to_owned());
+    assert_eq!(
+        config_error(&s),
+        "jwt.algorithms lists RS384 but no configured key can verify it."
+    );
+}
+
+#[test]
+fn no_key_at_all_is_refused() {
+    for algorithms in [&["HS256"][..], &["RS256"][..], &["EdDSA", "ES256"][..]] {
+        assert_eq!(
+            config_error(&settings(algorithms)),
+            "No JWT key is configured: set jwt.hmac_secret, jwt.hmac_secret_file, jwt.public_key_file or jwt.jwks_file."
+        );
+    }
+}
+
+// --- JWKS ---
+
+#[test]
+fn the_fixture_jwks_loads_all_four_keys() {
+    let s = with_jwks(&["RS256", "ES256", "ES384", "EdDSA"], fixture("jwks.json"));
+    let verifier = JwtVerifier::from_settings(&s).unwrap();
+    assert_eq!(verifier.describe_keys(), "4 JWKS key(s)");
+}
+
+#[test]
+fn a_jwks_key_without_kid_is_refused_when_the_set_has_several() {
+    let mut set = fixture_jwks();
+    set["keys"][1].as_object_mut().unwrap().remove("kid");
+    let file = jwks_file(&set);
+    let s = with_jwks(&["RS256", "ES256"], file.path().to_owned());
+    assert_eq!(
+        config_error(&s),
+        "jwt.jwks_file key #2 has no kid; every key needs one when the set has several."
+    );
+}
+
+#[test]
+fn a_single_jwks_key_needs_no_kid() {
+    let mut rsa = fixture_jwk("rsa-1");
+    rsa.as_object_mut().unwrap().remove("kid");
+    let file = jwks_file(&json!({ "keys": [rsa] }));
+    let verifier =
+        JwtVerifier::from_settings(&with_jwks(&["RS256"], file.path().to_owned())).unwrap();
+    let token = sign(Algorithm::RS256, "rsa", None);
+    assert_eq!(verifier.verify(&token).unwrap().as_str(), "user-1");
+}
+
+#[test]
+fn duplicate_kids_in_the_jwks_are_refused() {
+    let mut set = fixture_jwks();
+    set["keys"][2]["kid"] = json!("rsa-1");
+    let file = jwks_file(&set);
+    let s = with_jwks(
+        &["RS256", "ES256", "ES384", "EdDSA"],
+        file.path().to_owned(),
+    );
+    assert_eq!(
+        config_error(&s),
+        "jwt.jwks_file has two keys with kid \"rsa-1\"."
+    );
+}
+
+#[test]
+fn a_jwks_without_a_usable_key_is_refused() {
+    const NO_USABLE_KEY: &str = "jwt.jwks_file has no signing key usable with jwt.algorithms.";
+
+    // No key serves the configured algorithm (an HMAC secret serves it instead).
+    let s = JwtSettings {
+        jwks_file: Some(fixture("jwks.json")),
+        ..with_secret(&["HS256"], SECRET_32)
+    };
+    assert_eq!(config_error(&s), NO_USABLE_KEY);
+
+    // Every key is for encryption.
+    let mut set = fixture_jwks();
+    for key in set["keys"].as_array_mut().unwrap() {
+        key["use"] = json!("enc");
+    }
+    let file = jwks_file(&set);
+    let s = with_jwks(
+        &["RS256", "ES256", "ES384", "EdDSA"],
+        file.path().to_owned(),
+    );
+    assert_eq!(config_error(&s), NO_USABLE_KEY);
+
+    // An empty set.
+    let file = jwks_file(&json!({ "keys": [] }));
+    let s = with_jwks(&["RS256"], file.path().to_owned());
+    assert_eq!(config_error(&s), NO_USABLE_KEY);
+}
+
+#[test]
+fn a_jwks_file_that_is_not_a_jwk_set_is_refused() {
+    for text in ["not json", "{}", r#"{"keys": [{"kty": "XYZ"}]}"#] {
+        let file = temp_file(text.as_bytes());
+        let cause = serde_json::from_str::<JwkSet>(text).unwrap_err();
+        let s = with_jwks(&["RS256"], file.path().to_owned());
+        assert_eq!(
+            config_error(&s),
+            format!(
+                "jwt.jwks_file {} is not a valid JWK set: {cause}.",
+                file.path().display()
+            ),
+            "for {text:?}"
+        );
+    }
+}
+
+#[test]
+fn jwks_keys_on_unsupported_curves_are_refused() {
+    let mut p521 = fixture_jwk("ec-1");
+    p521["kid"] = json!("p521");
+    p521["crv"] = json!("P-521");
+    let file = jwks_file(&json!({ "keys": [p521] }));
+    let s = with_jwks(&["ES256"], file.path().to_owned());
+    assert_eq!(
+        config_error(&s),
+        "jwt.jwks_file key \"p521\" uses an unsupported curve (P-256 and P-384 are supported)."
+    );
+
+    let mut okp = fixture_jwk("ed-1");
+    okp["crv"] = json!("P-256");
+    let file = jwks_file(&json!({ "keys": [okp] }));
+    let s = with_jwks(&["EdDSA"], file.path().to_owned());
+    assert_eq!(
+        config_error(&s),
+        "jwt.jwks_file key \"ed-1\" is an OKP key on a curve other than Ed25519."
+    );
+}
+
+#[test]
+fn a_jwks_key_pinned_to_a_non_signature_or_mismatched_algorithm_is_refused() {
+    let mut rsa = fixture_jwk("rsa-1");
+    rsa["alg"] = json!("RSA-OAEP");
+    let file = jwks_file(&json!({ "keys": [rsa] }));
+    let s = with_jwks(&["RS256"], file.path().to_owned());
+    assert_eq!(
+        config_error(&s),
+        "jwt.jwks_file key \"rsa-1\" has alg RSA_OAEP, which is not a signature algorithm."
+    );
+
+    for (kid, alg, kind) in [
+        ("rsa-1", "ES256", "an RSA key"),
+        ("ec-1", "ES384", "an EC P-256 key"),
+        ("ec384-1", "ES256", "an EC P-384 key"),
+        ("ed-1", "RS256", "an Ed25519 key"),
+        ("rsa-1", "HS256", "an RSA key"),
+    ] {
+        let mut key = fixture_jwk(kid);
+        key["alg"] = json!(alg);
+        let file = jwks_file(&json!({ "keys": [key] }));
+        let s = with_jwks(
+            &["RS256", "ES256", "ES384", "EdDSA"],
+            file.path().to_owned(),
+        );
+        assert_eq!(
+            config_error(&s),
+            format!("jwt.jwks_file key {kid:?} has alg {alg}, which does not fit {kind}.")
+        );
+    }
+}
+
+#[test]
+fn a_jwks_key_that_cannot_be_loaded_is_refused() {
+    let mut ed = fixture_jwk("ed-1");
+    ed["x"] = json!("!!!not base64url!!!");
+    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(ed.clone()).unwrap();
+    let cause = match DecodingKey::from_jwk(&jwk) {
+        Ok(_) => panic!("the broken key must not load"),
+        Err(e) => e,
+    };
+    let file = jwks_file(&json!({ "keys": [ed] }));
+    let s = with_jwks(&["EdDSA"], file.path().to_owned());
+    assert_eq!(
+        config_error(&s),
+        format!("jwt.jwks_file key \"ed-1\" cannot be loaded: {cause}.")
+    );
+}
+
+#[test]
+fn a_short_hmac_key_in_the_jwks_is_refused() {
+    use base64::Engine;
+    let b64 = |n: usize| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(vec![7u8; n]);
+    let short = json!({ "kty": "oct", "kid": "h", "k": b64(31) });
+    let file = jwks_file(&json!({ "keys": [short] }));
+    let s = with_jwks(&["HS256"], file.path().to_owned());
+    assert_eq!(
+        config_error(&s),
+        "jwt.jwks_file key \"h\" is an HMAC key shorter than 32 bytes."
+    );
+
+    let long_enough = json!({ "kty": "oct", "kid": "h", "k": b64(32) });
+    let file = jwks_file(&json!({ "keys": [long_enough] }));
+    JwtVerifier::from_settings(&with_jwks(&["HS256"], file.path().to_owned())).unwrap();
+}
+
+// --- key selection ---
+
+#[test]
+fn a_token_without_kid_is_refused_when_several_jwks_keys_could_verify_it() {
+    let rsa = fixture_jwk("rsa-1");
+    let mut rsa2 = rsa.clone();
+    rsa2["kid"] = json!("rsa-2");
+    let file = jwks_file(&json!({ "keys": [rsa, rsa2] }));
+    let verifier =
+        JwtVerifier::from_settings(&with_jwks(&["RS256"], file.path().to_owned())).unwrap();
+    assert_eq!(
+        verifier
+            .verify(&sign(Algorithm::RS256, "rsa", None))
+            .unwrap_err(),
+        JwtError::MissingKid
+    );
+    for kid in ["rsa-1", "rsa-2"] {
+        let token = sign(Algorithm::RS256, "rsa", Some(kid));
+        assert_eq!(verifier.verify(&token).unwrap().as_str(), "user-1");
+    }
+}
+
+#[test]
+fn the_classic_attacks_fail_for_the_expected_reason() {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let s = with_jwks(&["RS256", "ES256", "ES384", "EdDSA"], fixture("jwks.json"));
+    let verifier = JwtVerifier::from_settings(&s).unwrap();
+    let exp = jsonwebtoken::get_current_timestamp() + 3600;
+    let claims = json!({ "sub": "user-1", "exp": exp }).to_string();
+
+    let none = format!(
+        "{}.{}.",
+        b64(r#"{"alg":"none","kid":"rsa-1"}"#),
+        b64(&claims)
+    );
+    assert_eq!(verifier.verify(&none).unwrap_err(), JwtError::Malformed);
+
+    let pem = fs::read(fixture("rsa_public.pem")).unwrap();
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some("rsa-1".into());
+    let confused = encode(
+        &header,
+        &json!({ "sub": "user-1", "exp": exp }),
+        &EncodingKey::from_secret(&pem),
+    )
+    .unwrap();
+    assert_eq!(
+        verifier.verify(&confused).unwrap_err(),
+        JwtError::AlgorithmNotAllowed
+    );
+
+    let unknown = sign(Algorithm::RS256, "rsa", Some("rsa-9"));
+    assert_eq!(verifier.verify(&unknown).unwrap_err(), JwtError::UnknownKid);
+
+    let other = sign(Algorithm::RS256, "rsa_other", Some("rsa-1"));
+    assert_eq!(verifier.verify(&other).unwrap_err(), JwtError::BadSignature);
+
+    let oversized = "a".repeat(MAX_JWT_LEN + 1);
+    assert_eq!(
+        verifier.verify(&oversized).unwrap_err(),
+        JwtError::Malformed
+    );
+}
+
+// --- no secrets in Debug ---
+
+#[test]
+fn debug_output_of_the_verifier_never_shows_the_hmac_secret() {
+    let secret = "a-very-recognisable-hmac-secret-value-0123456789";
+    let verifier = JwtVerifier::from_settings(&with_secret(&["HS256"], secret)).unwrap();
+    let debug = format!("{verifier:?}");
+    assert!(!debug.contains(secret), "{debug}");
+    assert!(!debug.contains("recognisable"), "{debug}");
+
+    let file = temp_file(format!("{secret}\n").as_bytes());
+    let s = JwtSettings {
+        hmac_secret_file: Some(file.path().to_owned()),
+        ..settings(&["HS256"])
+    };
+    let verifier = JwtVerifier::from_settings(&s).unwrap();
+    let debug = format!("{verifier:?}");
+    assert!(!debug.contains("recognisable"), "{debug}");
+    let debug = format!("{verifier:#?}");
+    assert!(!debug.contains("recognisable"), "{debug}");
+}

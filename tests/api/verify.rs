@@ -1,0 +1,497 @@
+//! The verify route: 200 only for a live agent token, 401 for anything else,
+//! HEAD without a body, rotation grace, expiry and last-used.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::helpers::*;
+
+const VERIFY: &str = "/api/agent-tokens/verify";
+
+fn with_tokens(toml: &str) -> TestConfig {
+    TestConfig::hs256().with(&format!("[tokens]\n{toml}"))
+}
+
+/// Asserts verify's 401: the challenge, `active: false`, and no echo of the credential.
+async fn assert_refused(resp: reqwest::Response, presented: &str) -> Value {
+    assert_eq!(resp.status().as_u16(), 401, "verify must answer 401");
+    let www = resp
+        .headers()
+        .get("www-authenticate")
+        .expect("WWW-Authenticate")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(www.starts_with("Bearer "), "{www}");
+    assert!(www.contains("error=\"invalid_token\""), "{www}");
+    assert!(resp.headers().get("x-agent-user-id").is_none());
+    let headers = format!("{:?}", resp.headers());
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["active"], false, "{body}");
+    assert_eq!(body["error"], "invalid_token");
+    assert!(body["message"].is_string());
+    if presented.len() > 16 {
+        let tail = &presented[presented.len() - 16..];
+        assert!(
+            !body.to_string().contains(tail),
+            "body echoes the credential"
+        );
+        assert!(!headers.contains(tail), "headers echo the credential");
+    }
+    body
+}
+
+#[tokio::test]
+async fn a_live_token_verifies_with_the_user_id_header_and_body() {
+    let app = spawn_app().await;
+    let token = app.new_token(&user_jwt("alice")).await;
+    let resp = app.verify(&token).await;
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.headers().get("x-agent-user-id").unwrap(), "alice");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["active"], true);
+    assert_eq!(body["user_id"], "alice");
+    assert_eq!(body["token_prefix"], format!("{}...", &token[..15]));
+    assert_eq!(
+        body["created_at"],
+        agent_tokens::clock::rfc3339(app.clock.now())
+    );
+    assert_eq!(body["expires_at"], Value::Null);
+    assert!(!body.to_string().contains(&token[15..]));
+}
+
+#[tokio::test]
+async fn head_gives_the_same_status_and_headers_without_a_body() {
+    let app = spawn_app().await;
+    let token = app.new_token(&user_jwt("bob")).await;
+    for (credential, status) in [(token.as_str(), 200u16), ("sk_agt_nope", 401)] {
+        let get = app.request(Method::GET, VERIFY, Some(credential)).await;
+        let head = app.request(Method::HEAD, VERIFY, Some(credential)).await;
+        assert_eq!(get.status().as_u16(), status);
+        assert_eq!(head.status().as_u16(), status);
+        for name in [
+            "x-agent-user-id",
+            "www-authenticate",
+            "content-type",
+            "cache-control",
+        ] {
+            assert_eq!(get.headers().get(name), head.headers().get(name), "{name}");
+        }
+        assert!(head.bytes().await.unwrap().is_empty(), "HEAD has no body");
+    }
+}
+
+#[tokio::test]
+async fn every_kind_of_bad_credential_gets_401_and_never_another_status() {
+    let app = spawn_app().await;
+    let token = app.new_token(&user_jwt("carol")).await;
+    let mut flipped = token.clone().into_bytes();
+    let last = flipped.len() - 1;
+    flipped[last] = if flipped[last] == b'0' { b'1' } else { b'0' };
+    let flipped = String::from_utf8(flipped).unwrap();
+    let wrong_prefix = token.replacen("sk_agt_", "sk_agx_", 1);
+    let upper = format!("sk_agt_{}", token[7..].to_uppercase());
+    let truncated = token[..70].to_owned();
+    let huge = format!("sk_agt_{}", "a".repeat(10_000));
+    let never_issued = {
+        // Well-formed with a valid checksum, but never handed out.
+        let random = [7u8; 28];
+        let sum = sha256_bytes(&random);
+        format!("sk_agt_{}{}", hex::encode(random), hex::encode(&sum[..4]))
+    };
+    let jwt = user_jwt("carol");
+    for credential in [
+        flipped.as_str(),
+        wrong_prefix.as_str(),
+        upper.as_str(),
+        truncated.as_str(),
+        huge.as_str(),
+        never_issued.as_str(),
+        jwt.as_str(),
+        "garbage",
+    ] {
+        assert_refused(app.verify(credential).await, credential).await;
+    }
+    // No Authorization header at all, and other schemes.
+    assert_refused(app.request(Method::GET, VERIFY, None).await, "").await;
+    let resp = app
+        .client
+        .get(app.url(VERIFY))
+        .header("Authorization", format!("Basic {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_refused(resp, &token).await;
+    // The real token still works: nothing above changed it.
+    assert_eq!(app.verify_status(&token).await, 200);
+}
+
+fn sha256_bytes(data: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, data)
+        .as_ref()
+        .to_vec()
+}
+
+#[tokio::test]
+async fn revocation_takes_effect_on_the_very_next_verify() {
+    let app = spawn_app().await;
+    let jwt = user_jwt("dave");
+    let token = app.new_token(&jwt).await;
+    assert_eq!(app.verify_status(&token).await, 200);
+    assert_eq!(app.revoke(&jwt).await.status().as_u16(), 204);
+    let body = assert_refused(app.verify(&token).await, &token).await;
+    assert_eq!(
+        body["message"],
+        "The agent token is not valid (unknown or revoked)."
+    );
+}
+
+#[tokio::test]
+async fn without_grace_a_rotated_out_token_dies_at_once() {
+    let app = spawn_app().await;
+    let jwt = user_jwt("erin");
+    let old = app.new_token(&jwt).await;
+    let new = app.new_token(&jwt).await;
+    assert_refused(app.verify(&old).await, &old).await;
+    assert_eq!(app.verify_status(&new).await, 200);
+}
+
+#[tokio::test]
+async fn with_grace_the_previous_token_verifies_until_the_window_ends() {
+    let app = spawn_app_with(with_tokens("rotation_grace_secs = 60")).await;
+    let jwt = user_jwt("frank");
+    let old = app.new_token(&jwt).await;
+    let new = app.new_token(&jwt).await;
+    let resp = app.verify(&old).await;
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: Value = resp.json().await.unwrap();
+    let until = agent_tokens::clock::rfc3339(app.clock.now() + 60);
+    assert_eq!(body["expires_at"], until, "the grace end is when it stops");
+
+    app.clock.advance(59);
+    assert_eq!(app.verify_status(&old).await, 200, "just inside the window");
+    app.clock.advance(1);
+    let body = assert_refused(app.verify(&old).await, &old).await;
+    assert_eq!(body["message"], "The agent token was rotated out.");
+    assert_eq!(app.verify_status(&new).await, 200);
+}
+
+#[tokio::test]
+async fn delete_ends_every_token_of_the_user_grace_included() {
+    let app = spawn_app_with(with_tokens("rotation_grace_secs = 3600")).await;
+    let jwt = user_jwt("gina");
+    let old = app.new_token(&jwt).await;
+    let new = app.new_token(&jwt).await;
+    assert_eq!(app.verify_status(&old).await, 200);
+    app.revoke(&jwt).await;
+    assert_refused(app.verify(&old).await, &old).await;
+    assert_refused(app.verify(&new).await, &new).await;
+    let (stored, _dir) = app.stop_and_inspect().await;
+    assert!(stored.users.is_empty());
+    assert!(stored.index.is_empty());
+    assert_eq!(stored.grace_entries, 0);
+}
+
+#[tokio::test]
+async fn a_second_rotation_ends_the_earlier_grace_token() {
+    let app = spawn_app_with(with_tokens("rotation_grace_secs = 3600")).await;
+    let jwt = user_jwt("hank");
+    let first = app.new_token(&jwt).await;
+    let second = app.new_token(&jwt).await;
+    let third = app.new_token(&jwt).await;
+    assert_refused(app.verify(&first).await, &first).await;
+    assert_eq!(app.verify_status(&second).await, 200);
+    assert_eq!(app.verify_status(&third).await, 200);
+    let (stored, _dir) = app.stop_and_inspect().await;
+    assert_eq!(stored.index.len(), 2);
+    assert_eq!(stored.grace_entries, 1);
+}
+
+#[tokio::test]
+async fn expired_grace_entries_are_removed_from_storage() {
+    let app = spawn_app_with(with_tokens("rotation_grace_secs = 10")).await;
+    for i in 0..5 {
+        let jwt = user_jwt(&format!("user-{i}"));
+        app.new_token(&jwt).await;
+        app.new_token(&jwt).await;
+    }
+    app.clock.advance(11);
+    // The sweep runs at start (and every 30 s while running).
+    let app = app.restart().await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (stored, _dir) = app.stop_and_inspect().await;
+    assert_eq!(stored.users.len(), 5);
+    assert_eq!(stored.index.len(), 5, "only the current tokens remain");
+    assert_eq!(stored.grace_entries, 0);
+    assert!(stored.users.iter().all(|(_, r)| r.previous.is_none()));
+    assert!(stored.index.iter().all(|(_, e)| e.grace_until.is_none()));
+}
+
+#[tokio::test]
+async fn get_me_shows_created_and_last_used_times() {
+    let app = spawn_app().await;
+    let jwt = user_jwt("ivy");
+    let token = app.new_token(&jwt).await;
+    let created = app.clock.now();
+    let me: Value = app.get_me(&jwt).await.json().await.unwrap();
+    assert_eq!(me["created_at"], agent_tokens::clock::rfc3339(created));
+    assert_eq!(me["last_used_at"], Value::Null, "never used yet");
+    assert_eq!(me["expires_at"], Value::Null);
+    assert_eq!(me["has_token"], true);
+
+    app.clock.advance(5);
+    assert_eq!(app.verify_status(&token).await, 200);
+    let me: Value = app.get_me(&jwt).await.json().await.unwrap();
+    let first_use = agent_tokens::clock::rfc3339(created + 5);
+    assert_eq!(me["last_used_at"], first_use);
+
+    // Within the minute: not stamped again (verify stays a read).
+    app.clock.advance(59);
+    assert_eq!(app.verify_status(&token).await, 200);
+    let me: Value = app.get_me(&jwt).await.json().await.unwrap();
+    assert_eq!(me["last_used_at"], first_use);
+
+    app.clock.advance(1);
+    assert_eq!(app.verify_status(&token).await, 200);
+    let me: Value = app.get_me(&jwt).await.json().await.unwrap();
+    let second_use = agent_tokens::clock::rfc3339(created + 65);
+    assert_eq!(me["last_used_at"], second_use);
+
+    let app = app.restart().await;
+    let me: Value = app.get_me(&jwt).await.json().await.unwrap();
+    assert_eq!(
+        me["last_used_at"], second_use,
+        "last-used survives a restart"
+    );
+}
+
+#[tokio::test]
+async fn max_age_expires_tokens_and_rotation_starts_a_fresh_lifetime() {
+    let app = spawn_app_with(with_tokens("max_age_days = 1")).await;
+    let jwt = user_jwt("kate");
+    let token = app.new_token(&jwt).await;
+    let created = app.clock.now();
+    let expires = agent_tokens::clock::rfc3339(created + 86_400);
+    let me: Value = app.get_me(&jwt).await.json().await.unwrap();
+    assert_eq!(me["expires_at"], expires);
+    let body: Value = app.verify(&token).await.json().await.unwrap();
+    assert_eq!(body["expires_at"], expires);
+
+    app.clock.advance(86_399);
+    assert_eq!(
+        app.verify_status(&token).await,
+        200,
+        "one second before expiry"
+    );
+    app.clock.advance(1);
+    let body = assert_refused(app.verify(&token).await, &token).await;
+    assert_eq!(body["message"], "The agent token has expired.");
+
+    let fresh = app.new_token(&jwt).await;
+    assert_eq!(app.verify_status(&fresh).await, 200);
+    let me: Value = app.get_me(&jwt).await.json().await.unwrap();
+    assert_eq!(
+        me["expires_at"],
+        agent_tokens::clock::rfc3339(app.clock.now() + 86_400)
+    );
+}
+
+#[tokio::test]
+async fn a_user_id_with_unicode_reaches_the_header_intact() {
+    let app = spawn_app().await;
+    let token = app.new_token(&user_jwt("zoë@example.com")).await;
+    let resp = app.verify(&token).await;
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers().get("x-agent-user-id").unwrap().as_bytes(),
+        "zoë@example.com".as_bytes()
+    );
+}
+
+#[tokio::test]
+async fn other_methods_on_verify_are_405_not_another_4xx_for_tokens() {
+    let app = spawn_app().await;
+    let resp = app.request(Method::POST, VERIFY, None).await;
+    assert_eq!(resp.status().as_u16(), 405);
+}
+
+/// One rotation: the token, when the request was sent and when its answer came.
+struct Rotation {
+    token: String,
+    sent: Instant,
+    answered: Instant,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_verifies_during_rotations_accept_only_tokens_live_at_that_moment() {
+    let app = Arc::new(spawn_app().await);
+    let jwt = user_jwt("racer");
+    let rotations = Arc::new(tokio::sync::Mutex::new(Vec::<Rotation>::new()));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+    let rotator = {
+        let (app, rotations, done) = (app.clone(), rotations.clone(), done.clone());
+        tokio::spawn(async move {
+            for _ in 0..40 {
+                let sent = Instant::now();
+                let token = app.new_token(&jwt).await;
+                let answered = Instant::now();
+                rotations.lock().await.push(Rotation {
+                    token,
+                    sent,
+                    answered,
+                });
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+    };
+    let mut verifiers = Vec::new();
+    for v in 0..8 {
+        let (app, rotations, done) = (app.clone(), rotations.clone(), done.clone());
+        verifiers.push(tokio::spawn(async move {
+            let mut observations = Vec::new();
+            let mut n = 0usize;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let known: Vec<String> = rotations
+                    .lock()
+                    .await
+                    .iter()
+                    .map(|r| r.token.clone())
+                    .collect();
+                if known.is_empty() {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                // Mostly recent tokens, sometimes old ones.
+                let k = if n % 3 == 0 {
+                    (n * 7 + v) % known.len()
+                } else {
+                    known.len() - 1
+                };
+                n += 1;
+                let start = Instant::now();
+                let status = app.verify_status(&known[k]).await;
+                observations.push((k, start, Instant::now(), status));
+            }
+            observations
+        }));
+    }
+    rotator.await.unwrap();
+    let rotations = rotations.lock().await;
+    let mut checked = 0;
+    for verifier in verifiers {
+        for (k, start, end, status) in verifier.await.unwrap() {
+            checked += 1;
+            let died_by = rotations.get(k + 1).map(|r| r.answered);
+            let dying_from = rotations.get(k + 1).map(|r| r.sent);
+            match status {
+                200 => assert!(
+                    died_by.is_none_or(|d| start < d),
+                    "token {k} verified although its successor was answered before the check began"
+                ),
+                401 => assert!(
+                    dying_from.is_some_and(|d| end > d),
+                    "token {k} refused although no rotation had started before the check ended"
+                ),
+                other => panic!("unexpected status {other}"),
+            }
+        }
+    }
+    assert!(checked > 100, "only {checked} verifies ran");
+}
+
+#[tokio::test]
+async fn a_store_written_by_schema_1_is_migrated_and_its_tokens_still_verify() {
+    #[derive(serde::Serialize)]
+    struct UserV1 {
+        hash: [u8; 32],
+        prefix: String,
+        created_at: u64,
+    }
+    #[derive(serde::Serialize)]
+    struct IndexV1 {
+        user_id: String,
+        prefix: String,
+        created_at: u64,
+    }
+    fn v1_bytes<T: serde::Serialize>(value: &T) -> Vec<u8> {
+        let mut out = vec![1u8];
+        out.extend(bincode::serde::encode_to_vec(value, bincode::config::standard()).unwrap());
+        out
+    }
+    // A token the old version would have issued.
+    let random = [42u8; 28];
+    let sum = sha256_bytes(&random);
+    let token = format!("sk_agt_{}{}", hex::encode(random), hex::encode(&sum[..4]));
+    let prefix = format!("{}...", &token[..15]);
+    let created_at = 1_790_000_000u64;
+
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = raw_db(&dir.path().join("db"));
+        db.open_tree("meta")
+            .unwrap()
+            .insert("schema_version", &1u32.to_be_bytes())
+            .unwrap();
+        db.open_tree("user_token")
+            .unwrap()
+            .insert(
+                "legacy-user",
+                v1_bytes(&UserV1 {
+                    hash: sha256(&token),
+                    prefix: prefix.clone(),
+                    created_at,
+                }),
+            )
+            .unwrap();
+        db.open_tree("tokenhash_user")
+            .unwrap()
+            .insert(
+                sha256(&token),
+                v1_bytes(&IndexV1 {
+                    user_id: "legacy-user".into(),
+                    prefix: prefix.clone(),
+                    created_at,
+                }),
+            )
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let app = TestApp::start_in(
+        TestConfig::hs256(),
+        dir,
+        agent_tokens::clock::Clock::manual(),
+    )
+    .await;
+    let resp = app.verify(&token).await;
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers().get("x-agent-user-id").unwrap(),
+        "legacy-user"
+    );
+    let me: Value = app
+        .get_me(&user_jwt("legacy-user"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["token_prefix"], prefix);
+    assert_eq!(me["created_at"], agent_tokens::clock::rfc3339(created_at));
+    // Rotation works on a migrated record.
+    let fresh = app.new_token(&user_jwt("legacy-user")).await;
+    assert_refused(app.verify(&token).await, &token).await;
+    assert_eq!(app.verify_status(&fresh).await, 200);
+
+    let (dir, _) = app.stop().await;
+    let db = raw_db(&dir.path().join("db"));
+    let version = db
+        .open_tree("meta")
+        .unwrap()
+        .get("schema_version")
+        .unwrap()
+        .unwrap();
+    assert_eq!(&version[..], &2u32.to_be_bytes());
+}
