@@ -1,5 +1,18 @@
 #!/usr/bin/env bash
 # The project's test command: installs what the tests need, then runs them all.
+# Tests never skip because a tool is missing; this script provides the tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# nginx with auth_request, for the gateway test (tests/api/gateway.rs).
+if [ ! -x /usr/sbin/nginx ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  as_root apt-get install -y --no-install-recommends nginx-light \
+    || { as_root apt-get update && as_root apt-get install -y --no-install-recommends nginx-light; }
+fi
+
 cargo test --all-targets "$@"

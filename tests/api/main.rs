@@ -2,6 +2,7 @@
 
 mod concurrency;
 mod failures;
+mod gateway;
 mod helpers;
 mod jwt;
 mod persistence;
