@@ -142,7 +142,12 @@ async fn nginx_auth_request_passes_valid_tokens_with_the_user_id_and_refuses_the
     let no_token = client.get(&url).send().await.unwrap();
     assert_eq!(no_token.status().as_u16(), 401);
     for credential in [flipped.as_str(), "sk_agt_garbage", jwt.as_str()] {
-        let resp = client.get(&url).bearer_auth(credential).send().await.unwrap();
+        let resp = client
+            .get(&url)
+            .bearer_auth(credential)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status().as_u16(), 401, "for {}", &credential[..10]);
         assert!(!resp.text().await.unwrap().contains("backend saw"));
     }
