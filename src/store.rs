@@ -131,10 +131,10 @@ pub struct NewToken {
 }
 
 pub struct Store {
-    users: Tree,
-    index: Tree,
-    grace: Tree,
-    flusher: Flusher,
+    pub(crate) users: Tree,
+    pub(crate) index: Tree,
+    pub(crate) grace: Tree,
+    pub(crate) flusher: Flusher,
     path: PathBuf,
     // Dropped last: the flusher holds its own handle and is joined first.
     _db: Db,
@@ -187,16 +187,16 @@ pub fn decode_index(bytes: &[u8]) -> Result<IndexEntry, StoreError> {
     decode(INDEX_FORMAT, bytes, "token index entry")
 }
 
-fn encode_user(record: &UserRecord) -> Result<Vec<u8>, StoreError> {
+pub(crate) fn encode_user(record: &UserRecord) -> Result<Vec<u8>, StoreError> {
     encode(RECORD_FORMAT, record)
 }
 
-fn encode_index(entry: &IndexEntry) -> Result<Vec<u8>, StoreError> {
+pub(crate) fn encode_index(entry: &IndexEntry) -> Result<Vec<u8>, StoreError> {
     encode(INDEX_FORMAT, entry)
 }
 
 /// Key of a `grace_expiry` entry: ordered by time, so expired ones come first.
-fn grace_key(until: u64, hash: &[u8; 32]) -> [u8; 40] {
+pub(crate) fn grace_key(until: u64, hash: &[u8; 32]) -> [u8; 40] {
     let mut key = [0u8; 40];
     key[..8].copy_from_slice(&until.to_be_bytes());
     key[8..].copy_from_slice(hash);
