@@ -2,16 +2,19 @@
 //! bind (port 0 works), and run until stopped.
 
 use std::net::TcpListener;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, LazyLock, Weak};
 use std::time::{Duration, Instant};
 
-use actix_web::dev::{Server, ServerHandle};
+use actix_web::dev::{Server, ServerHandle, Service};
 use actix_web::middleware::{Condition, Logger};
 use actix_web::{web, App, HttpServer};
 use ring::rand::SystemRandom;
+use sd_notify::NotifyState;
 
 use crate::clock::Clock;
 use crate::config::{ConfigError, Settings};
+use crate::limits::RequestLimits;
+use crate::metrics::METRICS;
 use crate::jwt::JwtVerifier;
 use crate::policy::TokenPolicy;
 use crate::routes;
@@ -24,6 +27,7 @@ pub struct AppState {
     pub rng: SystemRandom,
     pub clock: Clock,
     pub policy: TokenPolicy,
+    pub limits: RequestLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,21 +76,43 @@ impl Application {
             rng: SystemRandom::new(),
             clock,
             policy: TokenPolicy::from_settings(&settings.tokens),
+            limits: RequestLimits::new(&settings.limits, &settings.rate_limit),
         });
-        Self::serve(listener, state, settings.server.access_log)
+        Self::serve(listener, state, settings)
     }
 
     fn serve(
         listener: TcpListener,
         state: Arc<AppState>,
-        access_log: bool,
+        settings: &Settings,
     ) -> Result<Self, StartupError> {
+        let server_settings = &settings.server;
+        let limits = &settings.limits;
         let port = listener.local_addr().map_err(StartupError::Server)?.port();
         let data = web::Data::from(Arc::clone(&state));
+        let access_log = server_settings.access_log;
+        LazyLock::force(&METRICS);
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
-                // The default format has no headers: Authorization never reaches the log.
+                // Outermost, so it times everything and sees the final status.
+                .wrap_fn(|req, srv| {
+                    let started = Instant::now();
+                    let method = req.method().clone();
+                    let call = srv.call(req);
+                    async move {
+                        let res = call.await?;
+                        let route = res.request().match_pattern();
+                        METRICS.observe_request(
+                            route.as_deref().unwrap_or("unmatched"),
+                            method.as_str(),
+                            res.status().as_u16(),
+                            started.elapsed(),
+                        );
+                        Ok(res)
+                    }
+                })
+                // The format has no headers: Authorization never reaches the log.
                 .wrap(Condition::new(
                     access_log,
                     Logger::new("%a \"%r\" %s %b %Dms"),
@@ -94,6 +120,13 @@ impl Application {
                 .configure(routes::configure)
                 .default_service(web::to(routes::not_found))
         })
+        // Signals are ours (see `run_until_signalled`): systemd must hear
+        // STOPPING=1 before the listener closes.
+        .disable_signals()
+        .shutdown_timeout(server_settings.shutdown_timeout_secs)
+        .client_request_timeout(Duration::from_millis(limits.client_request_timeout_ms))
+        .keep_alive(Duration::from_secs(limits.keep_alive_secs))
+        .max_connections(limits.max_connections)
         .listen(listener)
         .map_err(StartupError::Server)?
         .run();
@@ -114,7 +147,24 @@ impl Application {
         self.server.handle()
     }
 
-    /// Serves until stopped (SIGINT/SIGTERM or the handle), then closes the
+    /// Serves until SIGTERM or SIGINT (or the handle), telling systemd
+    /// READY=1 now and STOPPING=1 when a signal arrives. In-flight requests
+    /// finish within `server.shutdown_timeout_secs`; then the store closes.
+    pub async fn run_until_signalled(self) -> Result<(), StartupError> {
+        let handle = self.handle();
+        let signals = tokio::spawn(async move {
+            let signal = wait_for_shutdown_signal().await;
+            log::info!("{signal}: stopping (finishing in-flight requests)");
+            notify_systemd(&[NotifyState::Stopping]);
+            handle.stop(true).await;
+        });
+        notify_systemd(&[NotifyState::Ready]);
+        let result = self.run_until_stopped().await;
+        signals.abort();
+        result
+    }
+
+    /// Serves until stopped (via the handle), then closes the
     /// store here: its final flush has run and its lock is released when
     /// this returns.
     pub async fn run_until_stopped(self) -> Result<(), StartupError> {
@@ -137,7 +187,8 @@ impl Application {
     }
 }
 
-/// How often rotated-out tokens past their grace window are swept away.
+/// How often rotated-out tokens past their grace window are swept away (and
+/// idle clients forgotten by the rate limiter).
 const GRACE_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Sweeps expired grace entries at start and then periodically, until the
@@ -150,7 +201,35 @@ async fn expire_grace_periodically(state: Weak<AppState>) {
             Ok(n) => log::info!("removed {n} rotated-out token(s) past their grace window"),
             Err(e) => log::error!("cannot remove expired grace entries: {e}"),
         }
+        app.limits.forget_idle_clients();
         drop(app);
         tokio::time::sleep(GRACE_SWEEP_INTERVAL).await;
+    }
+}
+
+/// Waits for SIGTERM (systemd's stop) or SIGINT (Ctrl-C); returns its name.
+async fn wait_for_shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        },
+        _ => {
+            log::error!("cannot install signal handlers; stop the process with SIGKILL");
+            std::future::pending().await
+        }
+    }
+}
+
+/// Tells systemd about our state when run as a `Type=notify` unit; a no-op otherwise.
+fn notify_systemd(state: &[NotifyState]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        if let Err(e) = sd_notify::notify(state) {
+            log::warn!("cannot notify systemd: {e}");
+        }
     }
 }

@@ -40,13 +40,14 @@ pub struct UserJwt(pub UserId);
 
 impl UserJwt {
     fn authenticate(req: &HttpRequest) -> Result<Self, ApiError> {
+        let state = req
+            .app_data::<web::Data<AppState>>()
+            .ok_or(ApiError::Internal("application state is not registered"))?;
+        state.limits.check(req)?;
         let credential = bearer_credential(req)?;
         if looks_like_agent_token(credential) {
             return Err(ApiError::AgentTokenNotAllowed);
         }
-        let state = req
-            .app_data::<web::Data<AppState>>()
-            .ok_or(ApiError::Internal("application state is not registered"))?;
         state
             .jwt
             .verify(credential)

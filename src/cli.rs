@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check-config`. Errors print one plain
+//! The command line: `serve`, `check-config`, `export`, `import`. Errors print one plain
 //! sentence and exit non-zero; nothing here panics on bad input.
 
 use std::path::PathBuf;
@@ -7,9 +7,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::app::{Application, StartupError};
+use crate::backup::{self, BackupError};
+use crate::clock::Clock;
 use crate::config::{Settings, Sources};
 use crate::dev::DevMode;
 use crate::jwt::JwtVerifier;
+use crate::store::StoreError;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -38,6 +41,19 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         config: PathBuf,
     },
+    /// Write every user's token record (hashes and prefixes, never a token) to stdout as JSON Lines. Stop the server first.
+    Export {
+        #[arg(long, value_name = "PATH")]
+        config: PathBuf,
+    },
+    /// Restore an export from stdin into an empty store; checks every line before writing. Stop the server first.
+    Import {
+        #[arg(long, value_name = "PATH")]
+        config: PathBuf,
+        /// Replace the content of a non-empty store (everything in it is removed first).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// Exit code for configuration errors (EX_CONFIG from sysexits.h).
@@ -49,6 +65,8 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { config } => check_config(config),
         Command::Serve { config, dev } => serve(config, dev),
+        Command::Export { config } => export(config),
+        Command::Import { config, force } => import(config, force),
     }
 }
 
@@ -112,7 +130,7 @@ fn serve(config: Option<PathBuf>, dev: bool) -> ExitCode {
                 settings.storage.path.display()
             ),
         }
-        app.run_until_stopped().await?;
+        app.run_until_signalled().await?;
         log::info!("stopped");
         Ok::<(), StartupError>(())
     });
@@ -120,5 +138,94 @@ fn serve(config: Option<PathBuf>, dev: bool) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(StartupError::Config(e)) => fail(EXIT_CONFIG, e),
         Err(e) => fail(1, e),
+    }
+}
+
+/// Exit codes of `export` and `import` (sysexits.h).
+const EXIT_DATAERR: u8 = 65;
+const EXIT_NOINPUT: u8 = 66;
+const EXIT_CANTCREAT: u8 = 73;
+const EXIT_IOERR: u8 = 74;
+const EXIT_TEMPFAIL: u8 = 75;
+
+fn backup_failure(prefix: &str, e: BackupError) -> ExitCode {
+    let code = match &e {
+        BackupError::Invalid { .. } | BackupError::Store(StoreError::Corrupt { .. }) => {
+            EXIT_DATAERR
+        }
+        BackupError::NoStore { .. } => EXIT_NOINPUT,
+        BackupError::NotEmpty { .. } => EXIT_CANTCREAT,
+        BackupError::InUse { .. } => EXIT_TEMPFAIL,
+        BackupError::Store(_) | BackupError::Read(_) | BackupError::Write(_) => EXIT_IOERR,
+    };
+    fail(code, format!("{prefix}{e}"))
+}
+
+/// Settings for the offline commands: the file and the environment, checked
+/// without reading key files (the JWT secret may be a systemd credential).
+fn offline_settings(path: &std::path::Path) -> Result<Settings, ExitCode> {
+    let settings = Settings::load(Sources {
+        file: Some(path),
+        ..Default::default()
+    })
+    .map_err(|e| fail(EXIT_CONFIG, e))?;
+    settings.validate().map_err(|e| fail(EXIT_CONFIG, e))?;
+    Ok(settings)
+}
+
+fn export(config: PathBuf) -> ExitCode {
+    let settings = match offline_settings(&config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let path = &settings.storage.path;
+    let result = backup::open_offline(path, settings.storage.cache_mb, true).and_then(|store| {
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        store.export_to(&mut out, Clock::system().now())
+    });
+    match result {
+        Ok(s) => {
+            eprintln!(
+                "agent-tokens: exported {} users ({} in grace) from {}",
+                s.users,
+                s.in_grace,
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => backup_failure("", e),
+    }
+}
+
+fn import(config: PathBuf, force: bool) -> ExitCode {
+    let settings = match offline_settings(&config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    // Every line is checked before the store is even opened: a bad file
+    // leaves the target exactly as it was.
+    let parsed = backup::Backup::parse(std::io::stdin().lock());
+    let backup = match parsed {
+        Ok(b) => b,
+        Err(e) => return backup_failure("nothing was imported: ", e),
+    };
+    let path = &settings.storage.path;
+    let result = backup::open_offline(path, settings.storage.cache_mb, false).and_then(|store| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map_err(BackupError::Read)?;
+        runtime.block_on(store.import_from(&backup, force))
+    });
+    match result {
+        Ok(s) => {
+            eprintln!(
+                "agent-tokens: imported {} users ({} in grace) into {}",
+                s.users,
+                s.in_grace,
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => backup_failure("", e),
     }
 }

@@ -33,6 +33,62 @@ pub struct Settings {
     pub storage: StorageSettings,
     pub jwt: JwtSettings,
     pub tokens: TokenSettings,
+    pub limits: LimitSettings,
+    pub rate_limit: RateLimitSettings,
+}
+
+/// Bounds on what one client can make the server hold or wait for.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSettings {
+    /// Total request header size allowed on every route but verify (larger: 431).
+    /// The HTTP parser's own hard cap is 128 KiB on every route.
+    pub max_header_bytes: usize,
+    /// Declared body size allowed on every route but verify (larger: 413);
+    /// no route reads a body.
+    pub max_body_bytes: u64,
+    /// Time a client has to send its request head (slow clients: 408, closed).
+    pub client_request_timeout_ms: u64,
+    /// Idle keep-alive connections are closed after this.
+    pub keep_alive_secs: u64,
+    /// Concurrent connections per worker thread.
+    pub max_connections: usize,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 32 * 1024,
+            max_body_bytes: 4 * 1024,
+            client_request_timeout_ms: 5_000,
+            keep_alive_secs: 5,
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// Per-client rate limit on the token-management routes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitSettings {
+    /// Sustained requests per minute per client address; 0 turns the limit off.
+    pub management_per_minute: u32,
+    /// Requests a client may make at once before the rate applies.
+    pub management_burst: u32,
+    /// Behind a trusted proxy: the header carrying the client address
+    /// (e.g. `X-Real-IP`; for `X-Forwarded-For` the last entry is used).
+    /// Empty: the peer address.
+    pub client_ip_header: String,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self {
+            management_per_minute: 60,
+            management_burst: 30,
+            client_ip_header: String::new(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -42,6 +98,8 @@ pub struct ServerSettings {
     pub bind: String,
     /// One access-log line per request (never with the Authorization header).
     pub access_log: bool,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    pub shutdown_timeout_secs: u64,
 }
 
 impl Default for ServerSettings {
@@ -49,6 +107,7 @@ impl Default for ServerSettings {
         Self {
             bind: "127.0.0.1:8080".to_owned(),
             access_log: true,
+            shutdown_timeout_secs: 10,
         }
     }
 }
@@ -179,6 +238,31 @@ impl Settings {
     /// Checks everything that does not need the key material (see `jwt::JwtVerifier`).
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.bind_addr()?;
+        if self.server.shutdown_timeout_secs > 300 {
+            return Err(ConfigError::new(
+                "server.shutdown_timeout_secs must be at most 300.",
+            ));
+        }
+        if !(1024..=128 * 1024).contains(&self.limits.max_header_bytes) {
+            return Err(ConfigError::new(
+                "limits.max_header_bytes must be between 1024 and 131072.",
+            ));
+        }
+        if self.limits.client_request_timeout_ms == 0 {
+            return Err(ConfigError::new(
+                "limits.client_request_timeout_ms must be more than 0.",
+            ));
+        }
+        if self.limits.max_connections == 0 {
+            return Err(ConfigError::new(
+                "limits.max_connections must be more than 0.",
+            ));
+        }
+        if self.rate_limit.management_per_minute > 0 && self.rate_limit.management_burst == 0 {
+            return Err(ConfigError::new(
+                "rate_limit.management_burst must be at least 1 when rate_limit.management_per_minute is set.",
+            ));
+        }
         if self.storage.path.as_os_str().is_empty() {
             return Err(ConfigError::new("storage.path must not be empty."));
         }
@@ -420,6 +504,26 @@ mod tests {
                 "server.bind must be an IP address and port such as 127.0.0.1:8080 (got \"localhost\").",
             ),
             ("[storage]\npath = \"\"\n", "storage.path must not be empty."),
+            (
+                "[limits]\nmax_header_bytes = 200000\n",
+                "limits.max_header_bytes must be between 1024 and 131072.",
+            ),
+            (
+                "[limits]\nclient_request_timeout_ms = 0\n",
+                "limits.client_request_timeout_ms must be more than 0.",
+            ),
+            (
+                "[limits]\nmax_connections = 0\n",
+                "limits.max_connections must be more than 0.",
+            ),
+            (
+                "[rate_limit]\nmanagement_burst = 0\n",
+                "rate_limit.management_burst must be at least 1 when rate_limit.management_per_minute is set.",
+            ),
+            (
+                "[server]\nshutdown_timeout_secs = 301\n",
+                "server.shutdown_timeout_secs must be at most 300.",
+            ),
             ("[storage]\ncache_mb = 0\n", "storage.cache_mb must be between 1 and 65536."),
             ("[jwt]\nalgorithms = []\n", "jwt.algorithms must list at least one algorithm."),
             ("[jwt]\nuser_claim = \" \"\n", "jwt.user_claim must not be empty."),

@@ -194,6 +194,7 @@ fn run(shared: Arc<Shared>, db: Db, data_file: File) {
 }
 
 fn record(stats: &FlushStats, took: Duration, waiters: usize) {
+    crate::metrics::METRICS.observe_flush(took, waiters);
     stats.flushes.fetch_add(1, Ordering::Relaxed);
     stats.flush_micros_total.fetch_add(
         u64::try_from(took.as_micros()).unwrap_or(u64::MAX),

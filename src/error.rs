@@ -68,6 +68,16 @@ pub enum ApiError {
     /// A wiring fault in the server itself (never caused by the client).
     #[error("internal error: {0}")]
     Internal(&'static str),
+    /// Storage cannot take a durable write right now (`/readyz`).
+    #[error("storage is not ready: {0}")]
+    NotReady(#[source] crate::store::StoreError),
+    /// Too many management requests from one client address.
+    #[error("rate limited")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("request headers too large")]
+    HeadersTooLarge,
+    #[error("request body too large")]
+    PayloadTooLarge,
     #[error("route not found")]
     NotFound,
     #[error("method not allowed")]
@@ -89,6 +99,10 @@ impl ApiError {
             ApiError::InvalidJwt(_) | ApiError::InvalidAgentToken(_) => "invalid_token",
             ApiError::AgentTokenNotAllowed => "user_jwt_required",
             ApiError::Failed { .. } | ApiError::Internal(_) => "internal_error",
+            ApiError::NotReady(_) => "not_ready",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::HeadersTooLarge => "headers_too_large",
+            ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
         }
@@ -105,6 +119,10 @@ impl ApiError {
             ApiError::InvalidAgentToken(reason) => reason.message(),
             ApiError::Failed { op, .. } => op.failure_message(),
             ApiError::Internal(_) => "Internal server error.",
+            ApiError::NotReady(_) => "Storage is not accepting writes.",
+            ApiError::RateLimited { .. } => "Too many requests. Retry later.",
+            ApiError::HeadersTooLarge => "The request headers are too large.",
+            ApiError::PayloadTooLarge => "The request body is too large; these routes take no body.",
             ApiError::NotFound => "No such route.",
             ApiError::MethodNotAllowed => "This method is not allowed on this route.",
         }
@@ -144,7 +162,7 @@ fn quoted_string_safe(s: &str) -> String {
         .collect()
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorBody<'a> {
     pub error: &'a str,
     pub message: &'a str,
@@ -159,6 +177,10 @@ impl ResponseError for ApiError {
             | ApiError::AgentTokenNotAllowed
             | ApiError::InvalidAgentToken(_) => StatusCode::UNAUTHORIZED,
             ApiError::Failed { .. } | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -170,11 +192,15 @@ impl ResponseError for ApiError {
                 log::error!("{}: {}", op.failure_message(), ErrorChain(source.as_ref()));
             }
             ApiError::Internal(what) => log::error!("internal error: {what}"),
+            ApiError::NotReady(e) => log::error!("readiness probe failed: {e}"),
             ApiError::InvalidJwt(e) => log::debug!("rejected user JWT: {e}"),
             _ => {}
         }
         let mut response = HttpResponse::build(self.status_code());
         response.insert_header((header::CACHE_CONTROL, "no-store"));
+        if let ApiError::RateLimited { retry_after_secs } = self {
+            response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+        }
         if let Some(challenge) = self.challenge() {
             if let Ok(value) = HeaderValue::from_str(&challenge) {
                 response.insert_header((header::WWW_AUTHENTICATE, value));
@@ -239,8 +265,10 @@ impl From<Inactive> for VerifyRefusal {
     }
 }
 
-#[derive(Serialize)]
-struct InactiveBody<'a> {
+// Public so the OpenAPI document can name it.
+/// The verify route's 401 body: `active` is always false, `error` always `invalid_token`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct InactiveBody<'a> {
     active: bool,
     error: &'a str,
     message: &'a str,

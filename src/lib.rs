@@ -3,6 +3,8 @@
 
 pub mod app;
 pub mod auth;
+pub mod backup;
+pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -10,6 +12,9 @@ pub mod dev;
 pub mod durability;
 pub mod error;
 pub mod jwt;
+pub mod limits;
+pub mod metrics;
+pub mod openapi;
 pub mod policy;
 pub mod routes;
 pub mod store;

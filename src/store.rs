@@ -34,6 +34,8 @@ use crate::user::UserId;
 /// [`Store::open`]; newer ones are refused.
 pub const SCHEMA_VERSION: u32 = 2;
 const SCHEMA_KEY: &[u8] = b"schema_version";
+/// Rewritten by every readiness probe.
+const PROBE_KEY: &[u8] = b"readyz_probe";
 /// Format byte of user records and index entries written by schema 1.
 const FORMAT_V1: u8 = 1;
 const RECORD_FORMAT: u8 = 2;
@@ -66,6 +68,22 @@ pub enum StoreError {
     Durability(#[from] DurabilityError),
     #[error("cannot encode a record: {0}")]
     Encode(String),
+}
+
+/// Whether opening failed because another process (or handle) holds sled's
+/// directory lock. sled wraps the `WouldBlock` from `flock` in its own error.
+pub fn is_lock_error(err: &sled::Error) -> bool {
+    match err {
+        sled::Error::Io(e) => {
+            e.kind() == std::io::ErrorKind::WouldBlock
+                || e.to_string().contains("could not acquire lock")
+                || e
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<std::io::Error>())
+                    .is_some_and(|inner| inner.kind() == std::io::ErrorKind::WouldBlock)
+        }
+        _ => false,
+    }
 }
 
 /// A rotated-out token that keeps verifying until `until`.
@@ -134,6 +152,7 @@ pub struct Store {
     pub(crate) users: Tree,
     pub(crate) index: Tree,
     pub(crate) grace: Tree,
+    pub(crate) meta: Tree,
     pub(crate) flusher: Flusher,
     path: PathBuf,
     // Dropped last: the flusher holds its own handle and is joined first.
@@ -268,6 +287,7 @@ impl Store {
             users,
             index,
             grace,
+            meta,
             flusher,
             path: path.to_owned(),
             _db: db,
@@ -302,13 +322,14 @@ impl Store {
     /// trees, durable when it returns. With `grace_secs` 0 the previous token
     /// stops verifying at once; otherwise it verifies until `now + grace_secs`.
     /// A token already in its grace window ends when the next rotation happens.
+    /// Returns the new record and whether it replaced a token.
     pub async fn rotate(
         &self,
         user: &UserId,
         new: &NewToken,
         now: u64,
         grace_secs: u64,
-    ) -> Result<UserRecord, StoreError> {
+    ) -> Result<(UserRecord, bool), StoreError> {
         let key = user.as_str().as_bytes();
         let fresh_index = encode_index(&IndexEntry {
             user_id: user.as_str().to_owned(),
@@ -317,10 +338,12 @@ impl Store {
             last_used_at: None,
             grace_until: None,
         })?;
-        let record = (&self.users, &self.index, &self.grace)
+        let (record, replaced) = (&self.users, &self.index, &self.grace)
             .transaction(|(users, index, grace)| {
                 let mut previous = None;
-                if let Some(old) = users.get(key)? {
+                let old = users.get(key)?;
+                let replaced = old.is_some();
+                if let Some(old) = old {
                     let old = tx_decode(decode_user(&old))?;
                     end_grace(index, grace, old.previous.as_ref())?;
                     if grace_secs == 0 {
@@ -353,11 +376,11 @@ impl Store {
                 };
                 users.insert(key, tx_decode(encode_user(&record))?)?;
                 index.insert(new.hash.as_bytes(), fresh_index.as_slice())?;
-                Ok(record)
+                Ok((record, replaced))
             })
             .map_err(from_tx)?;
         self.flusher.wrote_and_wait().await?;
-        Ok(record)
+        Ok((record, replaced))
     }
 
     /// Returns the user's record, creating it from `candidate` if there is
@@ -511,6 +534,14 @@ impl Store {
             self.flusher.wrote();
         }
         Ok(removed)
+    }
+
+    /// Writes a probe key and waits for it to be durable: proves the store
+    /// accepts a write and a flush right now (for `/readyz`).
+    pub async fn probe_write(&self, now: u64) -> Result<(), StoreError> {
+        self.meta.insert(PROBE_KEY, &now.to_be_bytes())?;
+        self.flusher.wrote_and_wait().await?;
+        Ok(())
     }
 
     /// Waits until every mutation applied so far is durable; for answers

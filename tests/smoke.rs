@@ -1,82 +1,12 @@
 //! The built binary, run the way an operator runs it.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
+mod common;
+
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
+use common::*;
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_agent-tokens");
-const SECRET: &str = "smoke-test-secret-of-at-least-32-bytes";
-
-fn write_config(dir: &Path) -> std::path::PathBuf {
-    let secret_file = dir.join("jwt-secret");
-    // A trailing newline, as `echo` or `openssl rand -hex` leave it.
-    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
-    let config = dir.join("agent-tokens.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-bind = "127.0.0.1:0"
-access_log = true
-
-[storage]
-path = "{}"
-cache_mb = 8
-
-[jwt]
-algorithms = ["HS256"]
-hmac_secret_file = "{}"
-leeway_secs = 30
-user_claim = "sub"
-"#,
-            dir.join("db").display(),
-            secret_file.display()
-        ),
-    )
-    .unwrap();
-    config
-}
-
-/// Reads the child's stream on a thread and returns lines as they come.
-fn lines_of(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str, seen: &mut Vec<String>) -> String {
-    loop {
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) => {
-                seen.push(line.clone());
-                if line.contains(needle) {
-                    return line;
-                }
-            }
-            Err(_) => panic!("no line containing {needle:?}; saw {seen:#?}"),
-        }
-    }
-}
-
-fn port_from(line: &str) -> u16 {
-    line.split("listening on port ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no port in {line:?}"))
-}
 
 fn terminate(child: &mut Child) -> std::process::ExitStatus {
     let status = Command::new("kill")
@@ -92,19 +22,6 @@ fn terminate(child: &mut Child) -> std::process::ExitStatus {
     }
     child.kill().unwrap();
     panic!("the server did not stop within 10 s of SIGTERM");
-}
-
-fn hs256_jwt(sub: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &serde_json::json!({"sub": sub, "exp": now + 600}),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
 }
 
 #[tokio::test]
@@ -195,33 +112,12 @@ async fn the_binary_serves_the_api_from_a_real_config_file_and_stops_cleanly_on_
     assert!(terminate(&mut child).success());
 }
 
-fn spawn_server(config: &Path) -> (Child, u16) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .env_remove("AGENT_TOKENS__SERVER__BIND")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = lines_of(child.stderr.take().unwrap());
-    let port = port_from(&wait_for_line(
-        &stderr,
-        "listening on port",
-        &mut Vec::new(),
-    ));
-    // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || while stderr.recv().is_ok() {});
-    (child, port)
-}
-
 #[tokio::test]
 async fn last_used_survives_sigkill_once_the_flush_interval_has_passed() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
-    let (mut child, port) = spawn_server(&config);
-    let base = format!("http://127.0.0.1:{port}");
+    let mut server = Server::start(&config);
+    let base = server.base();
     let client = reqwest::Client::new();
     let jwt = hs256_jwt("stamped");
     let token: Value = client
@@ -253,12 +149,12 @@ async fn last_used_survives_sigkill_once_the_flush_interval_has_passed() {
     assert!(before["last_used_at"].is_string(), "{before}");
     // Unwaited last-used stamps are flushed within a second.
     std::thread::sleep(Duration::from_millis(1500));
-    child.kill().unwrap();
-    child.wait().unwrap();
+    server.signal("KILL");
+    server.wait_exit(5);
 
-    let (mut child, port) = spawn_server(&config);
+    let mut server = Server::start(&config);
     let after: Value = client
-        .get(format!("http://127.0.0.1:{port}/api/agent-tokens/me"))
+        .get(format!("{}/api/agent-tokens/me", server.base()))
         .bearer_auth(&jwt)
         .send()
         .await
@@ -268,7 +164,7 @@ async fn last_used_survives_sigkill_once_the_flush_interval_has_passed() {
         .unwrap();
     assert_eq!(after["last_used_at"], before["last_used_at"]);
     assert_eq!(after["token_prefix"], before["token_prefix"]);
-    assert!(terminate(&mut child).success());
+    assert!(server.terminate().success());
 }
 
 #[tokio::test]

@@ -1,11 +1,70 @@
-//! Liveness: answers without touching storage (the benchmark baseline).
+//! Liveness, readiness and metrics: the operator's routes.
 
-use actix_web::{get, HttpResponse};
+use actix_web::{get, web, HttpResponse};
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::metrics::METRICS;
 
 /// Handles `GET /healthz`.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    operation_id = "healthz",
+    summary = "Liveness: the process answers (storage is not touched)",
+    responses((status = 200, description = "Always `ok`.", body = String, content_type = "text/plain")),
+)]
 #[get("/healthz")]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; charset=utf-8")
         .body("ok")
+}
+
+/// Handles `GET /readyz`: 200 only when the store accepts a durable write now.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    operation_id = "readyz",
+    summary = "Readiness: storage accepts a durable write now",
+    responses(
+        (status = 200, description = "Always `ready`.", body = String, content_type = "text/plain"),
+        (status = 503, description = "Storage is not accepting writes.", body = crate::error::ErrorBody),
+    ),
+)]
+#[get("/readyz")]
+pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    state
+        .store
+        .probe_write(state.clock.now())
+        .await
+        .map_err(ApiError::NotReady)?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .body("ready"))
+}
+
+/// Handles `GET /metrics`: Prometheus text format. Bind the server privately
+/// (or filter this path at the gateway): it reveals traffic volumes.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    operation_id = "metrics",
+    summary = "Metrics in the Prometheus text format",
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4.", body = String, content_type = "text/plain"),
+        (status = 500, description = "Internal server error.", body = crate::error::ErrorBody),
+    ),
+)]
+#[get("/metrics")]
+pub async fn metrics() -> Result<HttpResponse, ApiError> {
+    let body = METRICS
+        .render()
+        .map_err(|_| ApiError::Internal("cannot render metrics"))?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(body))
 }

@@ -1,5 +1,6 @@
 //! HTTP routes, one file per area. Handlers extract, call the store, map.
 
+pub mod docs;
 pub mod health;
 pub mod tokens;
 pub mod verify;
@@ -10,9 +11,12 @@ use crate::error::ApiError;
 
 /// Registers every route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(health::healthz);
+    cfg.service(health::healthz)
+        .service(health::readyz)
+        .service(health::metrics);
     tokens::configure(cfg);
     verify::configure(cfg);
+    docs::configure(cfg);
 }
 
 /// The JSON 405 for a known path with an unsupported method.

@@ -8,6 +8,7 @@ use crate::app::AppState;
 use crate::auth::UserJwt;
 use crate::clock::rfc3339;
 use crate::error::{ApiError, Operation};
+use crate::metrics::{TokenOperation, METRICS};
 use crate::store::{GetOrCreate, NewToken};
 use crate::token::PlainToken;
 
@@ -34,25 +35,35 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// The page's two fields, plus timestamps (RFC 3339 UTC, null when unknown).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(
+    description = "Whether the user has an agent token, its display prefix and timestamps (RFC 3339 UTC, null when unknown)."
+)]
 pub struct StatusResponse {
     pub has_token: bool,
+    // Always sent (null when absent), so required and nullable.
+    #[schema(required = true, examples("sk_agt_1a2b3c4d..."))]
     pub token_prefix: Option<String>,
+    #[schema(required = true, format = DateTime)]
     pub created_at: Option<String>,
+    #[schema(required = true, format = DateTime)]
     pub last_used_at: Option<String>,
+    #[schema(required = true, format = DateTime)]
     pub expires_at: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct RotateResponse {
+    #[schema(pattern = "^sk_agt_[0-9a-f]{64}$")]
     pub token: String,
     pub token_prefix: String,
     pub message: &'static str,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct GetOrCreateResponse {
     pub is_new: bool,
+    #[schema(required = true, pattern = "^sk_agt_[0-9a-f]{64}$")]
     pub token: Option<String>,
     pub token_prefix: String,
     pub message: &'static str,
@@ -73,6 +84,21 @@ fn fresh_token(state: &AppState, op: Operation) -> Result<(PlainToken, NewToken)
 }
 
 /// Handles `GET /api/agent-tokens/me`.
+#[utoipa::path(
+    get,
+    path = "/api/agent-tokens/me",
+    tag = "token management",
+    operation_id = "get_token_status",
+    summary = "Whether the user has an agent token (prefix and timestamps only)",
+    security(("user_jwt" = [])),
+    responses(
+        (status = 200, description = "The token status; the full token is never returned here.", body = StatusResponse),
+        (status = 401, description = "Missing or invalid JWT, or an agent token: `error` is `missing_credentials`, `invalid_request`, `invalid_token` or `user_jwt_required`.",
+            body = crate::error::ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "An RFC 6750 Bearer challenge, realm `agent-tokens`."))),
+        (status = 500, description = "Failed to fetch token status.", body = crate::error::ErrorBody),
+    )
+)]
 async fn status(
     UserJwt(user): UserJwt,
     state: web::Data<AppState>,
@@ -101,12 +127,27 @@ async fn status(
 }
 
 /// Handles `POST /api/agent-tokens/me`: generate or rotate.
+#[utoipa::path(
+    post,
+    path = "/api/agent-tokens/me",
+    tag = "token management",
+    operation_id = "rotate_token",
+    summary = "Generate or rotate the agent token (shown once)",
+    security(("user_jwt" = [])),
+    responses(
+        (status = 200, description = "The new token, shown only in this answer.", body = RotateResponse),
+        (status = 401, description = "Missing or invalid JWT, or an agent token: `error` is `missing_credentials`, `invalid_request`, `invalid_token` or `user_jwt_required`.",
+            body = crate::error::ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "An RFC 6750 Bearer challenge, realm `agent-tokens`."))),
+        (status = 500, description = "Failed to store agent token.", body = crate::error::ErrorBody),
+    )
+)]
 async fn rotate(
     UserJwt(user): UserJwt,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let (token, new) = fresh_token(&state, Operation::StoreToken)?;
-    state
+    let (_, replaced) = state
         .store
         .rotate(
             &user,
@@ -116,6 +157,11 @@ async fn rotate(
         )
         .await
         .map_err(|e| ApiError::failed(Operation::StoreToken, e))?;
+    METRICS.token_operation(if replaced {
+        TokenOperation::Rotated
+    } else {
+        TokenOperation::Created
+    });
     log::info!(
         "rotated the agent token of user {user:?} (now {})",
         new.prefix
@@ -130,6 +176,21 @@ async fn rotate(
 }
 
 /// Handles `POST /api/agent-tokens/me/get-or-create`.
+#[utoipa::path(
+    post,
+    path = "/api/agent-tokens/me/get-or-create",
+    tag = "token management",
+    operation_id = "get_or_create_token",
+    summary = "Return the existing token's prefix, or create a token",
+    security(("user_jwt" = [])),
+    responses(
+        (status = 200, description = "`token` is set only when `is_new` is true.", body = GetOrCreateResponse),
+        (status = 401, description = "Missing or invalid JWT, or an agent token: `error` is `missing_credentials`, `invalid_request`, `invalid_token` or `user_jwt_required`.",
+            body = crate::error::ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "An RFC 6750 Bearer challenge, realm `agent-tokens`."))),
+        (status = 500, description = "Failed to check or store token.", body = crate::error::ErrorBody),
+    )
+)]
 async fn get_or_create(
     UserJwt(user): UserJwt,
     state: web::Data<AppState>,
@@ -156,6 +217,7 @@ async fn get_or_create(
         .map_err(|e| ApiError::failed(op, e))?;
     Ok(match outcome {
         GetOrCreate::Created(record) => {
+            METRICS.token_operation(TokenOperation::Created);
             log::info!(
                 "created an agent token for user {user:?} ({})",
                 record.prefix
@@ -185,6 +247,21 @@ fn existing_answer(token_prefix: String) -> HttpResponse {
 }
 
 /// Handles `DELETE /api/agent-tokens/me`: 204 whether or not a token existed.
+#[utoipa::path(
+    delete,
+    path = "/api/agent-tokens/me",
+    tag = "token management",
+    operation_id = "revoke_token",
+    summary = "Revoke the agent token (idempotent)",
+    security(("user_jwt" = [])),
+    responses(
+        (status = 204, description = "Revoked, or there was no token. No body."),
+        (status = 401, description = "Missing or invalid JWT, or an agent token: `error` is `missing_credentials`, `invalid_request`, `invalid_token` or `user_jwt_required`.",
+            body = crate::error::ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "An RFC 6750 Bearer challenge, realm `agent-tokens`."))),
+        (status = 500, description = "Failed to revoke token.", body = crate::error::ErrorBody),
+    )
+)]
 async fn revoke(
     UserJwt(user): UserJwt,
     state: web::Data<AppState>,
@@ -195,6 +272,7 @@ async fn revoke(
         .await
         .map_err(|e| ApiError::failed(Operation::Revoke, e))?;
     if removed {
+        METRICS.token_operation(TokenOperation::Revoked);
         log::info!("revoked the agent token of user {user:?}");
     }
     Ok(HttpResponse::NoContent().insert_header(no_store()).finish())

@@ -12,6 +12,7 @@ use crate::app::AppState;
 use crate::auth::bearer_credential;
 use crate::clock::rfc3339;
 use crate::error::{ApiError, Operation, VerifyRefusal};
+use crate::metrics::{TokenOperation, METRICS};
 use crate::policy::needs_touch;
 use crate::token::{looks_like_agent_token, TokenHash};
 
@@ -29,19 +30,49 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ActiveResponse<'a> {
     pub active: bool,
     pub user_id: &'a str,
     pub token_prefix: &'a str,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    // Always sent (null when the token never expires), so required and nullable.
+    #[schema(required = true, format = DateTime)]
     pub expires_at: Option<String>,
 }
 
 /// Handles `GET` and `HEAD /api/agent-tokens/verify` (HEAD: same status and
 /// headers, no body, which lets nginx keep upstream connections alive).
+#[utoipa::path(
+    method(get, head),
+    path = "/api/agent-tokens/verify",
+    tag = "verification",
+    operation_id = "verify_agent_token",
+    summary = "Is this agent token valid? (HEAD: the same status and headers, no body)",
+    security(("agent_token" = [])),
+    responses(
+        (status = 200, description = "A live agent token.", body = ActiveResponse,
+            headers(("X-Agent-User-Id" = String, description = "The id of the token's user, as its UTF-8 bytes."))),
+        (status = 401, description = "Anything but a live agent token (never another 4xx).",
+            body = crate::error::InactiveBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"agent-tokens\", error=\"invalid_token\", error_description=\"...\"`"))),
+        (status = 500, description = "Failed to verify token.", body = crate::error::ErrorBody),
+    )
+)]
 async fn verify(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let credential = bearer_credential(&req).map_err(|e| {
+    let answer = answer(&req, &state);
+    METRICS.token_operation(match answer {
+        Ok(_) => TokenOperation::VerifyOk,
+        Err(_) => TokenOperation::VerifyFailed,
+    });
+    answer
+}
+
+/// The verify decision; synchronous, since it is at most one read (and a
+/// once-a-minute last-used stamp).
+fn answer(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
+    let credential = bearer_credential(req).map_err(|e| {
         ApiError::InvalidAgentToken(match e {
             ApiError::MissingCredentials => VerifyRefusal::Missing,
             _ => VerifyRefusal::MalformedHeader,

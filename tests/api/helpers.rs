@@ -75,8 +75,14 @@ pub struct TestApp {
 }
 
 pub fn settings_for(config: &TestConfig, db_path: &Path) -> Settings {
+    // Tests fire many requests from one address; the rate-limit tests opt in.
+    let rate_limit = if config.toml.contains("[rate_limit]") {
+        ""
+    } else {
+        "[rate_limit]\nmanagement_per_minute = 0\n"
+    };
     let toml = format!(
-        "[server]\nbind = \"127.0.0.1:0\"\naccess_log = false\n[storage]\npath = \"{}\"\ncache_mb = 8\n{}",
+        "[server]\nbind = \"127.0.0.1:0\"\naccess_log = false\n[storage]\npath = \"{}\"\ncache_mb = 8\n{rate_limit}{}",
         db_path.display(),
         config.toml
     );

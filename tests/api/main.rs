@@ -1,10 +1,12 @@
 //! Integration tests against the real App on port 0 with a temporary sled directory.
 
 mod concurrency;
+mod docs;
 mod failures;
 mod gateway;
 mod helpers;
 mod jwt;
+mod ops;
 mod persistence;
 mod tokens;
 mod verify;

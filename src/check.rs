@@ -1,0 +1,369 @@
+//! `agent-tokens check`: an offline consistency check of the store.
+//!
+//! Reads the sled trees directly (never migrating or writing records) and
+//! reports every problem it finds: records that do not decode, a user's
+//! token missing from the index or pointing elsewhere, index entries that
+//! belong to no live or in-grace token, grace bookkeeping out of step, and
+//! an unknown schema version. It never prints a secret: there is none stored.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::path::Path;
+
+use crate::store::{
+    decode_index, decode_user, is_lock_error, IndexEntry, UserRecord, GRACE_TREE, INDEX_TREE, META_TREE,
+    SCHEMA_VERSION, USER_TREE,
+};
+use crate::user::UserId;
+
+/// What a check found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub users: usize,
+    pub index_entries: usize,
+    pub in_grace: usize,
+    pub schema_version: Option<u32>,
+    pub problems: Vec<String>,
+}
+
+impl Report {
+    pub fn is_consistent(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let counts = format!(
+            "{} users, {} index entries, {} rotated-out token(s) in grace, schema {}",
+            self.users,
+            self.index_entries,
+            self.in_grace,
+            self.schema_version
+                .map_or_else(|| "unknown".to_owned(), |v| v.to_string())
+        );
+        if self.problems.is_empty() {
+            return write!(f, "store OK: {counts}");
+        }
+        writeln!(f, "store INCONSISTENT: {} problem(s) ({counts}):", self.problems.len())?;
+        for (i, p) in self.problems.iter().enumerate() {
+            writeln!(f, "  {}. {p}", i + 1)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("there is no store at {0}")]
+    Missing(String),
+    #[error("the store at {0} is in use (is the server running?); stop it or check a copy")]
+    InUse(String),
+    #[error("cannot open the store at {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("cannot read the store: {0}")]
+    Read(#[from] sled::Error),
+}
+
+fn hex32(bytes: &[u8]) -> String {
+    hex::encode(bytes)
+}
+
+/// Checks the store at `path` (which the server must not hold open).
+pub fn check_store(path: &Path) -> Result<Report, CheckError> {
+    if !path.join("db").exists() {
+        return Err(CheckError::Missing(path.display().to_string()));
+    }
+    let db = sled::Config::new()
+        .path(path)
+        .flush_every_ms(None)
+        .open()
+        .map_err(|source| {
+            if is_lock_error(&source) {
+                CheckError::InUse(path.display().to_string())
+            } else {
+                CheckError::Open {
+                    path: path.display().to_string(),
+                    source,
+                }
+            }
+        })?;
+    let users = db.open_tree(USER_TREE)?;
+    let index = db.open_tree(INDEX_TREE)?;
+    let grace = db.open_tree(GRACE_TREE)?;
+    let meta = db.open_tree(META_TREE)?;
+    let mut report = Report::default();
+
+    match meta.get(b"schema_version")? {
+        Some(v) => match <[u8; 4]>::try_from(v.as_ref()) {
+            Ok(bytes) => {
+                let version = u32::from_be_bytes(bytes);
+                report.schema_version = Some(version);
+                if version == 0 || version > SCHEMA_VERSION {
+                    report.problems.push(format!(
+                        "schema version {version} is unknown to this binary (it knows 1 to {SCHEMA_VERSION})"
+                    ));
+                } else if version < SCHEMA_VERSION {
+                    // Records of an older schema decode differently; the next
+                    // start migrates them, so only the version is checked here.
+                    report.users = users.len();
+                    report.index_entries = index.len();
+                    return Ok(report);
+                }
+            }
+            Err(_) => report
+                .problems
+                .push("the schema version is not a 4-byte number".to_owned()),
+        },
+        None if users.is_empty() && index.is_empty() => {}
+        None => report
+            .problems
+            .push("the store holds records but no schema version".to_owned()),
+    }
+
+    let mut records: HashMap<String, UserRecord> = HashMap::new();
+    for item in users.iter() {
+        let (key, value) = item?;
+        report.users += 1;
+        let user = match std::str::from_utf8(&key).ok().map(UserId::parse) {
+            Some(Ok(u)) => u.as_str().to_owned(),
+            _ => {
+                report.problems.push(format!(
+                    "user key {} is not a valid user id",
+                    hex32(&key)
+                ));
+                continue;
+            }
+        };
+        match decode_user(&value) {
+            Ok(r) => {
+                records.insert(user, r);
+            }
+            Err(e) => report.problems.push(format!("user {user:?}: {e}")),
+        }
+    }
+
+    let mut entries: HashMap<[u8; 32], IndexEntry> = HashMap::new();
+    for item in index.iter() {
+        let (key, value) = item?;
+        report.index_entries += 1;
+        let Ok(hash) = <[u8; 32]>::try_from(key.as_ref()) else {
+            report.problems.push(format!(
+                "index key {} is not a 32-byte hash",
+                hex32(&key)
+            ));
+            continue;
+        };
+        match decode_index(&value) {
+            Ok(e) => {
+                entries.insert(hash, e);
+            }
+            Err(e) => report
+                .problems
+                .push(format!("index entry {}: {e}", hex32(&hash))),
+        }
+    }
+
+    let mut grace_keys: HashSet<Vec<u8>> = HashSet::new();
+    for item in grace.iter() {
+        let (key, _) = item?;
+        grace_keys.insert(key.to_vec());
+    }
+
+    let mut referenced: HashSet<[u8; 32]> = HashSet::new();
+    for (user, record) in &records {
+        referenced.insert(record.hash);
+        match entries.get(&record.hash) {
+            None => report.problems.push(format!(
+                "user {user:?}: its token {} is missing from the index (it cannot verify)",
+                record.prefix
+            )),
+            Some(e) if &e.user_id != user => report.problems.push(format!(
+                "user {user:?}: the index entry of its token {} points to user {:?}",
+                record.prefix, e.user_id
+            )),
+            Some(e) if e.grace_until.is_some() => report.problems.push(format!(
+                "user {user:?}: its current token {} is marked as rotated out in the index",
+                record.prefix
+            )),
+            Some(e) if e.prefix != record.prefix => report.problems.push(format!(
+                "user {user:?}: the index has prefix {} for its token {}",
+                e.prefix, record.prefix
+            )),
+            Some(_) => {}
+        }
+        if let Some(prev) = &record.previous {
+            report.in_grace += 1;
+            referenced.insert(prev.hash);
+            if prev.hash == record.hash {
+                report.problems.push(format!(
+                    "user {user:?}: the rotated-out token equals the current one"
+                ));
+            }
+            match entries.get(&prev.hash) {
+                None => report.problems.push(format!(
+                    "user {user:?}: its rotated-out token {} is missing from the index",
+                    prev.prefix
+                )),
+                Some(e) if &e.user_id != user || e.grace_until != Some(prev.until) => {
+                    report.problems.push(format!(
+                        "user {user:?}: the index entry of its rotated-out token {} disagrees (user {:?}, grace end {:?}, expected {})",
+                        prev.prefix, e.user_id, e.grace_until, prev.until
+                    ))
+                }
+                Some(_) => {}
+            }
+            let key = crate::store::grace_key(prev.until, &prev.hash);
+            if !grace_keys.remove(&key[..]) {
+                report.problems.push(format!(
+                    "user {user:?}: its rotated-out token {} has no grace-expiry entry, so it would never be swept",
+                    prev.prefix
+                ));
+            }
+        }
+    }
+    for (hash, entry) in &entries {
+        if !referenced.contains(hash) {
+            report.problems.push(format!(
+                "index entry {} ({}, user {:?}) belongs to no live or in-grace token",
+                hex32(hash),
+                entry.prefix,
+                entry.user_id
+            ));
+        }
+    }
+    for key in grace_keys {
+        report.problems.push(format!(
+            "grace-expiry entry {} belongs to no rotated-out token",
+            hex32(&key)
+        ));
+    }
+    report.problems.sort();
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{NewToken, Store};
+    use crate::token::PlainToken;
+    use ring::rand::SystemRandom;
+
+    async fn store_with_users(path: &Path, grace_secs: u64) -> Vec<PlainToken> {
+        let store = Store::open(path, 8).unwrap();
+        let rng = SystemRandom::new();
+        let mut tokens = Vec::new();
+        for user in ["alice", "bob", "carol"] {
+            for _ in 0..2 {
+                let token = PlainToken::generate(&rng).unwrap();
+                let new = NewToken {
+                    hash: token.hash(),
+                    prefix: token.display_prefix(),
+                };
+                let user = UserId::parse(user).unwrap();
+                store.rotate(&user, &new, 1_000, grace_secs).await.unwrap();
+                tokens.push(token);
+            }
+        }
+        tokens
+    }
+
+    fn raw(path: &Path) -> sled::Db {
+        sled::Config::new()
+            .path(path)
+            .flush_every_ms(None)
+            .open()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_healthy_store_is_consistent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        store_with_users(&path, 3600).await;
+        let report = check_store(&path).unwrap();
+        assert!(report.is_consistent(), "{report}");
+        assert_eq!((report.users, report.index_entries, report.in_grace), (3, 6, 3));
+        assert!(report.to_string().starts_with("store OK: 3 users"));
+    }
+
+    #[tokio::test]
+    async fn every_kind_of_damage_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let tokens = store_with_users(&path, 3600).await;
+        {
+            let db = raw(&path);
+            let index = db.open_tree(INDEX_TREE).unwrap();
+            // alice's current token (the second one issued) vanishes from the index.
+            index.remove(tokens[1].hash().as_bytes()).unwrap();
+            // An index entry nobody owns.
+            let stray = index.get(tokens[3].hash().as_bytes()).unwrap().unwrap();
+            index.insert([9u8; 32], stray).unwrap();
+            // bob's record cannot be decoded.
+            db.open_tree(USER_TREE)
+                .unwrap()
+                .insert("bob", &b"\x02garbage"[..])
+                .unwrap();
+            // carol's grace-expiry entry is lost.
+            let grace = db.open_tree(GRACE_TREE).unwrap();
+            let carol_prev = tokens[4].hash();
+            let key = crate::store::grace_key(1_000 + 3600, carol_prev.as_bytes());
+            grace.remove(&key[..]).unwrap();
+            db.flush().unwrap();
+        }
+        let report = check_store(&path).unwrap();
+        assert!(!report.is_consistent());
+        let text = report.to_string();
+        for needle in [
+            "user \"alice\": its token",
+            "is missing from the index",
+            "index entry 0909",
+            "belongs to no live or in-grace token",
+            "user \"bob\": stored data cannot be decoded",
+            "user \"carol\": its rotated-out token",
+            "has no grace-expiry entry",
+        ] {
+            assert!(text.contains(needle), "{needle:?} not in\n{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unknown_schema_version_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        store_with_users(&path, 0).await;
+        {
+            let db = raw(&path);
+            db.open_tree(META_TREE)
+                .unwrap()
+                .insert("schema_version", &99u32.to_be_bytes())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let report = check_store(&path).unwrap();
+        assert!(report.to_string().contains("schema version 99 is unknown"), "{report}");
+    }
+
+    #[test]
+    fn a_missing_store_is_an_error_not_an_empty_report() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            check_store(&dir.path().join("nope")),
+            Err(CheckError::Missing(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_store_in_use_is_refused_plainly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let _store = Store::open(&path, 8).unwrap();
+        let err = check_store(&path).unwrap_err();
+        assert!(err.to_string().contains("is in use"), "{err}");
+    }
+}

@@ -1,0 +1,112 @@
+//! The OpenAPI 3.1 document, generated from the `#[utoipa::path]` attributes
+//! on the handlers and the `ToSchema` derives on the bodies they send.
+//!
+//! Nothing here is hand-written JSON: a route that is not listed in
+//! [`ApiDoc`] is missing from `/openapi.json`, and `tests/api/docs.rs` probes
+//! the live app to catch that.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::OpenApi as OpenApiDoc;
+use utoipa::{Modify, OpenApi};
+
+use crate::routes;
+
+/// The security scheme name of the user JWT (management routes).
+pub const USER_JWT: &str = "user_jwt";
+/// The security scheme name of the agent token (the verify route).
+pub const AGENT_TOKEN: &str = "agent_token";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "agent-tokens",
+        description = "One agent API token per user: managed with the user's JWT, verified by gateways and APIs. \
+                       Every error body is `{\"error\": \"<code>\", \"message\": \"<text>\"}`; \
+                       the verify route's 401 adds `\"active\": false`."
+    ),
+    paths(
+        routes::tokens::status,
+        routes::tokens::rotate,
+        routes::tokens::get_or_create,
+        routes::tokens::revoke,
+        routes::verify::verify,
+        routes::health::healthz,
+        routes::health::readyz,
+        routes::health::metrics,
+        routes::docs::index,
+        routes::docs::html,
+        routes::docs::raw,
+        routes::docs::openapi_json,
+    ),
+    // Path parameters' schemas are not collected automatically.
+    components(schemas(routes::docs::DocPage)),
+    modifiers(&SecuritySchemes, &HeadHasNoBody),
+    tags(
+        (name = "token management", description = "The user's own agent token, managed with a user JWT."),
+        (name = "verification", description = "For gateways and APIs: is this agent token valid?"),
+        (name = "health", description = "For process supervisors and monitoring."),
+        (name = "docs", description = "These API pages, as markdown, HTML and OpenAPI."),
+    )
+)]
+pub struct ApiDoc;
+
+/// The two bearer credentials: which one a route takes is its `security`.
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut OpenApiDoc) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            USER_JWT,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "A user JWT issued by your application. Agent tokens are refused here.",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            AGENT_TOKEN,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("sk_agt_<64 hex>")
+                    .description(Some(
+                        "An agent token: `sk_agt_` followed by 64 lowercase hex characters.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// `method(get, head)` gives HEAD a copy of the GET operation. A HEAD answer
+/// never has a body (RFC 9110 §9.3.2), and operation ids must be unique, so
+/// the copy keeps its statuses and headers but loses the content.
+struct HeadHasNoBody;
+
+impl Modify for HeadHasNoBody {
+    fn modify(&self, openapi: &mut OpenApiDoc) {
+        for item in openapi.paths.paths.values_mut() {
+            let Some(head) = item.head.as_mut() else {
+                continue;
+            };
+            if let Some(id) = head.operation_id.as_mut() {
+                id.push_str("_head");
+            }
+            for response in head.responses.responses.values_mut() {
+                if let utoipa::openapi::RefOr::T(response) = response {
+                    response.content.clear();
+                }
+            }
+        }
+    }
+}
+
+/// The document as pretty JSON.
+pub fn json() -> Result<String, serde_json::Error> {
+    ApiDoc::openapi().to_pretty_json()
+}
