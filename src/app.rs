@@ -13,16 +13,17 @@ use sd_notify::NotifyState;
 
 use crate::clock::Clock;
 use crate::config::{ConfigError, Settings};
-use crate::limits::RequestLimits;
-use crate::metrics::METRICS;
 use crate::jwt::JwtVerifier;
+use crate::limits::RequestLimits;
+use crate::live::LiveStore;
+use crate::metrics::METRICS;
 use crate::policy::TokenPolicy;
 use crate::routes;
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
 
 /// What every request handler shares.
 pub struct AppState {
-    pub store: Store,
+    pub store: LiveStore,
     pub jwt: JwtVerifier,
     pub rng: SystemRandom,
     pub clock: Clock,
@@ -69,7 +70,7 @@ impl Application {
             addr: addr.to_string(),
             source,
         })?;
-        let store = Store::open(&settings.storage.path, settings.storage.cache_mb)?;
+        let store = LiveStore::open(&settings.storage.path, settings.storage.cache_mb)?;
         let state = Arc::new(AppState {
             store,
             jwt,

@@ -11,8 +11,8 @@ use std::fmt;
 use std::path::Path;
 
 use crate::store::{
-    decode_index, decode_user, is_lock_error, IndexEntry, UserRecord, GRACE_TREE, INDEX_TREE, META_TREE,
-    SCHEMA_VERSION, USER_TREE,
+    decode_index, decode_user, is_lock_error, IndexEntry, UserRecord, GRACE_TREE, INDEX_TREE,
+    META_TREE, SCHEMA_VERSION, USER_TREE,
 };
 use crate::user::UserId;
 
@@ -45,7 +45,11 @@ impl fmt::Display for Report {
         if self.problems.is_empty() {
             return write!(f, "store OK: {counts}");
         }
-        writeln!(f, "store INCONSISTENT: {} problem(s) ({counts}):", self.problems.len())?;
+        writeln!(
+            f,
+            "store INCONSISTENT: {} problem(s) ({counts}):",
+            self.problems.len()
+        )?;
         for (i, p) in self.problems.iter().enumerate() {
             writeln!(f, "  {}. {p}", i + 1)?;
         }
@@ -132,10 +136,9 @@ pub fn check_store(path: &Path) -> Result<Report, CheckError> {
         let user = match std::str::from_utf8(&key).ok().map(UserId::parse) {
             Some(Ok(u)) => u.as_str().to_owned(),
             _ => {
-                report.problems.push(format!(
-                    "user key {} is not a valid user id",
-                    hex32(&key)
-                ));
+                report
+                    .problems
+                    .push(format!("user key {} is not a valid user id", hex32(&key)));
                 continue;
             }
         };
@@ -152,10 +155,9 @@ pub fn check_store(path: &Path) -> Result<Report, CheckError> {
         let (key, value) = item?;
         report.index_entries += 1;
         let Ok(hash) = <[u8; 32]>::try_from(key.as_ref()) else {
-            report.problems.push(format!(
-                "index key {} is not a 32-byte hash",
-                hex32(&key)
-            ));
+            report
+                .problems
+                .push(format!("index key {} is not a 32-byte hash", hex32(&key)));
             continue;
         };
         match decode_index(&value) {
@@ -287,7 +289,10 @@ mod tests {
         store_with_users(&path, 3600).await;
         let report = check_store(&path).unwrap();
         assert!(report.is_consistent(), "{report}");
-        assert_eq!((report.users, report.index_entries, report.in_grace), (3, 6, 3));
+        assert_eq!(
+            (report.users, report.index_entries, report.in_grace),
+            (3, 6, 3)
+        );
         assert!(report.to_string().starts_with("store OK: 3 users"));
     }
 
@@ -346,7 +351,10 @@ mod tests {
             db.flush().unwrap();
         }
         let report = check_store(&path).unwrap();
-        assert!(report.to_string().contains("schema version 99 is unknown"), "{report}");
+        assert!(
+            report.to_string().contains("schema version 99 is unknown"),
+            "{report}"
+        );
     }
 
     #[test]

@@ -128,18 +128,33 @@ impl Flusher {
         &self.shared.stats
     }
 
+    /// [`Flusher::wrote_and_wait`] for plain threads (recovery, offline
+    /// tools). Must not be called on an async runtime thread.
+    pub fn wrote_and_wait_blocking(&self) -> Result<(), DurabilityError> {
+        let seq = self.shared.written.fetch_add(1, Ordering::SeqCst) + 1;
+        match self.register(seq) {
+            None => Ok(()),
+            Some(rx) => rx.blocking_recv().map_err(|_| DurabilityError::Stopped)?,
+        }
+    }
+
+    /// Queues a waiter for `seq` unless it is already durable.
+    fn register(&self, seq: u64) -> Option<oneshot::Receiver<Result<(), DurabilityError>>> {
+        let mut state = lock(&self.shared.state);
+        if state.durable >= seq {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        state.waiters.push(tx);
+        self.shared.wake.notify_one();
+        Some(rx)
+    }
+
     async fn wait_for(&self, seq: u64) -> Result<(), DurabilityError> {
-        let rx = {
-            let mut state = lock(&self.shared.state);
-            if state.durable >= seq {
-                return Ok(());
-            }
-            let (tx, rx) = oneshot::channel();
-            state.waiters.push(tx);
-            self.shared.wake.notify_one();
-            rx
-        };
-        rx.await.map_err(|_| DurabilityError::Stopped)?
+        match self.register(seq) {
+            None => Ok(()),
+            Some(rx) => rx.await.map_err(|_| DurabilityError::Stopped)?,
+        }
     }
 }
 

@@ -13,6 +13,7 @@ pub mod durability;
 pub mod error;
 pub mod jwt;
 pub mod limits;
+pub mod live;
 pub mod metrics;
 pub mod openapi;
 pub mod policy;

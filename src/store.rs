@@ -68,6 +68,9 @@ pub enum StoreError {
     Durability(#[from] DurabilityError),
     #[error("cannot encode a record: {0}")]
     Encode(String),
+    /// Writes are refused while the store reopens after an I/O failure.
+    #[error("the store is recovering from an I/O failure and refuses writes for now")]
+    Recovering,
 }
 
 /// Whether opening failed because another process (or handle) holds sled's
@@ -77,8 +80,7 @@ pub fn is_lock_error(err: &sled::Error) -> bool {
         sled::Error::Io(e) => {
             e.kind() == std::io::ErrorKind::WouldBlock
                 || e.to_string().contains("could not acquire lock")
-                || e
-                    .get_ref()
+                || e.get_ref()
                     .and_then(|inner| inner.downcast_ref::<std::io::Error>())
                     .is_some_and(|inner| inner.kind() == std::io::ErrorKind::WouldBlock)
         }
@@ -220,6 +222,13 @@ pub(crate) fn grace_key(until: u64, hash: &[u8; 32]) -> [u8; 40] {
     key[..8].copy_from_slice(&until.to_be_bytes());
     key[8..].copy_from_slice(hash);
     key
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
@@ -541,6 +550,13 @@ impl Store {
     pub async fn probe_write(&self, now: u64) -> Result<(), StoreError> {
         self.meta.insert(PROBE_KEY, &now.to_be_bytes())?;
         self.flusher.wrote_and_wait().await?;
+        Ok(())
+    }
+
+    /// [`Store::probe_write`] for plain threads (not on an async runtime).
+    pub fn probe_write_blocking(&self) -> Result<(), StoreError> {
+        self.meta.insert(PROBE_KEY, &now_secs().to_be_bytes())?;
+        self.flusher.wrote_and_wait_blocking()?;
         Ok(())
     }
 

@@ -66,7 +66,13 @@ fn hostile_requests_get_clear_answers_with_bounded_memory_and_no_panic() {
     let port = server.port;
     let jwt = hs256_jwt("hostile");
     assert_eq!(
-        raw_status(port, &get("/api/agent-tokens/me", &format!("Authorization: Bearer {jwt}\r\n"))),
+        raw_status(
+            port,
+            &get(
+                "/api/agent-tokens/me",
+                &format!("Authorization: Bearer {jwt}\r\n")
+            )
+        ),
         200
     );
     let rss_before = rss_kib(server.child.id());
@@ -74,16 +80,29 @@ fn hostile_requests_get_clear_answers_with_bounded_memory_and_no_panic() {
     for round in 0..20 {
         // Headers over the configured cap: 431 on management routes.
         let big = format!("X-Filler: {}\r\n", "a".repeat(40_000));
-        assert_eq!(raw_status(port, &get("/api/agent-tokens/me", &big)), 431, "round {round}");
+        assert_eq!(
+            raw_status(port, &get("/api/agent-tokens/me", &big)),
+            431,
+            "round {round}"
+        );
         // Headers over the parser's hard cap (128 KiB): refused on every route.
         let huge = format!("X-Filler: {}\r\n", "a".repeat(140_000));
-        assert_eq!(raw_status(port, &get("/api/agent-tokens/verify", &huge)), 431);
+        assert_eq!(
+            raw_status(port, &get("/api/agent-tokens/verify", &huge)),
+            431
+        );
         // A 10,000-byte bearer value: an ordinary 401 on both kinds of route.
         let long = format!("Authorization: Bearer {}\r\n", "x".repeat(10_000));
         assert_eq!(raw_status(port, &get("/api/agent-tokens/me", &long)), 401);
-        assert_eq!(raw_status(port, &get("/api/agent-tokens/verify", &long)), 401);
+        assert_eq!(
+            raw_status(port, &get("/api/agent-tokens/verify", &long)),
+            401
+        );
         let long_token = format!("Authorization: Bearer sk_agt_{}\r\n", "a".repeat(10_000));
-        assert_eq!(raw_status(port, &get("/api/agent-tokens/verify", &long_token)), 401);
+        assert_eq!(
+            raw_status(port, &get("/api/agent-tokens/verify", &long_token)),
+            401
+        );
         // Non-UTF-8 bytes in the Authorization header.
         let mut request = b"GET /api/agent-tokens/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\x80abc\r\nConnection: close\r\n\r\n".to_vec();
         assert_eq!(raw_status(port, &request), 401);
@@ -100,10 +119,14 @@ fn hostile_requests_get_clear_answers_with_bounded_memory_and_no_panic() {
 
     // A slow client trickling its request head is cut off.
     let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let started = Instant::now();
     let mut closed = false;
-    for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ".iter().chain(b"aaaaaaaaaaaaaaaaaaaaaaaa") {
+    for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: "
+        .iter()
+        .chain(b"aaaaaaaaaaaaaaaaaaaaaaaa")
+    {
         if slow.write_all(&[*byte]).is_err() {
             closed = true;
             break;
@@ -183,7 +206,10 @@ async fn management_routes_are_rate_limited_per_client_but_verify_never_is() {
     }
     assert_eq!(&statuses[..5], &[200; 5], "{statuses:?}");
     assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
-    assert!(retry_after.is_some_and(|s| (1..=60).contains(&s)), "{retry_after:?}");
+    assert!(
+        retry_after.is_some_and(|s| (1..=60).contains(&s)),
+        "{retry_after:?}"
+    );
     assert_eq!(body["error"], "rate_limited");
     // Invalid JWTs count too: the limit is checked before any signature work.
     let resp = client

@@ -86,12 +86,17 @@ async fn sigterm_under_load_loses_no_acknowledged_rotation_and_exits_zero() {
         total_acked += outcome.acked;
         outcomes.insert(user, (jwt, outcome));
     }
-    assert!(total_acked > 50, "too little load: {total_acked} acknowledged rotations");
+    assert!(
+        total_acked > 50,
+        "too little load: {total_acked} acknowledged rotations"
+    );
 
     let server = Server::start(&config);
     let client = reqwest::Client::new();
     for (user, (jwt, outcome)) in &outcomes {
-        let Some(acked) = &outcome.last_acked else { continue };
+        let Some(acked) = &outcome.last_acked else {
+            continue;
+        };
         let me: Value = client
             .get(format!("{}/api/agent-tokens/me", server.base()))
             .bearer_auth(jwt)

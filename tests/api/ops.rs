@@ -16,8 +16,11 @@ async fn readyz_is_200_when_the_store_takes_a_durable_write() {
 fn samples(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
     let name_ok = |n: &str| {
         !n.is_empty()
-            && n.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+            && n.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
     };
     let mut out = Vec::new();
     for line in text.lines() {
@@ -27,9 +30,14 @@ fn samples(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
             assert!(name.starts_with("agent_tokens_"), "unprefixed: {line:?}");
             continue;
         }
-        assert!(!line.starts_with('#') && !line.is_empty(), "stray line {line:?}");
+        assert!(
+            !line.starts_with('#') && !line.is_empty(),
+            "stray line {line:?}"
+        );
         let (series, value) = line.rsplit_once(' ').unwrap();
-        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
         let (name, labels) = match series.split_once('{') {
             Some((name, rest)) => {
                 let rest = rest.strip_suffix('}').unwrap();
@@ -139,7 +147,9 @@ async fn metrics_count_requests_by_route_token_operations_and_flushes() {
             assert!(keys.contains(&"route"), "{name} {labels:?}");
             assert!(keys.contains(&"method"), "{name} {labels:?}");
             assert!(
-                labels.iter().all(|(_, v)| !v.contains("sk_agt_") && !v.contains("metered")),
+                labels
+                    .iter()
+                    .all(|(_, v)| !v.contains("sk_agt_") && !v.contains("metered")),
                 "no credential or user id in labels: {labels:?}"
             );
         }

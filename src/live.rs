@@ -1,0 +1,271 @@
+//! The store as the server uses it: one open sled database that is reopened
+//! in-process after an I/O failure.
+//!
+//! sled 0.34 keeps returning the first I/O error (seen: disk full) for
+//! every write and flush until the database is reopened, even once space is
+//! free. So after a failed write or flush this wrapper refuses further
+//! writes at once (500 with the page's message), keeps serving reads from
+//! the open database, and a recovery thread reopens it (dropping every
+//! handle first, which releases sled's directory lock) as soon as the disk
+//! has room again, backing off between attempts. No operator and no
+//! restart: exiting would let systemd's restart loop take reads down too.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+
+use crate::durability::DurabilityError;
+use crate::store::{GetOrCreate, IndexEntry, NewToken, Store, StoreError, UserRecord};
+use crate::token::TokenHash;
+use crate::user::UserId;
+
+/// Free space needed before a reopen is tried: sled appends in segments of
+/// 512 KiB and rewrites on recovery, so leave it a few.
+const MIN_FREE_BYTES: u64 = 4 * 1024 * 1024;
+const FIRST_RETRY: Duration = Duration::from_millis(250);
+const MAX_RETRY: Duration = Duration::from_secs(10);
+/// How long a reopen waits for in-flight operations to let go of the old database.
+const DRAIN_WAIT: Duration = Duration::from_secs(10);
+
+struct Shared {
+    current: ArcSwapOption<Store>,
+    failed: AtomicBool,
+    path: PathBuf,
+    cache_mb: u64,
+    wake: Condvar,
+    shutdown: Mutex<bool>,
+}
+
+pub struct LiveStore {
+    shared: Arc<Shared>,
+    recovery: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for LiveStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveStore")
+            .field("path", &self.shared.path)
+            .field("failed", &self.shared.failed.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// Whether an error means the database must be reopened before writes can
+/// work again (I/O), as opposed to bad data or a conflict.
+fn needs_reopen(err: &StoreError) -> bool {
+    matches!(
+        err,
+        StoreError::Sled(sled::Error::Io(_))
+            | StoreError::Durability(DurabilityError::Flush(_))
+            | StoreError::Durability(DurabilityError::Stopped)
+    )
+}
+
+impl LiveStore {
+    /// Opens the store and starts the recovery thread.
+    pub fn open(path: &Path, cache_mb: u64) -> Result<Self, StoreError> {
+        let store = Store::open(path, cache_mb)?;
+        let shared = Arc::new(Shared {
+            current: ArcSwapOption::from_pointee(store),
+            failed: AtomicBool::new(false),
+            path: path.to_owned(),
+            cache_mb,
+            wake: Condvar::new(),
+            shutdown: Mutex::new(false),
+        });
+        let thread_shared = Arc::clone(&shared);
+        let recovery = std::thread::Builder::new()
+            .name("agent-tokens-recovery".into())
+            .spawn(move || recover(&thread_shared))
+            .map_err(|e| StoreError::Durability(DurabilityError::Flush(e.to_string().into())))?;
+        Ok(Self {
+            shared,
+            recovery: Some(recovery),
+        })
+    }
+
+    /// Whether writes are currently refused while the store recovers.
+    pub fn is_failed(&self) -> bool {
+        self.shared.failed.load(Ordering::SeqCst)
+    }
+
+    fn current(&self) -> Result<Arc<Store>, StoreError> {
+        self.shared
+            .current
+            .load_full()
+            .ok_or(StoreError::Recovering)
+    }
+
+    fn writable(&self) -> Result<Arc<Store>, StoreError> {
+        if self.is_failed() {
+            return Err(StoreError::Recovering);
+        }
+        self.current()
+    }
+
+    /// Notes an error; an I/O failure stops writes and wakes the recovery thread.
+    fn note<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(e) = &result {
+            if needs_reopen(e) && !self.shared.failed.swap(true, Ordering::SeqCst) {
+                log::error!(
+                    "storage write failed ({e}); refusing writes, serving reads, and reopening the store once the disk has room"
+                );
+                self.shared.wake.notify_all();
+            }
+        }
+        result
+    }
+
+    pub fn get(&self, user: &UserId) -> Result<Option<UserRecord>, StoreError> {
+        self.current()?.get(user)
+    }
+
+    pub fn lookup(&self, hash: &TokenHash) -> Result<Option<IndexEntry>, StoreError> {
+        self.current()?.lookup(hash)
+    }
+
+    pub async fn rotate(
+        &self,
+        user: &UserId,
+        new: &NewToken,
+        now: u64,
+        grace_secs: u64,
+    ) -> Result<(UserRecord, bool), StoreError> {
+        let store = self.writable()?;
+        self.note(store.rotate(user, new, now, grace_secs).await)
+    }
+
+    pub async fn get_or_create(
+        &self,
+        user: &UserId,
+        candidate: &NewToken,
+        now: u64,
+    ) -> Result<GetOrCreate, StoreError> {
+        let store = self.writable()?;
+        self.note(store.get_or_create(user, candidate, now).await)
+    }
+
+    pub async fn revoke(&self, user: &UserId) -> Result<bool, StoreError> {
+        let store = self.writable()?;
+        self.note(store.revoke(user).await)
+    }
+
+    /// Stamps last use; skipped (not an error) while the store recovers.
+    pub fn touch(&self, hash: &TokenHash, now: u64) -> Result<(), StoreError> {
+        if self.is_failed() {
+            return Ok(());
+        }
+        let store = self.current()?;
+        self.note(store.touch(hash, now))
+    }
+
+    pub fn expire_grace(&self, now: u64) -> Result<usize, StoreError> {
+        if self.is_failed() {
+            return Ok(0);
+        }
+        let store = self.current()?;
+        self.note(store.expire_grace(now))
+    }
+
+    pub async fn wait_until_durable(&self) -> Result<(), StoreError> {
+        let store = self.writable()?;
+        self.note(store.wait_until_durable().await)
+    }
+
+    pub async fn probe_write(&self, now: u64) -> Result<(), StoreError> {
+        let store = self.writable()?;
+        self.note(store.probe_write(now).await)
+    }
+}
+
+impl Drop for LiveStore {
+    fn drop(&mut self) {
+        *self
+            .shared
+            .shutdown
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = true;
+        self.shared.wake.notify_all();
+        if let Some(thread) = self.recovery.take() {
+            let _ = thread.join();
+        }
+        // Close the database here, not in whichever thread lets go last.
+        drop(self.shared.current.swap(None));
+    }
+}
+
+fn free_bytes(path: &Path) -> Option<u64> {
+    let stat = rustix::fs::statvfs(path).ok()?;
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// The recovery thread: sleeps until a failure, then reopens when possible.
+fn recover(shared: &Shared) {
+    let mut retry = FIRST_RETRY;
+    loop {
+        {
+            let guard = shared
+                .shutdown
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let timeout = if shared.failed.load(Ordering::SeqCst) {
+                retry
+            } else {
+                Duration::from_secs(3600)
+            };
+            let (guard, _) = shared
+                .wake
+                .wait_timeout(guard, timeout)
+                .unwrap_or_else(PoisonError::into_inner);
+            if *guard {
+                return;
+            }
+        }
+        if !shared.failed.load(Ordering::SeqCst) {
+            retry = FIRST_RETRY;
+            continue;
+        }
+        // Reopening drops the database reads are served from: only try when
+        // it can succeed. Unknown free space (statvfs failed) counts as room.
+        if free_bytes(&shared.path).is_some_and(|free| free < MIN_FREE_BYTES) {
+            continue;
+        }
+        match reopen(shared) {
+            Ok(()) => {
+                shared.failed.store(false, Ordering::SeqCst);
+                retry = FIRST_RETRY;
+                log::info!("storage recovered: the store was reopened and accepts writes again");
+            }
+            Err(e) => {
+                log::error!("reopening the store failed ({e}); retrying in {retry:?}");
+                retry = (retry * 2).min(MAX_RETRY);
+            }
+        }
+    }
+}
+
+fn reopen(shared: &Shared) -> Result<(), StoreError> {
+    if let Some(old) = shared.current.swap(None) {
+        // In-flight operations hold their own reference; let them finish.
+        let deadline = Instant::now() + DRAIN_WAIT;
+        while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        match Arc::try_unwrap(old) {
+            Ok(store) => drop(store),
+            Err(old) => {
+                shared.current.store(Some(old));
+                return Err(StoreError::Recovering);
+            }
+        }
+    }
+    let store = Store::open(&shared.path, shared.cache_mb)?;
+    // Prove writes work before declaring victory.
+    store.probe_write_blocking()?;
+    shared.current.store(Some(Arc::new(store)));
+    Ok(())
+}
