@@ -81,7 +81,8 @@ pub enum ApiError {
     #[error("route not found")]
     NotFound,
     #[error("method not allowed")]
-    MethodNotAllowed,
+    /// A known path with another method; `allow` lists the ones it takes.
+    MethodNotAllowed { allow: &'static str },
 }
 
 impl ApiError {
@@ -104,7 +105,7 @@ impl ApiError {
             ApiError::HeadersTooLarge => "headers_too_large",
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::NotFound => "not_found",
-            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
         }
     }
 
@@ -124,7 +125,7 @@ impl ApiError {
             ApiError::HeadersTooLarge => "The request headers are too large.",
             ApiError::PayloadTooLarge => "The request body is too large; these routes take no body.",
             ApiError::NotFound => "No such route.",
-            ApiError::MethodNotAllowed => "This method is not allowed on this route.",
+            ApiError::MethodNotAllowed { .. } => "This method is not allowed on this route.",
         }
     }
 
@@ -182,7 +183,7 @@ impl ResponseError for ApiError {
             ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -198,6 +199,9 @@ impl ResponseError for ApiError {
         }
         let mut response = HttpResponse::build(self.status_code());
         response.insert_header((header::CACHE_CONTROL, "no-store"));
+        if let ApiError::MethodNotAllowed { allow } = self {
+            response.insert_header((header::ALLOW, *allow));
+        }
         if let ApiError::RateLimited { retry_after_secs } = self {
             response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
         }

@@ -224,6 +224,11 @@ pub(crate) fn grace_key(until: u64, hash: &[u8; 32]) -> [u8; 40] {
     key
 }
 
+#[cfg(test)]
+pub(crate) fn now_secs_for_tests() -> u64 {
+    now_secs()
+}
+
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -234,7 +234,7 @@ fn render_page(page: DocPage) -> String {
     let events = with_heading_ids(Parser::new_ext(page.markdown(), options).collect());
     let mut html = String::new();
     pulldown_cmark::html::push_html(&mut html, events.into_iter());
-    layout(page.title(), &html)
+    layout(&format!("{} · agent-tokens API", page.title()), &html)
 }
 
 /// Gives every heading an `id` made from its text, so sections can be
@@ -341,7 +341,8 @@ h3 { font-size: 1.2rem; }
 a { color: var(--link); }
 p, ul, ol, table, pre, blockquote { margin: 0 0 1rem; }
 code, pre { font-family: ui-monospace, SFMono-Regular, "SF Mono", Menlo, Consolas, "DejaVu Sans Mono", "Liberation Mono", monospace; font-size: .875em; }
-code { background: var(--subtle); border: 1px solid var(--border); border-radius: 4px; padding: .1em .3em; overflow-wrap: break-word; }
+code { background: var(--subtle); border: 1px solid var(--border); border-radius: 4px; padding: .1em .3em; overflow-wrap: break-word;
+  -webkit-box-decoration-break: clone; box-decoration-break: clone; }
 pre { background: var(--subtle); border: 1px solid var(--border); border-radius: 6px; padding: .9rem 1rem; overflow-x: auto; line-height: 1.45; }
 pre code { background: none; border: 0; padding: 0; font-size: 1em; overflow-wrap: normal; }
 table { border-collapse: collapse; width: 100%; }

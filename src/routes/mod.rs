@@ -5,7 +5,7 @@ pub mod health;
 pub mod tokens;
 pub mod verify;
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::error::ApiError;
 
@@ -20,8 +20,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// The JSON 405 for a known path with an unsupported method.
-pub async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed)
+pub async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let allow = match req.match_pattern().as_deref() {
+        Some("/api/agent-tokens/me") => "GET, POST, DELETE",
+        Some("/api/agent-tokens/me/get-or-create") => "POST",
+        Some("/api/agent-tokens/verify") => "GET, HEAD",
+        _ => "GET",
+    };
+    Err(ApiError::MethodNotAllowed { allow })
 }
 
 /// The JSON 404 for every unknown path.

@@ -96,6 +96,10 @@ fn fresh_token(state: &AppState, op: Operation) -> Result<(PlainToken, NewToken)
         (status = 401, description = "Missing or invalid JWT, or an agent token: `error` is `missing_credentials`, `invalid_request`, `invalid_token` or `user_jwt_required`.",
             body = crate::error::ErrorBody,
             headers(("WWW-Authenticate" = String, description = "An RFC 6750 Bearer challenge, realm `agent-tokens`."))),
+        (status = 413, description = "A declared body over `limits.max_body_bytes`: `payload_too_large`.", body = crate::error::ErrorBody),
+        (status = 429, description = "Over the per-client rate limit: `rate_limited`.", body = crate::error::ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+        (status = 431, description = "Request headers over `limits.max_header_bytes`: `headers_too_large`.", body = crate::error::ErrorBody),
         (status = 500, description = "Failed to fetch token status.", body = crate::error::ErrorBody),
     )
 )]
@@ -139,6 +143,10 @@ async fn status(
         (status = 401, description = "Missing or invalid JWT, or an agent token: `error` is `missing_credentials`, `invalid_request`, `invalid_token` or `user_jwt_required`.",
             body = crate::error::ErrorBody,
             headers(("WWW-Authenticate" = String, description = "An RFC 6750 Bearer challenge, realm `agent-tokens`."))),
+        (status = 413, description = "A declared body over `limits.max_body_bytes`: `payload_too_large`.", body = crate::error::ErrorBody),
+        (status = 429, description = "Over the per-client rate limit: `rate_limited`.", body = crate::error::ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+        (status = 431, description = "Request headers over `limits.max_header_bytes`: `headers_too_large`.", body = crate::error::ErrorBody),
         (status = 500, description = "Failed to store agent token.", body = crate::error::ErrorBody),
     )
 )]
@@ -188,6 +196,10 @@ async fn rotate(
         (status = 401, description = "Missing or invalid JWT, or an agent token: `error` is `missing_credentials`, `invalid_request`, `invalid_token` or `user_jwt_required`.",
             body = crate::error::ErrorBody,
             headers(("WWW-Authenticate" = String, description = "An RFC 6750 Bearer challenge, realm `agent-tokens`."))),
+        (status = 413, description = "A declared body over `limits.max_body_bytes`: `payload_too_large`.", body = crate::error::ErrorBody),
+        (status = 429, description = "Over the per-client rate limit: `rate_limited`.", body = crate::error::ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+        (status = 431, description = "Request headers over `limits.max_header_bytes`: `headers_too_large`.", body = crate::error::ErrorBody),
         (status = 500, description = "Failed to check or store token.", body = crate::error::ErrorBody),
     )
 )]
@@ -259,6 +271,10 @@ fn existing_answer(token_prefix: String) -> HttpResponse {
         (status = 401, description = "Missing or invalid JWT, or an agent token: `error` is `missing_credentials`, `invalid_request`, `invalid_token` or `user_jwt_required`.",
             body = crate::error::ErrorBody,
             headers(("WWW-Authenticate" = String, description = "An RFC 6750 Bearer challenge, realm `agent-tokens`."))),
+        (status = 413, description = "A declared body over `limits.max_body_bytes`: `payload_too_large`.", body = crate::error::ErrorBody),
+        (status = 429, description = "Over the per-client rate limit: `rate_limited`.", body = crate::error::ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+        (status = 431, description = "Request headers over `limits.max_header_bytes`: `headers_too_large`.", body = crate::error::ErrorBody),
         (status = 500, description = "Failed to revoke token.", body = crate::error::ErrorBody),
     )
 )]

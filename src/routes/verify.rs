@@ -4,17 +4,19 @@
 //! lookup, then one index read; no cache, so a revoked or rotated-out token
 //! fails on the very next request.
 
-use actix_web::http::header::{CacheControl, CacheDirective, HeaderName, HeaderValue};
+use actix_web::http::header::{
+    CacheControl, CacheDirective, HeaderName, HeaderValue, AUTHORIZATION,
+};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
 use crate::app::AppState;
-use crate::auth::bearer_credential;
+use crate::auth::agent_token_hash;
 use crate::clock::rfc3339;
 use crate::error::{ApiError, Operation, VerifyRefusal};
 use crate::metrics::{TokenOperation, METRICS};
 use crate::policy::needs_touch;
-use crate::token::{looks_like_agent_token, TokenHash};
+
 
 use super::tokens::BASE;
 
@@ -72,22 +74,8 @@ async fn verify(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResp
 /// The verify decision; synchronous, since it is at most one read (and a
 /// once-a-minute last-used stamp).
 fn answer(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
-    let credential = bearer_credential(req).map_err(|e| {
-        ApiError::InvalidAgentToken(match e {
-            ApiError::MissingCredentials => VerifyRefusal::Missing,
-            _ => VerifyRefusal::MalformedHeader,
-        })
-    })?;
-    if !looks_like_agent_token(credential) {
-        let refusal = if credential.matches('.').count() == 2 {
-            VerifyRefusal::UserJwt
-        } else {
-            VerifyRefusal::Malformed(crate::token::TokenError::WrongPrefix)
-        };
-        return Err(ApiError::InvalidAgentToken(refusal));
-    }
-    let hash = TokenHash::of_presented(credential)
-        .map_err(|e| ApiError::InvalidAgentToken(VerifyRefusal::Malformed(e)))?;
+    let hash = agent_token_hash(req.headers().get(AUTHORIZATION))
+        .map_err(ApiError::InvalidAgentToken)?;
     let entry = state
         .store
         .lookup(&hash)

@@ -85,8 +85,13 @@ fn management_errors() -> Vec<ApiError> {
         ApiError::InvalidJwt(JwtError::Expired),
         ApiError::AgentTokenNotAllowed,
         ApiError::Internal("wiring"),
+        ApiError::PayloadTooLarge,
+        ApiError::RateLimited {
+            retry_after_secs: 1,
+        },
+        ApiError::HeadersTooLarge,
         ApiError::NotFound,
-        ApiError::MethodNotAllowed,
+        ApiError::MethodNotAllowed { allow: "GET" },
     ]
 }
 
@@ -273,7 +278,7 @@ async fn the_verification_page_covers_every_answer_and_recipe() {
             .replace(",\"", ", \""),
         "the 500",
     );
-    let (_, body, _) = rendered(ApiError::MethodNotAllowed).await;
+    let (_, body, _) = rendered(ApiError::MethodNotAllowed { allow: "GET" }).await;
     assert_mentions(&page, body["message"].as_str().unwrap(), "the 405");
     for field in [
         "active",

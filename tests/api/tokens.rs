@@ -254,6 +254,7 @@ async fn unknown_routes_and_methods_get_json_errors() {
     let resp = app
         .request(Method::PUT, "/api/agent-tokens/me", Some(&user_jwt("h")))
         .await;
+    assert_eq!(resp.headers().get("allow").unwrap(), "GET, POST, DELETE");
     assert_error(resp, 405, "method_not_allowed").await;
     let resp = app
         .request(Method::GET, "/api/agent-tokens/me/get-or-create", None)

@@ -1,0 +1,35 @@
+//! The Authorization header through to the authentication decision, for
+//! both kinds of route: never panics, and never authenticates garbage.
+#![no_main]
+
+use std::sync::LazyLock;
+
+use actix_web::http::header::HeaderValue;
+use agent_tokens::auth::{agent_token_hash, authenticate_user};
+use agent_tokens::config::JwtSettings;
+use agent_tokens::jwt::JwtVerifier;
+use libfuzzer_sys::fuzz_target;
+use secrecy::SecretString;
+
+static VERIFIER: LazyLock<JwtVerifier> = LazyLock::new(|| {
+    JwtVerifier::from_settings(&JwtSettings {
+        algorithms: vec!["HS256".into(), "HS384".into()],
+        hmac_secret: Some(SecretString::from("fuzzing-secret-that-is-32-bytes-long")),
+        ..JwtSettings::default()
+    })
+    .expect("fuzz verifier config is valid")
+});
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(value) = HeaderValue::from_bytes(data) else {
+        return;
+    };
+    // A random input cannot carry a valid HMAC signature for our secret.
+    assert!(authenticate_user(Some(&value), &VERIFIER).is_err());
+    // It can only be a well-formed agent token if it has the exact shape.
+    if agent_token_hash(Some(&value)).is_ok() {
+        let text = value.to_str().expect("accepted tokens are ASCII");
+        let credential = text.split_once(' ').map(|(_, c)| c.trim()).unwrap_or("");
+        assert!(credential.starts_with("sk_agt_") && credential.len() == 71);
+    }
+});
