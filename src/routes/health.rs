@@ -1,10 +1,25 @@
 //! Liveness, readiness and metrics: the operator's routes.
 
-use actix_web::{get, web, HttpResponse};
+use actix_web::{web, HttpResponse};
 
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::metrics::METRICS;
+
+/// Registers the operator routes; other methods get a JSON 405.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    for (path, handler) in [
+        ("/healthz", web::get().to(healthz)),
+        ("/readyz", web::get().to(readyz)),
+        ("/metrics", web::get().to(metrics)),
+    ] {
+        cfg.service(
+            web::resource(path)
+                .route(handler)
+                .default_service(web::to(super::method_not_allowed)),
+        );
+    }
+}
 
 /// Handles `GET /healthz`.
 #[utoipa::path(
@@ -15,7 +30,6 @@ use crate::metrics::METRICS;
     summary = "Liveness: the process answers (storage is not touched)",
     responses((status = 200, description = "Always `ok`.", body = String, content_type = "text/plain")),
 )]
-#[get("/healthz")]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; charset=utf-8")
@@ -34,7 +48,6 @@ pub async fn healthz() -> HttpResponse {
         (status = 503, description = "Storage is not accepting writes.", body = crate::error::ErrorBody),
     ),
 )]
-#[get("/readyz")]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     state
         .store
@@ -59,7 +72,6 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         (status = 500, description = "Internal server error.", body = crate::error::ErrorBody),
     ),
 )]
-#[get("/metrics")]
 pub async fn metrics() -> Result<HttpResponse, ApiError> {
     let body = METRICS
         .render()

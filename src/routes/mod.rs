@@ -11,9 +11,7 @@ use crate::error::ApiError;
 
 /// Registers every route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(health::healthz)
-        .service(health::readyz)
-        .service(health::metrics);
+    health::configure(cfg);
     tokens::configure(cfg);
     verify::configure(cfg);
     docs::configure(cfg);
