@@ -15,4 +15,15 @@ if [ ! -x /usr/sbin/nginx ]; then
     || { as_root apt-get update && as_root apt-get install -y --no-install-recommends nginx-light; }
 fi
 
+# systemd-analyze, for the unit's security score (tests/packaging.rs).
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  as_root apt-get install -y --no-install-recommends systemd \
+    || { as_root apt-get update && as_root apt-get install -y --no-install-recommends systemd; }
+fi
+
 cargo test --all-targets "$@"
+
+# API conformance of the running server against its own /openapi.json
+# (installs schemathesis from PyPI itself).
+./scripts/conformance.sh target/debug/agent-tokens
