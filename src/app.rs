@@ -103,9 +103,18 @@ impl Application {
                     let call = srv.call(req);
                     async move {
                         let res = call.await?;
-                        let route = res.request().match_pattern();
+                        // Hot routes are named after their pattern: no allocation.
+                        let request = res.request();
+                        let pattern;
+                        let route = match request.match_name() {
+                            Some(name) => name,
+                            None => {
+                                pattern = request.match_pattern();
+                                pattern.as_deref().unwrap_or("unmatched")
+                            }
+                        };
                         METRICS.observe_request(
-                            route.as_deref().unwrap_or("unmatched"),
+                            route,
                             method.as_str(),
                             res.status().as_u16(),
                             started.elapsed(),

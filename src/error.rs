@@ -123,7 +123,9 @@ impl ApiError {
             ApiError::NotReady(_) => "Storage is not accepting writes.",
             ApiError::RateLimited { .. } => "Too many requests. Retry later.",
             ApiError::HeadersTooLarge => "The request headers are too large.",
-            ApiError::PayloadTooLarge => "The request body is too large; these routes take no body.",
+            ApiError::PayloadTooLarge => {
+                "The request body is too large; these routes take no body."
+            }
             ApiError::NotFound => "No such route.",
             ApiError::MethodNotAllowed { .. } => "This method is not allowed on this route.",
         }

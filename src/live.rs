@@ -121,11 +121,19 @@ impl LiveStore {
     }
 
     pub fn get(&self, user: &UserId) -> Result<Option<UserRecord>, StoreError> {
-        self.current()?.get(user)
+        // A guard, not a clone: no shared reference count to bounce between cores.
+        match &*self.shared.current.load() {
+            Some(store) => store.get(user),
+            None => Err(StoreError::Recovering),
+        }
     }
 
+    /// The verify path's one read.
     pub fn lookup(&self, hash: &TokenHash) -> Result<Option<IndexEntry>, StoreError> {
-        self.current()?.lookup(hash)
+        match &*self.shared.current.load() {
+            Some(store) => store.lookup(hash),
+            None => Err(StoreError::Recovering),
+        }
     }
 
     pub async fn rotate(

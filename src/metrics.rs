@@ -10,12 +10,15 @@ use std::time::Duration;
 
 use prometheus::{
     register_histogram_vec_with_registry, register_histogram_with_registry,
-    register_int_counter_vec_with_registry, Encoder, Histogram, HistogramVec, IntCounterVec,
-    Registry, TextEncoder,
+    register_int_counter_vec_with_registry, Encoder, Histogram, HistogramVec, IntCounter,
+    IntCounterVec, Registry, TextEncoder,
 };
 
 pub struct Metrics {
     registry: Registry,
+    /// One resolved counter per operation, indexed by `TokenOperation as usize`:
+    /// no label lookup on the verify hot path.
+    operation_counters: Vec<IntCounter>,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub token_operations: IntCounterVec,
@@ -25,6 +28,7 @@ pub struct Metrics {
 
 /// Token operations counted in `agent_tokens_token_operations_total{operation}`.
 #[derive(Debug, Clone, Copy)]
+#[repr(usize)]
 pub enum TokenOperation {
     Created,
     Rotated,
@@ -34,6 +38,14 @@ pub enum TokenOperation {
 }
 
 impl TokenOperation {
+    const ALL: [TokenOperation; 5] = [
+        TokenOperation::Created,
+        TokenOperation::Rotated,
+        TokenOperation::Revoked,
+        TokenOperation::VerifyOk,
+        TokenOperation::VerifyFailed,
+    ];
+
     fn label(self) -> &'static str {
         match self {
             TokenOperation::Created => "created",
@@ -57,7 +69,8 @@ impl Metrics {
             0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
             2.5,
         ];
-        let metrics = Metrics {
+        let mut metrics = Metrics {
+            operation_counters: Vec::new(),
             http_requests: register_int_counter_vec_with_registry!(
                 "http_requests_total",
                 "HTTP requests by route pattern, method and status.",
@@ -96,21 +109,18 @@ impl Metrics {
             .expect("metric registers"),
             registry,
         };
-        for op in [
-            TokenOperation::Created,
-            TokenOperation::Rotated,
-            TokenOperation::Revoked,
-            TokenOperation::VerifyOk,
-            TokenOperation::VerifyFailed,
-        ] {
-            // Present from the start, so rate() works before the first event.
-            metrics.token_operations.with_label_values(&[op.label()]);
-        }
+        // Present from the start, so rate() works before the first event.
+        metrics.operation_counters = TokenOperation::ALL
+            .iter()
+            .map(|op| metrics.token_operations.with_label_values(&[op.label()]))
+            .collect();
         metrics
     }
 
     pub fn token_operation(&self, op: TokenOperation) {
-        self.token_operations.with_label_values(&[op.label()]).inc();
+        if let Some(counter) = self.operation_counters.get(op as usize) {
+            counter.inc();
+        }
     }
 
     pub fn observe_flush(&self, took: Duration, waiters: usize) {

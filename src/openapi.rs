@@ -40,7 +40,7 @@ pub const AGENT_TOKEN: &str = "agent_token";
     ),
     // Path parameters' schemas are not collected automatically.
     components(schemas(routes::docs::DocPage)),
-    modifiers(&SecuritySchemes, &HeadHasNoBody),
+    modifiers(&SecuritySchemes, &HeadHasNoBody, &Links),
     tags(
         (name = "token management", description = "The user's own agent token, managed with a user JWT."),
         (name = "verification", description = "For gateways and APIs: is this agent token valid?"),
@@ -106,7 +106,109 @@ impl Modify for HeadHasNoBody {
     }
 }
 
+/// OpenAPI links between the management operations: what a client does
+/// next with the same user (read the status after a change, revoke after a
+/// rotation). They also let schemathesis run its stateful phase. The
+/// operations take no parameters, so the links carry none.
+struct Links;
+
+/// (link name, target operation id)
+type LinkTargets = &'static [(&'static str, &'static str)];
+
+/// (source operation id, response status, links)
+const LINKS: &[(&str, &str, LinkTargets)] = &[
+    (
+        "rotate_token",
+        "200",
+        &[
+            ("GetStatus", "get_token_status"),
+            ("Revoke", "revoke_token"),
+            ("GetOrCreate", "get_or_create_token"),
+        ],
+    ),
+    (
+        "get_or_create_token",
+        "200",
+        &[
+            ("GetStatus", "get_token_status"),
+            ("Rotate", "rotate_token"),
+            ("Revoke", "revoke_token"),
+        ],
+    ),
+    (
+        "revoke_token",
+        "204",
+        &[
+            ("GetStatus", "get_token_status"),
+            ("GetOrCreate", "get_or_create_token"),
+        ],
+    ),
+    ("get_token_status", "200", &[("Rotate", "rotate_token")]),
+];
+
+impl Modify for Links {
+    fn modify(&self, openapi: &mut OpenApiDoc) {
+        use utoipa::openapi::link::LinkBuilder;
+        for item in openapi.paths.paths.values_mut() {
+            for op in [&mut item.get, &mut item.post, &mut item.delete]
+                .into_iter()
+                .flatten()
+            {
+                let Some(id) = op.operation_id.as_deref() else {
+                    continue;
+                };
+                let Some((_, status, targets)) = LINKS.iter().find(|(from, ..)| *from == id) else {
+                    continue;
+                };
+                if let Some(utoipa::openapi::RefOr::T(response)) =
+                    op.responses.responses.get_mut(*status)
+                {
+                    for (name, target) in *targets {
+                        response.links.insert(
+                            (*name).to_owned(),
+                            LinkBuilder::new().operation_id(*target).build().into(),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The document as pretty JSON.
 pub fn json() -> Result<String, serde_json::Error> {
-    ApiDoc::openapi().to_pretty_json()
+    let mut doc = serde_json::to_value(ApiDoc::openapi())?;
+    camel_case_link_fields(&mut doc);
+    serde_json::to_string_pretty(&doc)
+}
+
+/// utoipa 5.5 serialises `Link` fields in snake case (`operation_id`); the
+/// specification (and every client) expects `operationId`, `operationRef`,
+/// `requestBody`.
+fn camel_case_link_fields(doc: &mut serde_json::Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
+        return;
+    };
+    let responses = paths
+        .values_mut()
+        .filter_map(|item| item.as_object_mut())
+        .flat_map(|item| item.values_mut())
+        .filter_map(|op| op.get_mut("responses").and_then(|r| r.as_object_mut()))
+        .flat_map(|responses| responses.values_mut());
+    for response in responses {
+        let Some(links) = response.get_mut("links").and_then(|l| l.as_object_mut()) else {
+            continue;
+        };
+        for link in links.values_mut().filter_map(|l| l.as_object_mut()) {
+            for (snake, camel) in [
+                ("operation_id", "operationId"),
+                ("operation_ref", "operationRef"),
+                ("request_body", "requestBody"),
+            ] {
+                if let Some(value) = link.remove(snake) {
+                    link.insert(camel.to_owned(), value);
+                }
+            }
+        }
+    }
 }

@@ -15,6 +15,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     ] {
         cfg.service(
             web::resource(path)
+                .name(path)
                 .route(handler)
                 .default_service(web::to(super::method_not_allowed)),
         );

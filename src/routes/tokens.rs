@@ -12,7 +12,8 @@ use crate::metrics::{TokenOperation, METRICS};
 use crate::store::{GetOrCreate, NewToken};
 use crate::token::PlainToken;
 
-pub const BASE: &str = "/api/agent-tokens";
+pub const ME_PATH: &str = "/api/agent-tokens/me";
+pub const GET_OR_CREATE_PATH: &str = "/api/agent-tokens/me/get-or-create";
 
 pub const ROTATE_MESSAGE: &str = "Store this token securely — it will not be shown again.";
 pub const CREATED_MESSAGE: &str = "Token created. Store it securely — it will not be shown again.";
@@ -21,14 +22,16 @@ pub const EXISTS_MESSAGE: &str =
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::resource(format!("{BASE}/me"))
+        web::resource(ME_PATH)
+            .name(ME_PATH)
             .route(web::get().to(status))
             .route(web::post().to(rotate))
             .route(web::delete().to(revoke))
             .default_service(web::to(super::method_not_allowed)),
     )
     .service(
-        web::resource(format!("{BASE}/me/get-or-create"))
+        web::resource(GET_OR_CREATE_PATH)
+            .name(GET_OR_CREATE_PATH)
             .route(web::post().to(get_or_create))
             .default_service(web::to(super::method_not_allowed)),
     );

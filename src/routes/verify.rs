@@ -17,15 +17,15 @@ use crate::error::{ApiError, Operation, VerifyRefusal};
 use crate::metrics::{TokenOperation, METRICS};
 use crate::policy::needs_touch;
 
-
-use super::tokens::BASE;
+pub const VERIFY_PATH: &str = "/api/agent-tokens/verify";
 
 /// The header carrying the verified user id to the upstream.
 pub const USER_ID_HEADER: HeaderName = HeaderName::from_static("x-agent-user-id");
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::resource(format!("{BASE}/verify"))
+        web::resource(VERIFY_PATH)
+            .name(VERIFY_PATH)
             .route(web::get().to(verify))
             .route(web::head().to(verify))
             .default_service(web::to(super::method_not_allowed)),
@@ -74,8 +74,8 @@ async fn verify(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResp
 /// The verify decision; synchronous, since it is at most one read (and a
 /// once-a-minute last-used stamp).
 fn answer(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
-    let hash = agent_token_hash(req.headers().get(AUTHORIZATION))
-        .map_err(ApiError::InvalidAgentToken)?;
+    let hash =
+        agent_token_hash(req.headers().get(AUTHORIZATION)).map_err(ApiError::InvalidAgentToken)?;
     let entry = state
         .store
         .lookup(&hash)

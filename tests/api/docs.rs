@@ -164,7 +164,7 @@ async fn raw_pages_are_markdown_with_a_for_agents_line() {
 #[tokio::test]
 async fn the_management_page_covers_every_route_and_message() {
     let app = spawn_app().await;
-    let (_, _, page) = get_text(&app, "/api/doc/raw/token-management-user-jwt").await;
+    let (_, _, page) = get_text(&app, &format!("/api/doc/raw/{}", MANAGEMENT.slug())).await;
     for route in [
         "GET /api/agent-tokens/me",
         "POST /api/agent-tokens/me",
@@ -236,7 +236,7 @@ async fn the_management_page_covers_every_route_and_message() {
 #[tokio::test]
 async fn the_verification_page_covers_every_answer_and_recipe() {
     let app = spawn_app().await;
-    let (_, _, page) = get_text(&app, "/api/doc/raw/agent-token-verification").await;
+    let (_, _, page) = get_text(&app, &format!("/api/doc/raw/{}", VERIFICATION.slug())).await;
     for route in [
         "| `GET` | `/api/agent-tokens/verify` |",
         "| `HEAD` | `/api/agent-tokens/verify` |",
@@ -377,7 +377,7 @@ async fn html_pages_render_headings_tables_and_code_blocks_without_external_asse
         }
     }
     // Heading ids make sections linkable, e.g. the errors table.
-    let (_, _, html) = get_text(&app, "/docs/token-management-user-jwt").await;
+    let (_, _, html) = get_text(&app, &format!("/docs/{}", MANAGEMENT.slug())).await;
     assert_mentions(&html, "<h2 id=\"errors\">Errors</h2>", "the Errors anchor");
     assert_mentions(&html, "href=\"#errors\"", "the link to it");
     assert_mentions(
@@ -435,7 +435,19 @@ async fn the_openapi_document_is_3_1_and_lists_exactly_the_served_routes() {
     for (template, methods) in ROUTES {
         for path in concrete(template) {
             for m in ALL_METHODS {
-                let status = app.request(method(m), &path, None).await.status().as_u16();
+                let resp = app.request(method(m), &path, None).await;
+                let status = resp.status().as_u16();
+                if status == 405 {
+                    // The 405's Allow header and the document agree.
+                    let allow = resp.headers().get("allow").map(|v| v.to_str().unwrap());
+                    let allow: BTreeSet<String> = allow
+                        .unwrap_or_default()
+                        .split(',')
+                        .map(|a| a.trim().to_ascii_lowercase())
+                        .collect();
+                    let documented = methods.iter().map(|m| m.to_string()).collect();
+                    assert_eq!(allow, documented, "Allow of {m} {path}");
+                }
                 if methods.contains(&m) {
                     assert!(
                         status != 404 && status != 405,
@@ -662,8 +674,7 @@ async fn live_answers_match_the_documented_schemas() {
         &doc,
         "post",
         me,
-        app.rotate(&rotated["token"].as_str().unwrap().to_owned())
-            .await,
+        app.rotate(rotated["token"].as_str().unwrap()).await,
     )
     .await;
     assert_conforms(&doc, "delete", me, app.revoke(&jwt).await).await;
@@ -678,4 +689,82 @@ async fn live_answers_match_the_documented_schemas() {
     }
     let resp = app.request(Method::GET, "/docs/nope", None).await;
     assert_conforms(&doc, "get", "/docs/{page}", resp).await;
+}
+
+#[tokio::test]
+async fn limit_answers_match_the_documented_schemas() {
+    let app = spawn_app_with(
+        TestConfig::hs256().with("[rate_limit]\nmanagement_per_minute = 1\nmanagement_burst = 1"),
+    )
+    .await;
+    let doc = openapi(&app).await;
+    let me = "/api/agent-tokens/me";
+    let jwt = user_jwt("pia");
+    let big_body = app
+        .client
+        .post(app.url(me))
+        .bearer_auth(&jwt)
+        .body(vec![b'x'; 64 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big_body.status().as_u16(), 413);
+    assert_conforms(&doc, "post", me, big_body).await;
+    let big_headers = app
+        .client
+        .get(app.url(me))
+        .bearer_auth(&jwt)
+        .header("x-padding", "p".repeat(64 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big_headers.status().as_u16(), 431);
+    assert_conforms(&doc, "get", me, big_headers).await;
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let resp = app.get_me(&jwt).await;
+        statuses.push(resp.status().as_u16());
+        if resp.status().as_u16() == 429 {
+            let retry = resp.headers().get("retry-after").unwrap().to_str().unwrap();
+            assert!(
+                retry.parse::<u64>().is_ok(),
+                "Retry-After {retry:?} is an integer"
+            );
+            assert_conforms(&doc, "get", me, resp).await;
+        }
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+}
+
+#[tokio::test]
+async fn links_between_management_operations_name_existing_operations_in_camel_case() {
+    let app = spawn_app().await;
+    let doc = openapi(&app).await;
+    let mut ids = BTreeSet::new();
+    let mut targets = Vec::new();
+    for item in doc["paths"].as_object().unwrap().values() {
+        for op in item.as_object().unwrap().values() {
+            if let Some(id) = op["operationId"].as_str() {
+                ids.insert(id.to_owned());
+            }
+            for response in op["responses"]
+                .as_object()
+                .into_iter()
+                .flat_map(|r| r.values())
+            {
+                for link in response["links"]
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|l| l.values())
+                {
+                    assert!(link.get("operation_id").is_none(), "snake case in {link}");
+                    targets.push(link["operationId"].as_str().unwrap().to_owned());
+                }
+            }
+        }
+    }
+    assert!(targets.len() >= 9, "{targets:?}");
+    for target in targets {
+        assert!(ids.contains(&target), "link to unknown operation {target}");
+    }
 }

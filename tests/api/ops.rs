@@ -13,7 +13,10 @@ async fn readyz_is_200_when_the_store_takes_a_durable_write() {
 }
 
 /// Parses the text format strictly enough to catch a bad name or label.
-fn samples(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+/// One exposition line: metric name, labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+fn samples(text: &str) -> Vec<Sample> {
     let name_ok = |n: &str| {
         !n.is_empty()
             && n.chars()
@@ -60,11 +63,7 @@ fn samples(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
     out
 }
 
-fn value_of(
-    samples: &[(String, Vec<(String, String)>, f64)],
-    name: &str,
-    labels: &[(&str, &str)],
-) -> f64 {
+fn value_of(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     samples
         .iter()
         .filter(|(n, l, _)| {
