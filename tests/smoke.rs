@@ -312,3 +312,38 @@ fn version_and_help_work() {
         "{help}"
     );
 }
+
+#[test]
+fn under_systemd_it_notifies_ready_once_serving_and_stopping_on_sigterm() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = lines_of(child.stderr.take().unwrap());
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf).unwrap();
+    let message = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(message.contains("READY=1"), "{message}");
+    // Ready means serving: the port is already bound and answers.
+    let port = port_from(&wait_for_line(&log, "listening on port", &mut Vec::new()));
+    let health = std::net::TcpStream::connect(("127.0.0.1", port));
+    assert!(health.is_ok());
+    let status = terminate(&mut child);
+    assert!(status.success());
+    let n = socket.recv(&mut buf).unwrap();
+    let message = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(message.contains("STOPPING=1"), "{message}");
+}
