@@ -160,14 +160,20 @@ impl Application {
     /// Serves until SIGTERM or SIGINT (or the handle), telling systemd
     /// READY=1 now and STOPPING=1 when a signal arrives. In-flight requests
     /// finish within `server.shutdown_timeout_secs`; then the store closes.
-    pub async fn run_until_signalled(self) -> Result<(), StartupError> {
+    /// `on_ready` runs once signals are handled and before READY=1 (it
+    /// announces the port: whoever reads it may signal us at once).
+    pub async fn run_until_signalled(self, on_ready: impl FnOnce(u16)) -> Result<(), StartupError> {
         let handle = self.handle();
+        // Installed before READY=1: a SIGTERM right after it must not find
+        // the default disposition (which would kill us mid-request).
+        let shutdown_signal = shutdown_signal();
         let signals = tokio::spawn(async move {
-            let signal = wait_for_shutdown_signal().await;
+            let signal = shutdown_signal.await;
             log::info!("{signal}: stopping (finishing in-flight requests)");
             notify_systemd(&[NotifyState::Stopping]);
             handle.stop(true).await;
         });
+        on_ready(self.port);
         notify_systemd(&[NotifyState::Ready]);
         let result = self.run_until_stopped().await;
         signals.abort();
@@ -217,20 +223,24 @@ async fn expire_grace_periodically(state: Weak<AppState>) {
     }
 }
 
-/// Waits for SIGTERM (systemd's stop) or SIGINT (Ctrl-C); returns its name.
-async fn wait_for_shutdown_signal() -> &'static str {
+/// Installs SIGTERM (systemd's stop) and SIGINT (Ctrl-C) handlers now and
+/// returns a future that resolves, with the signal's name, when one arrives.
+fn shutdown_signal() -> impl std::future::Future<Output = &'static str> {
     use tokio::signal::unix::{signal, SignalKind};
-    match (
+    let streams = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        },
-        _ => {
-            log::error!("cannot install signal handlers; stop the process with SIGKILL");
-            std::future::pending().await
+    );
+    async move {
+        match streams {
+            (Ok(mut term), Ok(mut int)) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            },
+            _ => {
+                log::error!("cannot install signal handlers; stop the process with SIGKILL");
+                std::future::pending().await
+            }
         }
     }
 }

@@ -127,16 +127,15 @@ fn serve(config: Option<PathBuf>, dev: bool) -> ExitCode {
     };
     let result = actix_web::rt::System::new().block_on(async move {
         let app = Application::build(&settings)?;
-        match &dev_mode {
-            Some(dev) => dev.announce(&settings, app.port()),
+        app.run_until_signalled(|port| match &dev_mode {
+            Some(dev) => dev.announce(&settings, port),
             None => log::info!(
-                "agent-tokens {} listening on port {} with storage at {}",
+                "agent-tokens {} listening on port {port} with storage at {}",
                 env!("CARGO_PKG_VERSION"),
-                app.port(),
                 settings.storage.path.display()
             ),
-        }
-        app.run_until_signalled().await?;
+        })
+        .await?;
         log::info!("stopped");
         Ok::<(), StartupError>(())
     });

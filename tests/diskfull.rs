@@ -11,7 +11,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::Value;
 
 struct Mount(std::path::PathBuf);
 
@@ -41,23 +40,6 @@ fn fill(dir: &Path) -> std::path::PathBuf {
     path
 }
 
-async fn call(
-    client: &reqwest::Client,
-    method: reqwest::Method,
-    url: String,
-    bearer: &str,
-) -> (u16, Value) {
-    let resp = client
-        .request(method, url)
-        .bearer_auth(bearer)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let body = resp.json().await.unwrap_or(Value::Null);
-    (status, body)
-}
-
 #[tokio::test]
 async fn a_full_disk_fails_writes_cleanly_keeps_reads_and_recovers_by_itself() {
     let root = tempfile::tempdir().unwrap();
@@ -80,7 +62,7 @@ async fn a_full_disk_fails_writes_cleanly_keeps_reads_and_recovers_by_itself() {
         let (status, body) = call(
             &client,
             Method::POST,
-            format!("{base}/api/agent-tokens/me"),
+            &format!("{base}/api/agent-tokens/me"),
             &jwt,
         )
         .await;
@@ -97,7 +79,7 @@ async fn a_full_disk_fails_writes_cleanly_keeps_reads_and_recovers_by_itself() {
         let (status, body) = call(
             &client,
             Method::POST,
-            format!("{base}/api/agent-tokens/me"),
+            &format!("{base}/api/agent-tokens/me"),
             &jwt0,
         )
         .await;
@@ -117,7 +99,7 @@ async fn a_full_disk_fails_writes_cleanly_keeps_reads_and_recovers_by_itself() {
     let (status, body) = call(
         &client,
         Method::POST,
-        format!("{base}/api/agent-tokens/me/get-or-create"),
+        &format!("{base}/api/agent-tokens/me/get-or-create"),
         &hs256_jwt("newcomer"),
     )
     .await;
@@ -126,7 +108,7 @@ async fn a_full_disk_fails_writes_cleanly_keeps_reads_and_recovers_by_itself() {
     let (status, body) = call(
         &client,
         Method::DELETE,
-        format!("{base}/api/agent-tokens/me"),
+        &format!("{base}/api/agent-tokens/me"),
         &issued[1].0,
     )
     .await;
@@ -140,7 +122,7 @@ async fn a_full_disk_fails_writes_cleanly_keeps_reads_and_recovers_by_itself() {
         let (status, body) = call(
             &client,
             Method::GET,
-            format!("{base}/api/agent-tokens/me"),
+            &format!("{base}/api/agent-tokens/me"),
             jwt,
         )
         .await;
@@ -149,7 +131,7 @@ async fn a_full_disk_fails_writes_cleanly_keeps_reads_and_recovers_by_itself() {
         let (status, _) = call(
             &client,
             Method::GET,
-            format!("{base}/api/agent-tokens/verify"),
+            &format!("{base}/api/agent-tokens/verify"),
             token,
         )
         .await;
@@ -163,7 +145,7 @@ async fn a_full_disk_fails_writes_cleanly_keeps_reads_and_recovers_by_itself() {
         let (status, body) = call(
             &client,
             Method::POST,
-            format!("{base}/api/agent-tokens/me/get-or-create"),
+            &format!("{base}/api/agent-tokens/me/get-or-create"),
             &hs256_jwt("newcomer"),
         )
         .await;
@@ -199,7 +181,7 @@ async fn a_full_disk_fails_writes_cleanly_keeps_reads_and_recovers_by_itself() {
         let (status, body) = call(
             &client,
             Method::GET,
-            format!("{base}/api/agent-tokens/verify"),
+            &format!("{base}/api/agent-tokens/verify"),
             token,
         )
         .await;
@@ -207,7 +189,7 @@ async fn a_full_disk_fails_writes_cleanly_keeps_reads_and_recovers_by_itself() {
         let (_, me) = call(
             &client,
             Method::GET,
-            format!("{base}/api/agent-tokens/me"),
+            &format!("{base}/api/agent-tokens/me"),
             jwt,
         )
         .await;
@@ -216,7 +198,7 @@ async fn a_full_disk_fails_writes_cleanly_keeps_reads_and_recovers_by_itself() {
     let (status, _) = call(
         &client,
         Method::GET,
-        format!("{base}/api/agent-tokens/verify"),
+        &format!("{base}/api/agent-tokens/verify"),
         &new_token,
     )
     .await;

@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
+use reqwest::Method;
 use serde_json::Value;
 
 fn terminate(child: &mut Child) -> std::process::ExitStatus {
@@ -28,51 +29,28 @@ fn terminate(child: &mut Child) -> std::process::ExitStatus {
 async fn the_binary_serves_the_api_from_a_real_config_file_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .env_remove("AGENT_TOKENS__SERVER__BIND")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = lines_of(child.stderr.take().unwrap());
-    let mut seen = Vec::new();
-    let port = port_from(&wait_for_line(&stderr, "listening on port", &mut seen));
-    let base = format!("http://127.0.0.1:{port}");
+    let mut server = Server::start(&config);
+    let base = server.base();
     let client = reqwest::Client::new();
     let jwt = hs256_jwt("smoke-user");
+    let get_or_create = format!("{base}/api/agent-tokens/me/get-or-create");
 
-    let created: Value = client
-        .post(format!("{base}/api/agent-tokens/me/get-or-create"))
-        .bearer_auth(&jwt)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, created) = call(&client, Method::POST, &get_or_create, &jwt).await;
     assert_eq!(created["is_new"], true);
     let token = created["token"].as_str().unwrap().to_owned();
-    let status: Value = client
-        .get(format!("{base}/api/agent-tokens/me"))
-        .bearer_auth(&jwt)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, status) = call(
+        &client,
+        Method::GET,
+        &format!("{base}/api/agent-tokens/me"),
+        &jwt,
+    )
+    .await;
     assert_eq!(status["token_prefix"], created["token_prefix"]);
 
-    let exit = terminate(&mut child);
+    let exit = server.terminate();
     assert!(exit.success(), "exit status {exit:?}");
-    // Drain the rest of the log: access lines were written, without secrets.
-    while let Ok(line) = stderr.recv_timeout(Duration::from_millis(500)) {
-        seen.push(line);
-    }
-    let log = seen.join("\n");
+    // Access lines were written, without secrets.
+    let log = server.drain_log().join("\n");
     assert!(
         log.contains("\"POST /api/agent-tokens/me/get-or-create HTTP/1.1\" 200"),
         "{log}"
@@ -82,34 +60,12 @@ async fn the_binary_serves_the_api_from_a_real_config_file_and_stops_cleanly_on_
     assert!(!log.contains(SECRET), "the HMAC secret reached the log");
 
     // Restarted on the same data, the token is still there.
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = lines_of(child.stderr.take().unwrap());
-    let port = port_from(&wait_for_line(
-        &stderr,
-        "listening on port",
-        &mut Vec::new(),
-    ));
-    let again: Value = client
-        .post(format!(
-            "http://127.0.0.1:{port}/api/agent-tokens/me/get-or-create"
-        ))
-        .bearer_auth(&jwt)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let mut server = Server::start(&config);
+    let get_or_create = format!("{}/api/agent-tokens/me/get-or-create", server.base());
+    let (_, again) = call(&client, Method::POST, &get_or_create, &jwt).await;
     assert_eq!(again["is_new"], false);
     assert_eq!(again["token_prefix"], created["token_prefix"]);
-    assert!(terminate(&mut child).success());
+    assert!(server.terminate().success());
 }
 
 #[tokio::test]
@@ -120,32 +76,29 @@ async fn last_used_survives_sigkill_once_the_flush_interval_has_passed() {
     let base = server.base();
     let client = reqwest::Client::new();
     let jwt = hs256_jwt("stamped");
-    let token: Value = client
-        .post(format!("{base}/api/agent-tokens/me"))
-        .bearer_auth(&jwt)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = token["token"].as_str().unwrap().to_owned();
-    let verified = client
-        .get(format!("{base}/api/agent-tokens/verify"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(verified.status().as_u16(), 200);
-    let before: Value = client
-        .get(format!("{base}/api/agent-tokens/me"))
-        .bearer_auth(&jwt)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, rotated) = call(
+        &client,
+        Method::POST,
+        &format!("{base}/api/agent-tokens/me"),
+        &jwt,
+    )
+    .await;
+    let token = rotated["token"].as_str().unwrap().to_owned();
+    let (status, _) = call(
+        &client,
+        Method::GET,
+        &format!("{base}/api/agent-tokens/verify"),
+        &token,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, before) = call(
+        &client,
+        Method::GET,
+        &format!("{base}/api/agent-tokens/me"),
+        &jwt,
+    )
+    .await;
     assert!(before["last_used_at"].is_string(), "{before}");
     // Unwaited last-used stamps are flushed within a second.
     std::thread::sleep(Duration::from_millis(1500));
@@ -153,15 +106,8 @@ async fn last_used_survives_sigkill_once_the_flush_interval_has_passed() {
     server.wait_exit(5);
 
     let mut server = Server::start(&config);
-    let after: Value = client
-        .get(format!("{}/api/agent-tokens/me", server.base()))
-        .bearer_auth(&jwt)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me = format!("{}/api/agent-tokens/me", server.base());
+    let (_, after) = call(&client, Method::GET, &me, &jwt).await;
     assert_eq!(after["last_used_at"], before["last_used_at"]);
     assert_eq!(after["token_prefix"], before["token_prefix"]);
     assert!(server.terminate().success());

@@ -172,3 +172,22 @@ pub fn hs256_jwt(sub: &str) -> String {
     )
     .unwrap()
 }
+
+/// Sends one request with a bearer credential; returns the status and the
+/// JSON body (`Null` when there is none).
+pub async fn call(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    bearer: &str,
+) -> (u16, serde_json::Value) {
+    let resp = client
+        .request(method, url)
+        .bearer_auth(bearer)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.json().await.unwrap_or(serde_json::Value::Null);
+    (status, body)
+}
