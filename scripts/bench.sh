@@ -1,0 +1,388 @@
+#!/usr/bin/env bash
+# Benchmark agent-tokens end to end on this machine and print one summary table.
+#
+#   ./scripts/bench.sh [--tokens N] [--out FILE] [options]
+#
+# In one run: builds the release binary, seeds a fresh store with N tokens
+# through `agent-tokens import` (timed), starts the server (timed to the first
+# 200 from /readyz), loads it with wrk over loopback, measures the raw
+# 4 KiB append + fdatasync rate of the data directory's filesystem, runs the
+# README's nginx auth_request recipe against an nginx-only ceiling, reads the
+# server's peak RSS and the data directory size, restarts it (timed), and
+# prints the table. It reports; it never fails on a missed target (the exit
+# status is non-zero only when something in the benchmark itself broke).
+#
+# Options:
+#   --tokens N         tokens (users) in the seed (default 1000)
+#   --out FILE         also write the summary table to FILE
+#   --duration S       seconds per measured wrk run (default 5)
+#   --warmup S         seconds of warmup before each measured run (default 1)
+#   --pairs P          alternating pairs per ratio, median taken (default 3)
+#   --threads T        wrk threads (default 1)
+#   --connections C    wrk connections (default 64)
+#   --sample K         tokens/JWTs the load rotates over (default 10000)
+#   --rotate-users R   users the rotation run cycles through (default 512, at least 256)
+#   --cache-mb M       storage.cache_mb for the server (default 32, the product default)
+#   --nginx-workers W  nginx worker_processes (default auto, as Debian ships it: with
+#                      1, nginx itself is the bottleneck and hides our cost)
+#   --dir DIR          parent of the work directory (default /var/tmp); the data
+#                      directory and the fdatasync probe live there
+#   --cold             also time a restart after dropping the page cache (root only)
+#   --no-nginx         skip the gateway runs
+#   --no-build         use the existing target/release/agent-tokens
+#   --keep             keep the work directory (logs, seed, results)
+#
+# Client settings: 2 cores are shared by wrk, the server (2 actix workers)
+# and, for the gateway runs, nginx. The default is one wrk thread with 64
+# connections: measured here, that saturates both cores on /healthz (server
+# ~1 core, wrk ~0.9), while -c32 leaves ~15% idle (loopback ping-pong, so the
+# "ceiling" would be a latency figure), and a second wrk thread only takes
+# CPU from the server. 64 concurrent writers also give group commit a fair
+# batch. Every run uses the same Lua script (scripts/bench_wrk.lua, requests
+# built up front), so the client's cost per request is the same for every
+# route. Ratios are medians of per-pair ratios (A B A B ...), which cancels
+# slow drifts in what else the host is doing; the report warns when other
+# processes were busy when the run started.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+HELPER=(python3 "$ROOT/scripts/bench_helper.py")
+LUA="$ROOT/scripts/bench_wrk.lua"
+
+TOKENS=1000
+OUT=""
+DURATION=5
+WARMUP=1
+PAIRS=3
+THREADS=1
+CONNECTIONS=64
+SAMPLE=10000
+ROTATE_USERS=512
+CACHE_MB=32
+NGINX_WORKERS=auto
+PARENT=/var/tmp
+COLD=0
+NGINX=1
+BUILD=1
+KEEP=0
+SECRET="agent-tokens-bench-hs256-secret-0123456789abcdef"
+
+die() {
+    echo "bench.sh: $*" >&2
+    exit 1
+}
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --tokens) TOKENS=${2:?}; shift 2 ;;
+    --out) OUT=${2:?}; shift 2 ;;
+    --duration) DURATION=${2:?}; shift 2 ;;
+    --warmup) WARMUP=${2:?}; shift 2 ;;
+    --pairs) PAIRS=${2:?}; shift 2 ;;
+    --threads) THREADS=${2:?}; shift 2 ;;
+    --connections) CONNECTIONS=${2:?}; shift 2 ;;
+    --sample) SAMPLE=${2:?}; shift 2 ;;
+    --rotate-users) ROTATE_USERS=${2:?}; shift 2 ;;
+    --cache-mb) CACHE_MB=${2:?}; shift 2 ;;
+    --nginx-workers) NGINX_WORKERS=${2:?}; shift 2 ;;
+    --dir) PARENT=${2:?}; shift 2 ;;
+    --cold) COLD=1; shift ;;
+    --no-nginx) NGINX=0; shift ;;
+    --no-build) BUILD=0; shift ;;
+    --keep) KEEP=1; shift ;;
+    -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
+    *) die "unknown option $1 (see --help)" ;;
+    esac
+done
+for v in TOKENS DURATION WARMUP PAIRS THREADS CONNECTIONS SAMPLE ROTATE_USERS CACHE_MB; do
+    [[ ${!v} =~ ^[0-9]+$ ]] || die "--${v,,} must be a whole number"
+done
+[ "$TOKENS" -ge 1 ] || die "--tokens must be at least 1"
+[ "$PAIRS" -ge 1 ] || die "--pairs must be at least 1"
+[ "$ROTATE_USERS" -ge 256 ] || die "--rotate-users must be at least 256"
+[ "$CONNECTIONS" -ge "$THREADS" ] || die "--connections must be at least --threads"
+if [ -n "$OUT" ]; then
+    case "$OUT" in /*) ;; *) OUT="$PWD/$OUT" ;; esac
+fi
+
+# ---------------------------------------------------------------- tools
+
+install_packages() {
+    local as_root=()
+    [ "$(id -u)" -eq 0 ] || as_root=(sudo)
+    echo "bench.sh: installing $*" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    "${as_root[@]}" apt-get install -y --no-install-recommends "$@" >/dev/null ||
+        { "${as_root[@]}" apt-get update >/dev/null && "${as_root[@]}" apt-get install -y --no-install-recommends "$@" >/dev/null; } ||
+        die "cannot install $*"
+}
+missing=()
+command -v wrk >/dev/null || missing+=(wrk)
+[ "$NGINX" -eq 0 ] || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v python3 >/dev/null || missing+=(python3)
+[ ${#missing[@]} -eq 0 ] || install_packages "${missing[@]}"
+
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/agent-tokens"
+case "$BIN" in /*) ;; *) BIN="$ROOT/$BIN" ;; esac
+if [ "$BUILD" -eq 1 ]; then
+    echo "bench.sh: cargo build --release" >&2
+    (cd "$ROOT" && cargo build --release --quiet --bin agent-tokens) || die "the release build failed"
+fi
+[ -x "$BIN" ] || die "no binary at $BIN (drop --no-build)"
+
+# ---------------------------------------------------------------- work dir and cleanup
+
+mkdir -p "$PARENT"
+WORK=$(mktemp -d "$PARENT/agent-tokens-bench.XXXXXX")
+mkdir -p "$WORK/results" "$WORK/nginx-recipe" "$WORK/nginx-ceiling"
+DATA="$WORK/data"
+SUPERVISOR_PID=""
+SERVER_PID=""
+NGINX_PIDS=()
+BG_PID=""
+
+stop_pid() { # pid: TERM, then KILL after 10 s
+    local pid=$1
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    [ -z "$BG_PID" ] || stop_pid "$BG_PID"
+    for pid in "${NGINX_PIDS[@]}"; do stop_pid "$pid"; done
+    [ -z "$SERVER_PID" ] || stop_pid "$SERVER_PID"
+    [ -z "$SUPERVISOR_PID" ] || stop_pid "$SUPERVISOR_PID"
+    wait 2>/dev/null || true
+    # Kept for a look at the logs after an error, never after Ctrl-C.
+    if [ "$KEEP" -eq 1 ] || { [ "$status" -ne 0 ] && [ "$status" -ne 130 ] && [ "$status" -ne 143 ]; }; then
+        echo "bench.sh: work directory kept: $WORK" >&2
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Runs a command in the background and waits for it, so a signal reaches
+# the trap at once instead of after the command.
+run_bg() {
+    # (An asynchronous command's stdin is /dev/null unless given explicitly.)
+    { "$@" <&3 3<&- & } 3<&0
+    BG_PID=$!
+    local status=0
+    wait "$BG_PID" || status=$?
+    BG_PID=""
+    return "$status"
+}
+
+meta() { echo "$1=$2" >>"$WORK/meta.env"; }
+now_ns() { date +%s%N; }
+elapsed_s() { python3 -c "print(round(($2 - $1) / 1e9, 3))"; }
+
+read -r PORT NGX_FRONT NGX_BACK CEIL_FRONT CEIL_BACK CEIL_AUTH < <("${HELPER[@]}" ports 6)
+
+busy=$("${HELPER[@]}" busy --seconds 2)
+meta tokens "$TOKENS"
+meta threads "$THREADS"
+meta connections "$CONNECTIONS"
+meta duration "$DURATION"
+meta warmup "$WARMUP"
+meta pairs "$PAIRS"
+meta cache_mb "$CACHE_MB"
+meta nginx_workers "$NGINX_WORKERS"
+meta cpus "$(nproc)"
+meta loadavg "$(cut -d' ' -f1-3 /proc/loadavg)"
+meta data_fs "$(df -PT "$WORK" | awk 'NR == 2 { print $2 " on " $1 }')"
+meta busy "$busy"
+[ -z "$busy" ] || echo "bench.sh: WARNING: busy processes will skew the numbers: $busy" >&2
+
+# ---------------------------------------------------------------- seed and import
+
+echo "bench.sh: generating $TOKENS tokens" >&2
+t0=$(now_ns)
+"${HELPER[@]}" gen --tokens "$TOKENS" --dir "$WORK" --secret "$SECRET" \
+    --sample "$SAMPLE" --rotate-users "$ROTATE_USERS" >/dev/null
+meta gen_s "$(elapsed_s "$t0" "$(now_ns)")"
+meta rotate_users "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["rotate_users"])' "$WORK/gen.json")"
+
+cat >"$WORK/config.toml" <<EOF
+[server]
+bind = "127.0.0.1:$PORT"
+access_log = false
+
+[storage]
+path = "$DATA"
+cache_mb = $CACHE_MB
+
+[jwt]
+algorithms = ["HS256"]
+hmac_secret = "$SECRET"
+
+[rate_limit]
+management_per_minute = 0
+EOF
+
+echo "bench.sh: importing into a fresh store" >&2
+t0=$(now_ns)
+run_bg "$BIN" import --config "$WORK/config.toml" <"$WORK/seed.jsonl" 2>"$WORK/import.log" ||
+    die "import failed: $(tail -n 3 "$WORK/import.log")"
+meta import_s "$(elapsed_s "$t0" "$(now_ns)")"
+rm -f "$WORK/seed.jsonl"
+"${HELPER[@]}" du "$DATA" --out "$WORK/results/du_import.json"
+
+# ---------------------------------------------------------------- server
+
+start_server() { # READY_FILE META_KEY: starts the server, waits for /readyz, records the time
+    local ready=$1 key=$2
+    rm -f "$ready" "$WORK/server.pid"
+    RUST_LOG=warn "${HELPER[@]}" supervise --port "$PORT" --pidfile "$WORK/server.pid" \
+        --ready-file "$ready" --log "$WORK/server.log" -- \
+        "$BIN" serve --config "$WORK/config.toml" >>"$WORK/supervise.log" 2>&1 &
+    SUPERVISOR_PID=$!
+    while [ ! -s "$ready" ]; do
+        [ -s "$WORK/server.pid" ] && SERVER_PID=$(cat "$WORK/server.pid")
+        kill -0 "$SUPERVISOR_PID" 2>/dev/null || die "the server exited: $(tail -n 5 "$WORK/server.log" "$WORK/supervise.log")"
+        sleep 0.05
+    done
+    SERVER_PID=$(cat "$WORK/server.pid")
+    grep -q ready_ms "$ready" || die "the server did not become ready: $(tail -n 5 "$WORK/server.log")"
+    meta "$key" "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ready_ms"])' "$ready")"
+}
+
+stop_server() { # [META_KEY]: SIGTERM, wait for the exit, record the time it took
+    local t0 t1 status=0
+    t0=$(now_ns)
+    kill -TERM "$SERVER_PID"
+    wait "$SUPERVISOR_PID" || status=$?
+    t1=$(now_ns)
+    SERVER_PID=""
+    SUPERVISOR_PID=""
+    [ "$status" -eq 0 ] || die "the server did not stop cleanly (status $status): $(tail -n 5 "$WORK/server.log")"
+    [ -z "${1:-}" ] || meta "$1" $(((t1 - t0) / 1000000))
+}
+
+echo "bench.sh: starting the server" >&2
+start_server "$WORK/ready1.json" ready_ms
+
+check() { "${HELPER[@]}" check "$@" || die "sanity check failed"; }
+check --port "$PORT" --path /healthz --contains ok
+check --port "$PORT" --path /api/agent-tokens/me --bearer-file "$WORK/me_jwts.txt" --contains '"has_token":true'
+check --port "$PORT" --path /api/agent-tokens/verify --bearer-file "$WORK/verify_tokens.txt" --contains '"active":true'
+check --port "$PORT" --path /api/agent-tokens/verify --bearer sk_agt_bad --expect 401
+
+# ---------------------------------------------------------------- load
+
+# run_wrk NAME PORT METHOD PATH CREDENTIALS: warmup, then a measured run
+# whose JSON summary lands in results/NAME.json.
+run_wrk() {
+    local name=$1 port=$2 method=$3 path=$4 creds=$5
+    local url="http://127.0.0.1:$port"
+    if [ "$WARMUP" -gt 0 ]; then
+        BENCH_METHOD=$method BENCH_PATH=$path BENCH_CREDENTIALS=$creds BENCH_OUT="$WORK/results/warmup.json" \
+            run_bg wrk -t"$THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" -s "$LUA" "$url" >/dev/null ||
+            die "wrk failed (warmup of $name)"
+    fi
+    BENCH_METHOD=$method BENCH_PATH=$path BENCH_CREDENTIALS=$creds BENCH_OUT="$WORK/results/$name.json" \
+        run_bg wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$LUA" "$url" \
+        >"$WORK/results/$name.wrk.txt" || die "wrk failed ($name)"
+    [ -s "$WORK/results/$name.json" ] || die "wrk wrote no summary for $name"
+    "${HELPER[@]}" show "$WORK/results/$name.json" "$name" >&2
+}
+
+ME=/api/agent-tokens/me
+VERIFY=/api/agent-tokens/verify
+
+echo "bench.sh: GET /healthz vs GET $ME" >&2
+for p in $(seq "$PAIRS"); do
+    run_wrk "healthz_me.$p" "$PORT" GET /healthz ""
+    run_wrk "me.$p" "$PORT" GET "$ME" "$WORK/me_jwts.txt"
+done
+
+echo "bench.sh: GET /healthz vs GET $VERIFY" >&2
+for p in $(seq "$PAIRS"); do
+    run_wrk "healthz_verify.$p" "$PORT" GET /healthz ""
+    run_wrk "verify.$p" "$PORT" GET "$VERIFY" "$WORK/verify_tokens.txt"
+done
+
+echo "bench.sh: raw append+fdatasync vs POST $ME (rotations)" >&2
+"${HELPER[@]}" metrics --port "$PORT" --out "$WORK/results/metrics_rot_before.json"
+for p in $(seq "$PAIRS"); do
+    run_bg "${HELPER[@]}" fsync --dir "$WORK" --seconds 3 --out "$WORK/results/fsync.$p.json"
+    "${HELPER[@]}" show "$WORK/results/fsync.$p.json" "fsync.$p" >&2
+    run_wrk "rotate.$p" "$PORT" POST "$ME" "$WORK/rotate_jwts.txt"
+done
+"${HELPER[@]}" metrics --port "$PORT" --out "$WORK/results/metrics_rot_after.json"
+
+# ---------------------------------------------------------------- gateway
+
+start_nginx() { # dir: starts nginx in the background, appends its pid
+    local dir=$1
+    /usr/sbin/nginx -p "$dir" -c "$dir/nginx.conf" >/dev/null 2>"$dir/stderr.log" &
+    NGINX_PIDS+=($!)
+}
+
+if [ "$NGINX" -eq 1 ]; then
+    echo "bench.sh: nginx auth_request: return 204 ceiling vs agent-tokens" >&2
+    "${HELPER[@]}" nginx-conf --recipe "$ROOT/gateway/nginx.conf" --dir "$WORK/nginx-recipe" \
+        --front-port "$NGX_FRONT" --backend-port "$NGX_BACK" --auth-port "$PORT" --workers "$NGINX_WORKERS"
+    "${HELPER[@]}" nginx-conf --recipe "$ROOT/gateway/nginx.conf" --dir "$WORK/nginx-ceiling" \
+        --front-port "$CEIL_FRONT" --backend-port "$CEIL_BACK" --auth-port "$CEIL_AUTH" \
+        --workers "$NGINX_WORKERS" --ceiling
+    start_nginx "$WORK/nginx-recipe"
+    start_nginx "$WORK/nginx-ceiling"
+    "${HELPER[@]}" wait-port "$NGX_FRONT" || die "nginx did not start: $(cat "$WORK/nginx-recipe/stderr.log" "$WORK/nginx-recipe/error.log" 2>/dev/null)"
+    "${HELPER[@]}" wait-port "$CEIL_FRONT" || die "nginx did not start: $(cat "$WORK/nginx-ceiling/stderr.log" "$WORK/nginx-ceiling/error.log" 2>/dev/null)"
+    for front in "$NGX_FRONT" "$CEIL_FRONT"; do
+        check --port "$front" --path /api/bench.txt --bearer-file "$WORK/verify_tokens.txt" --contains "backend static file"
+    done
+    check --port "$NGX_FRONT" --path /api/bench.txt --bearer sk_agt_bad --expect 401
+    for p in $(seq "$PAIRS"); do
+        run_wrk "nginx_ceiling.$p" "$CEIL_FRONT" GET /api/bench.txt "$WORK/verify_tokens.txt"
+        run_wrk "nginx_verify.$p" "$NGX_FRONT" GET /api/bench.txt "$WORK/verify_tokens.txt"
+    done
+    if grep -q "unexpected status" "$WORK/nginx-recipe/error.log" 2>/dev/null; then
+        die "nginx saw unexpected auth statuses: $(grep -m 3 "unexpected status" "$WORK/nginx-recipe/error.log")"
+    fi
+    for pid in "${NGINX_PIDS[@]}"; do stop_pid "$pid"; done
+    NGINX_PIDS=()
+fi
+
+# ---------------------------------------------------------------- memory, size, restart
+
+"${HELPER[@]}" proc "$SERVER_PID" --out "$WORK/results/proc.json"
+meta vmhwm_kb "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["VmHWM"])' "$WORK/results/proc.json")"
+stop_server stop_ms
+"${HELPER[@]}" du "$DATA" --out "$WORK/results/du_end.json"
+
+echo "bench.sh: restarting the server" >&2
+start_server "$WORK/ready2.json" restart_ready_ms
+check --port "$PORT" --path /api/agent-tokens/verify --bearer-file "$WORK/verify_tokens.txt" --contains '"active":true'
+"${HELPER[@]}" proc "$SERVER_PID" --out "$WORK/results/proc_restart.json"
+meta restart_vmhwm_kb "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["VmHWM"])' "$WORK/results/proc_restart.json")"
+stop_server
+
+if [ "$COLD" -eq 1 ]; then
+    if [ "$(id -u)" -eq 0 ] && [ -w /proc/sys/vm/drop_caches ]; then
+        sync
+        echo 3 >/proc/sys/vm/drop_caches
+        start_server "$WORK/ready3.json" cold_ready_ms
+        stop_server
+    else
+        echo "bench.sh: --cold needs root and a writable /proc/sys/vm/drop_caches; skipped" >&2
+    fi
+fi
+
+# ---------------------------------------------------------------- report
+
+echo >&2
+"${HELPER[@]}" report --work "$WORK" ${OUT:+--out "$OUT"}

@@ -1,0 +1,786 @@
+#!/usr/bin/env python3
+"""Helper for scripts/bench.sh (standard library only).
+
+Subcommands:
+  gen         seed file (the `agent-tokens import` JSON Lines format) plus
+              samples of raw tokens and user JWTs for the load runs
+  ports       print N free loopback ports
+  supervise   start the server, time process start -> first 200 from /readyz,
+              then wait for it (forwarding SIGTERM/SIGINT) and exit with its status
+  wait-port   wait until a TCP port accepts connections
+  check       one HTTP request; fail unless the status (and body) is as expected
+  fsync       raw 4 KiB append + fdatasync rate on a filesystem (one thread)
+  metrics     the server's group-commit counters from /metrics
+  proc        VmHWM / VmRSS of a process
+  du          apparent and allocated size of a directory
+  nginx-conf  an nginx config around gateway/nginx.conf (the README recipe)
+  report      the summary table from a bench work directory
+"""
+
+import argparse
+import base64
+import hashlib
+import hmac
+import http.client
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+# ---------------------------------------------------------------- gen
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def hs256_jwt(secret, sub, now, lifetime=6 * 3600):
+    header = b64url(b'{"alg":"HS256","typ":"JWT"}')
+    payload = b64url(
+        json.dumps(
+            {"sub": sub, "iat": now, "exp": now + lifetime}, separators=(",", ":")
+        ).encode()
+    )
+    signing_input = f"{header}.{payload}".encode("ascii")
+    sig = hmac.new(secret.encode(), signing_input, hashlib.sha256).digest()
+    return f"{header}.{payload}.{b64url(sig)}"
+
+
+def cmd_gen(a):
+    """Writes seed.jsonl, verify_tokens.txt, me_jwts.txt, rotate_jwts.txt and gen.json.
+
+    Token format (src/token.rs): sk_agt_ + hex(28 random bytes + first 4
+    bytes of SHA-256 of them); the store keeps SHA-256 of the whole string.
+    The last `rotate` users are kept for rotations; the verify/status sample
+    is spread evenly over the others, so rotations never touch a sampled token.
+    """
+    started = time.monotonic()
+    n = a.tokens
+    if n < 1:
+        sys.exit("bench_helper gen: --tokens must be at least 1")
+    rotate_seeded = min(a.rotate_users, n // 2)
+    others = n - rotate_seeded
+    sample = max(1, min(a.sample, others))
+    stride = max(1, others // sample)
+    sampled = {i * stride for i in range(sample)}
+    width = max(7, len(str(n - 1)))
+    now = int(time.time())
+    created = now - 86400
+    sha256 = hashlib.sha256
+    rnd = os.urandom(28 * n)
+    sample_tokens = []
+    sample_users = []
+    rotate_users = []
+    out_path = os.path.join(a.dir, "seed.jsonl")
+    with open(out_path, "w", encoding="ascii", buffering=1 << 20) as out:
+        out.write(
+            json.dumps(
+                {
+                    "format": "agent-tokens-export",
+                    "version": 1,
+                    "users": n,
+                    "exported_at": now,
+                    "generator": "scripts/bench_helper.py",
+                },
+                separators=(",", ":"),
+            )
+            + "\n"
+        )
+        tail = f',"created_at":{created},"last_used_at":null,"grace":null}}\n'
+        chunk = []
+        for i in range(n):
+            random = rnd[28 * i : 28 * i + 28]
+            token = "sk_agt_" + (random + sha256(random).digest()[:4]).hex()
+            user = f"user-{i:0{width}d}"
+            chunk.append(
+                f'{{"user_id":"{user}","token_hash":"{sha256(token.encode()).hexdigest()}",'
+                f'"token_prefix":"{token[:15]}..."{tail}'
+            )
+            if i in sampled:
+                sample_tokens.append(token)
+                sample_users.append(user)
+            elif i >= others:
+                rotate_users.append(user)
+            if len(chunk) >= 65536:
+                out.writelines(chunk)
+                chunk = []
+        out.writelines(chunk)
+    # Fewer seeded users than asked for (a tiny seed): rotate unseeded users
+    # too (their first POST creates a token), so rotations still spread out.
+    extra = 0
+    while len(rotate_users) < a.rotate_users:
+        rotate_users.append(f"rotate-extra-{extra:04d}")
+        extra += 1
+
+    def write_lines(name, lines):
+        with open(os.path.join(a.dir, name), "w", encoding="ascii") as f:
+            f.write("\n".join(lines) + "\n")
+
+    write_lines("verify_tokens.txt", sample_tokens)
+    write_lines("me_jwts.txt", [hs256_jwt(a.secret, u, now) for u in sample_users])
+    write_lines("rotate_jwts.txt", [hs256_jwt(a.secret, u, now) for u in rotate_users])
+    info = {
+        "tokens": n,
+        "sample": len(sample_tokens),
+        "rotate_users": len(rotate_users),
+        "rotate_unseeded": extra,
+        "seconds": round(time.monotonic() - started, 3),
+        "seed_bytes": os.path.getsize(out_path),
+    }
+    with open(os.path.join(a.dir, "gen.json"), "w") as f:
+        json.dump(info, f)
+    print(json.dumps(info))
+
+
+# ---------------------------------------------------------------- processes and HTTP
+
+
+def cmd_ports(a):
+    socks = []
+    for _ in range(a.count):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    print(" ".join(str(s.getsockname()[1]) for s in socks))
+    for s in socks:
+        s.close()
+
+
+def http_status(host, port, path, method="GET", headers=None, timeout=2.0):
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request(method, path, headers=headers or {})
+        resp = conn.getresponse()
+        body = resp.read()
+        return resp.status, body
+    finally:
+        conn.close()
+
+
+def cmd_supervise(a):
+    """Starts the server, writes {"pid", "ready_ms"} to --ready-file once
+    /readyz answers 200, then waits for the server and exits with its status.
+    The clock starts just before the exec, so ready_ms is process start to
+    first 200."""
+    log = open(a.log, "ab")
+    forwarded = []
+
+    def forward(signum, _frame):
+        forwarded.append(signum)
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGTERM if signum == signal.SIGTERM else signum)
+
+    child = None
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    started = time.monotonic()
+    child = subprocess.Popen(a.cmd, stdout=log, stderr=subprocess.STDOUT)
+    with open(a.pidfile, "w") as f:
+        f.write(f"{child.pid}\n")
+    deadline = started + a.timeout
+    ready_ms = None
+    while time.monotonic() < deadline and child.poll() is None and not forwarded:
+        try:
+            status, _ = http_status("127.0.0.1", a.port, "/readyz", timeout=2.0)
+            if status == 200:
+                ready_ms = (time.monotonic() - started) * 1000.0
+                break
+        except OSError:
+            pass
+        time.sleep(0.002)
+    tmp = a.ready_file + ".tmp"
+    with open(tmp, "w") as f:
+        if ready_ms is None:
+            json.dump({"pid": child.pid, "error": "not ready"}, f)
+        else:
+            json.dump({"pid": child.pid, "ready_ms": round(ready_ms, 1)}, f)
+    os.rename(tmp, a.ready_file)
+    if ready_ms is None and child.poll() is None:
+        child.terminate()
+    while True:
+        try:
+            code = child.wait()
+            break
+        except InterruptedError:
+            continue
+    sys.exit(code if code >= 0 else 128 - code)
+
+
+def cmd_busy(a):
+    """Processes other than ours using more than --threshold % of a CPU over
+    the next --seconds (the host is shared; say so in the report)."""
+
+    def sample():
+        ticks = {}
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    data = f.read()
+            except OSError:
+                continue
+            comm = data[data.index("(") + 1 : data.rindex(")")]
+            fields = data[data.rindex(")") + 2 :].split()
+            ticks[pid] = (comm, int(fields[11]) + int(fields[12]))
+        return ticks
+
+    hz = os.sysconf("SC_CLK_TCK")
+    before = sample()
+    time.sleep(a.seconds)
+    after = sample()
+    me = str(os.getpid())
+    busy = []
+    for pid, (comm, t) in after.items():
+        if pid == me or pid not in before:
+            continue
+        pct = (t - before[pid][1]) / hz / a.seconds * 100
+        if pct >= a.threshold:
+            busy.append((pct, f"{comm} (pid {pid}, {pct:.0f}% CPU)"))
+    print(", ".join(text for _, text in sorted(busy, reverse=True)))
+
+
+def cmd_wait_port(a):
+    deadline = time.monotonic() + a.timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", a.port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    sys.exit(f"nothing listens on 127.0.0.1:{a.port} after {a.timeout} s")
+
+
+def cmd_check(a):
+    headers = {}
+    if a.bearer_file:
+        with open(a.bearer_file) as f:
+            headers["Authorization"] = "Bearer " + f.readline().strip()
+    if a.bearer:
+        headers["Authorization"] = "Bearer " + a.bearer
+    try:
+        status, body = http_status("127.0.0.1", a.port, a.path, a.method, headers)
+    except OSError as e:
+        sys.exit(f"check {a.method} {a.path}: {e}")
+    text = body.decode("utf-8", "replace")
+    if status != a.expect or (a.contains and a.contains not in text):
+        sys.exit(
+            f"check {a.method} {a.path} on port {a.port}: got {status}, expected {a.expect}"
+            + (f" with {a.contains!r}" if a.contains else "")
+            + f"; body: {text[:200]!r}"
+        )
+
+
+def cmd_fsync(a):
+    """4 KiB appends, each followed by fdatasync, one thread, for --seconds."""
+    path = os.path.join(a.dir, f"fsync-probe.{os.getpid()}")
+    buf = os.urandom(4096)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+    lat = []
+    try:
+        start = time.perf_counter()
+        end = start + a.seconds
+        now = start
+        while now < end:
+            t = now
+            os.write(fd, buf)
+            os.fdatasync(fd)
+            now = time.perf_counter()
+            lat.append(now - t)
+        elapsed = now - start
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    lat.sort()
+    result = {
+        "ops": len(lat),
+        "seconds": round(elapsed, 3),
+        "rate": len(lat) / elapsed,
+        "p50_us": lat[len(lat) // 2] * 1e6,
+        "p99_us": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e6,
+    }
+    with open(a.out, "w") as f:
+        json.dump(result, f)
+
+
+def cmd_metrics(a):
+    wanted = {
+        "agent_tokens_storage_flush_waiters_sum": "waiters_sum",
+        "agent_tokens_storage_flush_waiters_count": "flushes",
+        "agent_tokens_storage_flush_duration_seconds_sum": "flush_seconds_sum",
+    }
+    status, body = http_status("127.0.0.1", a.port, "/metrics")
+    if status != 200:
+        sys.exit(f"/metrics answered {status}")
+    result = {}
+    for line in body.decode().splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in wanted:
+            result[wanted[parts[0]]] = float(parts[1])
+    with open(a.out, "w") as f:
+        json.dump(result, f)
+
+
+def cmd_proc(a):
+    result = {}
+    with open(f"/proc/{a.pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmHWM", "VmRSS"):
+                result[key] = int(value.split()[0])  # kB
+    with open(a.out, "w") as f:
+        json.dump(result, f)
+
+
+def cmd_du(a):
+    apparent = allocated = 0
+    for root, _dirs, files in os.walk(a.path):
+        for name in files:
+            st = os.lstat(os.path.join(root, name))
+            apparent += st.st_size
+            allocated += st.st_blocks * 512
+    with open(a.out, "w") as f:
+        json.dump({"apparent": apparent, "allocated": allocated}, f)
+
+
+# ---------------------------------------------------------------- nginx
+
+
+def cmd_nginx_conf(a):
+    """The README recipe (gateway/nginx.conf) with its addresses substituted,
+    as tests/api/gateway.rs does, in front of a static file. With
+    --ceiling, the recipe's agent_tokens upstream points at an nginx server
+    that answers every auth subrequest with `return 204` (same keepalive
+    pool, same HEAD subrequest): the gateway mechanism's own ceiling."""
+    with open(a.recipe) as f:
+        recipe = f.read()
+    for needle in ("127.0.0.1:8080", "127.0.0.1:3000", "listen 80;"):
+        if needle not in recipe:
+            sys.exit(f"{a.recipe} no longer has {needle!r}; update bench_helper.py")
+    recipe = (
+        recipe.replace("127.0.0.1:8080", f"127.0.0.1:{a.auth_port}")
+        .replace("127.0.0.1:3000", f"127.0.0.1:{a.backend_port}")
+        .replace("listen 80;", f"listen 127.0.0.1:{a.front_port} backlog=4096;")
+    )
+    d = a.dir
+    os.makedirs(os.path.join(d, "static", "api"), exist_ok=True)
+    with open(os.path.join(d, "static", "api", "bench.txt"), "w") as f:
+        f.write("backend static file\n")
+    with open(os.path.join(d, "recipe.conf"), "w") as f:
+        f.write(recipe)
+    ceiling = ""
+    if a.ceiling:
+        ceiling = f"""
+    # Stands in for agent-tokens: every auth subrequest is allowed at once.
+    server {{
+        listen 127.0.0.1:{a.auth_port} backlog=4096;
+        location / {{
+            add_header X-Agent-User-Id bench-user always;
+            return 204;
+        }}
+    }}
+"""
+    user = "user root;" if os.geteuid() == 0 else ""
+    conf = f"""{user}
+daemon off;
+worker_processes {a.workers};
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    # The application behind the gateway: a static file.
+    server {{
+        listen 127.0.0.1:{a.backend_port} backlog=4096;
+        root {d}/static;
+    }}
+{ceiling}
+    include {d}/recipe.conf;
+}}
+"""
+    with open(os.path.join(d, "nginx.conf"), "w") as f:
+        f.write(conf)
+
+
+# ---------------------------------------------------------------- report
+
+
+def cmd_show(a):
+    """One progress line for a wrk or fsync result file."""
+    r = load(a.file)
+    if "rate" in r:
+        print(
+            f"  {a.name:<18} {r['rate']:>10,.0f} op/s   p50 {r['p50_us'] / 1000:.2f} ms"
+            f"  p99 {r['p99_us'] / 1000:.2f} ms"
+        )
+        return
+    errors = {k: v for k, v in r["errors"].items() if v}
+    print(
+        f"  {a.name:<18} {r['requests'] / (r['duration_us'] / 1e6):>10,.0f} req/s"
+        f"  p50 {r['latency_us']['p50'] / 1000:.2f} ms  p99 {r['latency_us']['p99'] / 1000:.2f} ms"
+        + (f"  ERRORS {errors}" if errors else "")
+    )
+
+
+
+def load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_env(path):
+    env = {}
+    with open(path) as f:
+        for line in f:
+            key, sep, value = line.rstrip("\n").partition("=")
+            if sep:
+                env[key] = value
+    return env
+
+
+def wrk_runs(work, kind, pairs):
+    runs = []
+    for p in range(1, pairs + 1):
+        path = os.path.join(work, "results", f"{kind}.{p}.json")
+        if os.path.exists(path):
+            r = load(path)
+            r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+            runs.append(r)
+    return runs
+
+
+def errors_of(runs):
+    total = {"connect": 0, "read": 0, "write": 0, "status": 0, "timeout": 0}
+    for r in runs:
+        for k in total:
+            total[k] += r["errors"][k]
+    return {k: v for k, v in total.items() if v}
+
+
+def fmt_ms(us):
+    return "-" if us is None else f"{us / 1000:.2f} ms"
+
+
+def fmt_rate(x):
+    return "-" if x is None else f"{x:,.0f}"
+
+
+def cmd_report(a):
+    work = a.work
+    env = read_env(os.path.join(work, "meta.env"))
+    pairs = int(env["pairs"])
+    rows = []
+    notes = []
+
+    def med(values):
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else None
+
+    def wrk_row(name, runs, ratio=None, target=None, floor=None):
+        errors = errors_of(runs)
+        if errors:
+            notes.append(f"{name}: errors {errors} (non-2xx or socket errors)")
+            name += " (!)"
+        met = "-"
+        if ratio is not None and floor is not None:
+            met = "yes" if ratio >= floor else "NO"
+        rows.append(
+            (
+                name,
+                fmt_rate(med([r["rps"] for r in runs])),
+                "-" if ratio is None else f"{ratio:.2f}x",
+                target or "-",
+                met,
+                fmt_ms(med([r["latency_us"]["p50"] for r in runs])),
+                fmt_ms(med([r["latency_us"]["p99"] for r in runs])),
+            )
+        )
+
+    def ratios(num, den):
+        return med([n["rps"] / d["rps"] for n, d in zip(num, den) if d["rps"] > 0])
+
+    hz_me = wrk_runs(work, "healthz_me", pairs)
+    hz_v = wrk_runs(work, "healthz_verify", pairs)
+    me = wrk_runs(work, "me", pairs)
+    verify = wrk_runs(work, "verify", pairs)
+    rot = wrk_runs(work, "rotate", pairs)
+    ngx_ceiling = wrk_runs(work, "nginx_ceiling", pairs)
+    ngx = wrk_runs(work, "nginx_verify", pairs)
+    fsyncs = []
+    for p in range(1, pairs + 1):
+        path = os.path.join(work, "results", f"fsync.{p}.json")
+        if os.path.exists(path):
+            fsyncs.append(load(path))
+
+    wrk_row("GET /healthz (ceiling)", hz_me + hz_v)
+    wrk_row(
+        "GET /api/agent-tokens/me (JWT)",
+        me,
+        ratios(me, hz_me),
+        ">= 0.85x healthz",
+        0.85,
+    )
+    wrk_row(
+        "GET /api/agent-tokens/verify",
+        verify,
+        ratios(verify, hz_v),
+        ">= 0.90x healthz",
+        0.90,
+    )
+    if fsyncs:
+        rows.append(
+            (
+                "4 KiB append+fdatasync (1 thread)",
+                fmt_rate(med([f["rate"] for f in fsyncs])),
+                "-",
+                "-",
+                "-",
+                fmt_ms(med([f["p50_us"] for f in fsyncs])),
+                fmt_ms(med([f["p99_us"] for f in fsyncs])),
+            )
+        )
+    rot_ratio = med(
+        [r["rps"] / f["rate"] for r, f in zip(rot, fsyncs) if f["rate"] > 0]
+    )
+    wrk_row(
+        f"POST /api/agent-tokens/me ({env.get('rotate_users', '?')} users)",
+        rot,
+        rot_ratio,
+        ">= 1.5x fdatasync",
+        1.5,
+    )
+    if ngx_ceiling or ngx:
+        wrk_row("nginx auth_request -> return 204", ngx_ceiling)
+        wrk_row(
+            "nginx auth_request -> agent-tokens",
+            ngx,
+            ratios(ngx, ngx_ceiling),
+            ">= 0.90x nginx 204",
+            0.90,
+        )
+
+    header = ("name", "req/s", "ratio", "target", "met", "p50", "p99")
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    aligns = ["<", ">", ">", "<", "<", ">", ">"]
+
+    def line(cells):
+        return "  ".join(f"{str(c):{al}{w}}" for c, w, al in zip(cells, widths, aligns))
+
+    out = []
+    out.append(
+        f"agent-tokens benchmark: {int(env['tokens']):,} tokens, "
+        f"wrk -t{env['threads']} -c{env['connections']}, {env['duration']} s runs "
+        f"after {env['warmup']} s warmup, median of {pairs} alternating pairs"
+    )
+    out.append(
+        f"host: {env.get('cpus', '?')} CPUs, load average at start {env.get('loadavg', '?')}; "
+        f"data dir {env.get('data_fs', '?')}; storage.cache_mb={env.get('cache_mb', '?')}; "
+        f"nginx worker_processes={env.get('nginx_workers', '?')}"
+    )
+    if env.get("busy"):
+        out.append(f"WARNING: other busy processes during the run: {env['busy']}")
+    out.append("")
+    out.append(line(header))
+    out.append(line(["-" * w for w in widths]))
+    out.extend(line(r) for r in rows)
+    out.append("")
+
+    def mib(kb):
+        return int(kb) / 1024.0
+
+    extras = []
+    hwm = env.get("vmhwm_kb")
+    if hwm:
+        extras.append(
+            (
+                "peak RSS (VmHWM) under load",
+                f"{mib(hwm):.1f} MiB",
+                "<= 128 MiB",
+                "yes" if mib(hwm) <= 128 else "NO",
+            )
+        )
+    if env.get("restart_vmhwm_kb"):
+        extras.append(
+            (
+                "peak RSS after restart (idle)",
+                f"{mib(env['restart_vmhwm_kb']):.1f} MiB",
+                "-",
+                "-",
+            )
+        )
+    big = int(env["tokens"]) >= 1_000_000
+    for key, label in (("du_import", "data dir after import"), ("du_end", "data dir at end")):
+        path = os.path.join(work, "results", f"{key}.json")
+        if os.path.exists(path):
+            d = load(path)
+            mb = d["allocated"] / 1e6
+            extras.append(
+                (
+                    label,
+                    f"{mb:.1f} MB on disk ({d['apparent'] / 1e6:.1f} MB apparent)",
+                    "<= 300 MB at 1M tokens",
+                    ("yes" if mb <= 300 else "NO") if big else "-",
+                )
+            )
+    if env.get("import_s"):
+        rate = int(env["tokens"]) / max(float(env["import_s"]), 1e-9)
+        extras.append(
+            (
+                "seeding (agent-tokens import)",
+                f"{float(env['import_s']):.2f} s ({rate:,.0f} users/s; generating the file took {float(env.get('gen_s', 0)):.2f} s)",
+                "-",
+                "-",
+            )
+        )
+    for key, label in (
+        ("ready_ms", "start-to-ready after import"),
+        ("restart_ready_ms", "restart-to-ready (after SIGTERM)"),
+        ("cold_ready_ms", "restart-to-ready, page cache dropped"),
+    ):
+        if env.get(key):
+            ms = float(env[key])
+            extras.append(
+                (
+                    label,
+                    f"{ms:.0f} ms",
+                    "<= 2 s",
+                    "yes" if ms <= 2000 else "NO",
+                )
+            )
+    if env.get("stop_ms"):
+        extras.append(("graceful stop (SIGTERM to exit)", f"{float(env['stop_ms']):.0f} ms", "-", "-"))
+    before = os.path.join(work, "results", "metrics_rot_before.json")
+    after = os.path.join(work, "results", "metrics_rot_after.json")
+    if os.path.exists(before) and os.path.exists(after):
+        b, c = load(before), load(after)
+        flushes = c.get("flushes", 0) - b.get("flushes", 0)
+        if flushes > 0:
+            waiters = (c.get("waiters_sum", 0) - b.get("waiters_sum", 0)) / flushes
+            flush_ms = (c.get("flush_seconds_sum", 0) - b.get("flush_seconds_sum", 0)) / flushes * 1000
+            extras.append(
+                (
+                    "group commit during rotations",
+                    f"{waiters:.1f} requests/flush, {flush_ms:.2f} ms/flush ({flushes:,.0f} flushes)",
+                    "-",
+                    "-",
+                )
+            )
+    ew = [max(len(r[i]) for r in extras) for i in range(4)] if extras else []
+    for r in extras:
+        out.append("  ".join(f"{c:<{w}}" for c, w in zip(r, ew)).rstrip())
+    if notes:
+        out.append("")
+        out.extend("note: " + n for n in notes)
+    text = "\n".join(out) + "\n"
+    sys.stdout.write(text)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(text)
+
+
+# ---------------------------------------------------------------- main
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("gen")
+    s.add_argument("--tokens", type=int, required=True)
+    s.add_argument("--dir", required=True)
+    s.add_argument("--secret", required=True)
+    s.add_argument("--sample", type=int, default=10000)
+    s.add_argument("--rotate-users", type=int, default=512)
+    s.set_defaults(func=cmd_gen)
+
+    s = sub.add_parser("ports")
+    s.add_argument("count", type=int)
+    s.set_defaults(func=cmd_ports)
+
+    s = sub.add_parser("supervise")
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--pidfile", required=True)
+    s.add_argument("--ready-file", required=True)
+    s.add_argument("--log", required=True)
+    s.add_argument("--timeout", type=float, default=120)
+    s.add_argument("cmd", nargs=argparse.REMAINDER)
+    s.set_defaults(func=cmd_supervise)
+
+    s = sub.add_parser("busy")
+    s.add_argument("--seconds", type=float, default=1.0)
+    s.add_argument("--threshold", type=float, default=15.0)
+    s.set_defaults(func=cmd_busy)
+
+    s = sub.add_parser("wait-port")
+    s.add_argument("port", type=int)
+    s.add_argument("--timeout", type=float, default=10)
+    s.set_defaults(func=cmd_wait_port)
+
+    s = sub.add_parser("check")
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--method", default="GET")
+    s.add_argument("--path", required=True)
+    s.add_argument("--bearer-file")
+    s.add_argument("--bearer")
+    s.add_argument("--expect", type=int, default=200)
+    s.add_argument("--contains")
+    s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("fsync")
+    s.add_argument("--dir", required=True)
+    s.add_argument("--seconds", type=float, default=3)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_fsync)
+
+    s = sub.add_parser("metrics")
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_metrics)
+
+    s = sub.add_parser("proc")
+    s.add_argument("pid", type=int)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_proc)
+
+    s = sub.add_parser("du")
+    s.add_argument("path")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_du)
+
+    s = sub.add_parser("nginx-conf")
+    s.add_argument("--recipe", required=True)
+    s.add_argument("--dir", required=True)
+    s.add_argument("--front-port", type=int, required=True)
+    s.add_argument("--backend-port", type=int, required=True)
+    s.add_argument("--auth-port", type=int, required=True)
+    s.add_argument("--workers", default="1")
+    s.add_argument("--ceiling", action="store_true")
+    s.set_defaults(func=cmd_nginx_conf)
+
+    s = sub.add_parser("show")
+    s.add_argument("file")
+    s.add_argument("name")
+    s.set_defaults(func=cmd_show)
+
+    s = sub.add_parser("report")
+    s.add_argument("--work", required=True)
+    s.add_argument("--out")
+    s.set_defaults(func=cmd_report)
+
+    a = p.parse_args()
+    if a.command == "supervise" and a.cmd and a.cmd[0] == "--":
+        a.cmd = a.cmd[1:]
+    a.func(a)
+
+
+if __name__ == "__main__":
+    main()
