@@ -12,7 +12,7 @@ use std::path::Path;
 
 use crate::store::{
     decode_index, decode_user, is_lock_error, IndexEntry, UserRecord, GRACE_TREE, INDEX_TREE,
-    META_TREE, SCHEMA_VERSION, USER_TREE,
+    META_TREE, SCHEMA_KEY, SCHEMA_VERSION, USER_TREE,
 };
 use crate::user::UserId;
 
@@ -102,7 +102,7 @@ pub fn check_store(path: &Path) -> Result<Report, CheckError> {
     let meta = db.open_tree(META_TREE)?;
     let mut report = Report::default();
 
-    match meta.get(b"schema_version")? {
+    match meta.get(SCHEMA_KEY)? {
         Some(v) => match <[u8; 4]>::try_from(v.as_ref()) {
             Ok(bytes) => {
                 let version = u32::from_be_bytes(bytes);

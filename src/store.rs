@@ -33,7 +33,7 @@ use crate::user::UserId;
 /// The on-disk layout this binary writes. Older layouts are migrated in
 /// [`Store::open`]; newer ones are refused.
 pub const SCHEMA_VERSION: u32 = 2;
-const SCHEMA_KEY: &[u8] = b"schema_version";
+pub(crate) const SCHEMA_KEY: &[u8] = b"schema_version";
 /// Rewritten by every readiness probe.
 const PROBE_KEY: &[u8] = b"readyz_probe";
 /// Format byte of user records and index entries written by schema 1.

@@ -72,6 +72,31 @@ pub struct GetOrCreateResponse {
     pub message: &'static str,
 }
 
+/// The refusals every management route shares (authentication, limits),
+/// documented once for all four operations.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // Only its OpenAPI description is used.
+enum ManagementRefusals {
+    /// Missing or invalid JWT, or an agent token: `error` is `missing_credentials`, `invalid_request`, `invalid_token` or `user_jwt_required`.
+    #[response(
+        status = 401,
+        headers(("WWW-Authenticate" = String, description = "An RFC 6750 Bearer challenge, realm `agent-tokens`."))
+    )]
+    Unauthorized(crate::error::ErrorBody<'static>),
+    /// A declared body over `limits.max_body_bytes`: `payload_too_large`.
+    #[response(status = 413)]
+    PayloadTooLarge(crate::error::ErrorBody<'static>),
+    /// Over the per-client rate limit: `rate_limited`.
+    #[response(
+        status = 429,
+        headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))
+    )]
+    RateLimited(crate::error::ErrorBody<'static>),
+    /// Request headers over `limits.max_header_bytes`: `headers_too_large`.
+    #[response(status = 431)]
+    HeadersTooLarge(crate::error::ErrorBody<'static>),
+}
+
 /// Token answers must never be cached by a proxy or browser (RFC 6749 §5.1).
 fn no_store() -> CacheControl {
     CacheControl(vec![CacheDirective::NoStore])
@@ -96,13 +121,7 @@ fn fresh_token(state: &AppState, op: Operation) -> Result<(PlainToken, NewToken)
     security(("user_jwt" = [])),
     responses(
         (status = 200, description = "The token status; the full token is never returned here.", body = StatusResponse),
-        (status = 401, description = "Missing or invalid JWT, or an agent token: `error` is `missing_credentials`, `invalid_request`, `invalid_token` or `user_jwt_required`.",
-            body = crate::error::ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "An RFC 6750 Bearer challenge, realm `agent-tokens`."))),
-        (status = 413, description = "A declared body over `limits.max_body_bytes`: `payload_too_large`.", body = crate::error::ErrorBody),
-        (status = 429, description = "Over the per-client rate limit: `rate_limited`.", body = crate::error::ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
-        (status = 431, description = "Request headers over `limits.max_header_bytes`: `headers_too_large`.", body = crate::error::ErrorBody),
+        ManagementRefusals,
         (status = 500, description = "Failed to fetch token status.", body = crate::error::ErrorBody),
     )
 )]
@@ -143,13 +162,7 @@ async fn status(
     security(("user_jwt" = [])),
     responses(
         (status = 200, description = "The new token, shown only in this answer.", body = RotateResponse),
-        (status = 401, description = "Missing or invalid JWT, or an agent token: `error` is `missing_credentials`, `invalid_request`, `invalid_token` or `user_jwt_required`.",
-            body = crate::error::ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "An RFC 6750 Bearer challenge, realm `agent-tokens`."))),
-        (status = 413, description = "A declared body over `limits.max_body_bytes`: `payload_too_large`.", body = crate::error::ErrorBody),
-        (status = 429, description = "Over the per-client rate limit: `rate_limited`.", body = crate::error::ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
-        (status = 431, description = "Request headers over `limits.max_header_bytes`: `headers_too_large`.", body = crate::error::ErrorBody),
+        ManagementRefusals,
         (status = 500, description = "Failed to store agent token.", body = crate::error::ErrorBody),
     )
 )]
@@ -196,13 +209,7 @@ async fn rotate(
     security(("user_jwt" = [])),
     responses(
         (status = 200, description = "`token` is set only when `is_new` is true.", body = GetOrCreateResponse),
-        (status = 401, description = "Missing or invalid JWT, or an agent token: `error` is `missing_credentials`, `invalid_request`, `invalid_token` or `user_jwt_required`.",
-            body = crate::error::ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "An RFC 6750 Bearer challenge, realm `agent-tokens`."))),
-        (status = 413, description = "A declared body over `limits.max_body_bytes`: `payload_too_large`.", body = crate::error::ErrorBody),
-        (status = 429, description = "Over the per-client rate limit: `rate_limited`.", body = crate::error::ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
-        (status = 431, description = "Request headers over `limits.max_header_bytes`: `headers_too_large`.", body = crate::error::ErrorBody),
+        ManagementRefusals,
         (status = 500, description = "Failed to check or store token.", body = crate::error::ErrorBody),
     )
 )]
@@ -271,13 +278,7 @@ fn existing_answer(token_prefix: String) -> HttpResponse {
     security(("user_jwt" = [])),
     responses(
         (status = 204, description = "Revoked, or there was no token. No body."),
-        (status = 401, description = "Missing or invalid JWT, or an agent token: `error` is `missing_credentials`, `invalid_request`, `invalid_token` or `user_jwt_required`.",
-            body = crate::error::ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "An RFC 6750 Bearer challenge, realm `agent-tokens`."))),
-        (status = 413, description = "A declared body over `limits.max_body_bytes`: `payload_too_large`.", body = crate::error::ErrorBody),
-        (status = 429, description = "Over the per-client rate limit: `rate_limited`.", body = crate::error::ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
-        (status = 431, description = "Request headers over `limits.max_header_bytes`: `headers_too_large`.", body = crate::error::ErrorBody),
+        ManagementRefusals,
         (status = 500, description = "Failed to revoke token.", body = crate::error::ErrorBody),
     )
 )]
