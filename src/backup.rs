@@ -21,8 +21,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::store::{
-    decode_index, decode_user, encode_index, encode_user, grace_key, GraceToken, IndexEntry, Store,
-    StoreError, UserRecord,
+    decode_index, decode_user, encode_index, encode_user, grace_key, is_lock_error, GraceToken,
+    IndexEntry, Store, StoreError, UserRecord,
 };
 use crate::token::TOKEN_PREFIX;
 use crate::user::UserId;
@@ -92,19 +92,11 @@ pub fn open_offline(path: &Path, cache_mb: u64, must_exist: bool) -> Result<Stor
         });
     }
     Store::open(path, cache_mb).map_err(|e| match e {
-        StoreError::Open {
-            source: sled::Error::Io(io),
-            ..
-        } if is_lock_error(&io) => BackupError::InUse {
+        StoreError::Open { source, .. } if is_lock_error(&source) => BackupError::InUse {
             path: path.to_owned(),
         },
         other => BackupError::Store(other),
     })
-}
-
-/// sled 0.34.7 reports a held lock as an `Other` error whose text names it.
-fn is_lock_error(e: &std::io::Error) -> bool {
-    e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock")
 }
 
 /// What an export or import covered.

@@ -11,8 +11,8 @@ use std::fmt;
 use std::path::Path;
 
 use crate::store::{
-    decode_index, decode_user, is_lock_error, IndexEntry, UserRecord, GRACE_TREE, INDEX_TREE,
-    META_TREE, SCHEMA_KEY, SCHEMA_VERSION, USER_TREE,
+    decode_index, decode_user, is_lock_error, open_sled, IndexEntry, UserRecord, GRACE_TREE,
+    INDEX_TREE, META_TREE, SCHEMA_KEY, SCHEMA_VERSION, USER_TREE,
 };
 use crate::user::UserId;
 
@@ -82,20 +82,16 @@ pub fn check_store(path: &Path) -> Result<Report, CheckError> {
     if !path.join("db").exists() {
         return Err(CheckError::Missing(path.display().to_string()));
     }
-    let db = sled::Config::new()
-        .path(path)
-        .flush_every_ms(None)
-        .open()
-        .map_err(|source| {
-            if is_lock_error(&source) {
-                CheckError::InUse(path.display().to_string())
-            } else {
-                CheckError::Open {
-                    path: path.display().to_string(),
-                    source,
-                }
+    let db = open_sled(&sled::Config::new().path(path).flush_every_ms(None)).map_err(|source| {
+        if is_lock_error(&source) {
+            CheckError::InUse(path.display().to_string())
+        } else {
+            CheckError::Open {
+                path: path.display().to_string(),
+                source,
             }
-        })?;
+        }
+    })?;
     let users = db.open_tree(USER_TREE)?;
     let index = db.open_tree(INDEX_TREE)?;
     let grace = db.open_tree(GRACE_TREE)?;
@@ -275,11 +271,7 @@ mod tests {
     }
 
     fn raw(path: &Path) -> sled::Db {
-        sled::Config::new()
-            .path(path)
-            .flush_every_ms(None)
-            .open()
-            .unwrap()
+        open_sled(&sled::Config::new().path(path).flush_every_ms(None)).unwrap()
     }
 
     #[tokio::test]

@@ -88,6 +88,28 @@ pub fn is_lock_error(err: &sled::Error) -> bool {
     }
 }
 
+/// How long an open waits for a lock that the same process just let go of.
+const LOCK_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Opens a sled database, waiting briefly while its directory lock is held.
+///
+/// sled 0.34.7 releases the lock only when its background I/O threads finish
+/// the last segment writes of a dropped database, so a reopen in the same
+/// process right after a drop (a test, the disk-full recovery) can find it
+/// still held for a moment. Another live process holding it still fails,
+/// after the wait, with the lock error.
+pub fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + LOCK_RELEASE_WAIT;
+    loop {
+        match config.open() {
+            Err(e) if is_lock_error(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// A rotated-out token that keeps verifying until `until`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GraceToken {
@@ -253,17 +275,16 @@ fn from_tx(err: TransactionError<StoreError>) -> StoreError {
 impl Store {
     /// Opens (or creates) the store, migrates older schemas, and starts the flusher.
     pub fn open(path: &Path, cache_mb: u64) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
             .cache_capacity(cache_mb.saturating_mul(1024 * 1024))
             // Our flusher is the only one: sled's own background flush would
             // race it (and concurrent flushes deadlock sled 0.34.7).
-            .flush_every_ms(None)
-            .open()
-            .map_err(|source| StoreError::Open {
-                path: path.to_owned(),
-                source,
-            })?;
+            .flush_every_ms(None);
+        let db = open_sled(&config).map_err(|source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
         let users = db.open_tree(USER_TREE)?;
         let index = db.open_tree(INDEX_TREE)?;
         let grace = db.open_tree(GRACE_TREE)?;

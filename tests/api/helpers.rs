@@ -331,12 +331,7 @@ pub async fn assert_invalid_jwt(resp: reqwest::Response) {
 }
 
 /// Opens a sled directory directly, as the tests' stand-in for an older
-/// release or a damaged store. No background flusher, so dropping it
-/// releases the directory lock at once.
+/// release or a damaged store.
 pub fn raw_db(path: &Path) -> sled::Db {
-    sled::Config::new()
-        .path(path)
-        .flush_every_ms(None)
-        .open()
-        .unwrap()
+    agent_tokens::store::open_sled(&sled::Config::new().path(path).flush_every_ms(None)).unwrap()
 }
