@@ -682,6 +682,7 @@ mod tests {
             .unwrap();
         source
             .touch(&crate::token::TokenHash::from_bytes(alice.hash), 1_500)
+            .await
             .unwrap();
 
         let text = export(&source);

@@ -15,6 +15,7 @@ pub mod jwt;
 pub mod limits;
 pub mod live;
 pub mod metrics;
+mod mutation;
 pub mod openapi;
 pub mod policy;
 pub mod routes;

@@ -163,12 +163,12 @@ impl LiveStore {
     }
 
     /// Stamps last use; skipped (not an error) while the store recovers.
-    pub fn touch(&self, hash: &TokenHash, now: u64) -> Result<(), StoreError> {
+    pub async fn touch(&self, hash: &TokenHash, now: u64) -> Result<(), StoreError> {
         if self.is_failed() {
             return Ok(());
         }
         let store = self.current()?;
-        self.note(store.touch(hash, now))
+        self.note(store.touch(hash, now).await)
     }
 
     pub fn expire_grace(&self, now: u64) -> Result<usize, StoreError> {

@@ -9,24 +9,28 @@
 //!   grace entries are found without scanning every user;
 //! - `meta`: `schema_version` → u32 BE.
 //!
-//! Guarantees: get-or-create, rotate and revoke are each one sled transaction
-//! over the trees, so they never disagree and a user has at most one current
-//! token (plus at most one rotated-out token in its grace window). Those
-//! methods return only once the change is on stable storage (see
-//! [`crate::durability`]). Last-used stamps and grace clean-up are written
-//! without waiting; the flusher makes them durable within a second.
+//! Guarantees: get-or-create, rotate and revoke are each applied inside one
+//! sled transaction over the trees (the flusher thread applies everything
+//! queued in a cycle in one transaction, in order; see [`crate::mutation`]),
+//! so the trees never disagree and a user has at most one current token
+//! (plus at most one rotated-out token in its grace window). Those methods
+//! return only once the change is on stable storage (see
+//! [`crate::durability`]). Last-used stamps return once visible and grace
+//! clean-up without waiting; the flusher makes them durable within a second.
 //! Values are bincode with a leading format-version byte. Raw tokens never
 //! reach this module: it sees only [`TokenHash`]es and display prefixes.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sled::transaction::{
-    ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
-};
+use sled::transaction::TransactionError;
 use sled::{Db, Transactional, Tree};
 
 use crate::durability::{DurabilityError, FlushStats, Flusher};
+use crate::mutation::{
+    tx_decode, Apply, Create, Mutation, PendingTouches, Queued, Revoke, Rotate, Touch,
+    TreeCommitter,
+};
 use crate::token::TokenHash;
 use crate::user::UserId;
 
@@ -68,6 +72,9 @@ pub enum StoreError {
     Durability(#[from] DurabilityError),
     #[error("cannot encode a record: {0}")]
     Encode(String),
+    /// Cannot happen: a batch committed without running one of its operations.
+    #[error("a queued change was not applied")]
+    NotApplied,
     /// Writes are refused while the store reopens after an I/O failure.
     #[error("the store is recovering from an I/O failure and refuses writes for now")]
     Recovering,
@@ -177,7 +184,8 @@ pub struct Store {
     pub(crate) index: Tree,
     pub(crate) grace: Tree,
     pub(crate) meta: Tree,
-    pub(crate) flusher: Flusher,
+    pub(crate) flusher: Flusher<Box<dyn Mutation>>,
+    pending_touches: PendingTouches,
     path: PathBuf,
     // Dropped last: the flusher holds its own handle and is joined first.
     _db: Db,
@@ -258,13 +266,6 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
-
-/// Decodes inside a transaction, aborting it on damaged bytes.
-fn tx_decode<T>(result: Result<T, StoreError>) -> TxResult<T> {
-    result.map_err(ConflictableTransactionError::Abort)
-}
-
 fn from_tx(err: TransactionError<StoreError>) -> StoreError {
     match err {
         TransactionError::Abort(e) => e,
@@ -317,8 +318,14 @@ impl Store {
             }
         }
         // Start-up writes (schema key, migration) are durable before we serve.
-        let flusher = Flusher::start(db.clone(), path)?;
+        let committer = TreeCommitter {
+            users: users.clone(),
+            index: index.clone(),
+            grace: grace.clone(),
+        };
+        let flusher = Flusher::start(db.clone(), path, committer)?;
         Ok(Self {
+            pending_touches: PendingTouches::default(),
             users,
             index,
             grace,
@@ -353,6 +360,13 @@ impl Store {
             .transpose()
     }
 
+    /// Queues a mutation for the flusher thread and waits for its answer.
+    async fn run<A: Apply>(&self, args: A) -> Result<A::Output, StoreError> {
+        let (op, answer) = Queued::queue(args);
+        self.flusher.submit(op);
+        answer.await.map_err(|_| DurabilityError::Stopped)?
+    }
+
     /// Replaces the user's token with `new` (or creates it): atomic across the
     /// trees, durable when it returns. With `grace_secs` 0 the previous token
     /// stops verifying at once; otherwise it verifies until `now + grace_secs`.
@@ -365,7 +379,6 @@ impl Store {
         now: u64,
         grace_secs: u64,
     ) -> Result<(UserRecord, bool), StoreError> {
-        let key = user.as_str().as_bytes();
         let fresh_index = encode_index(&IndexEntry {
             user_id: user.as_str().to_owned(),
             prefix: new.prefix.clone(),
@@ -373,54 +386,21 @@ impl Store {
             last_used_at: None,
             grace_until: None,
         })?;
-        let (record, replaced) = (&self.users, &self.index, &self.grace)
-            .transaction(|(users, index, grace)| {
-                let mut previous = None;
-                let old = users.get(key)?;
-                let replaced = old.is_some();
-                if let Some(old) = old {
-                    let old = tx_decode(decode_user(&old))?;
-                    end_grace(index, grace, old.previous.as_ref())?;
-                    if grace_secs == 0 {
-                        index.remove(&old.hash[..])?;
-                    } else {
-                        // A token without an index entry was not verifiable;
-                        // there is nothing to keep alive.
-                        if let Some(bytes) = index.get(&old.hash[..])? {
-                            let until = now.saturating_add(grace_secs);
-                            let entry = IndexEntry {
-                                grace_until: Some(until),
-                                ..tx_decode(decode_index(&bytes))?
-                            };
-                            index.insert(&old.hash[..], tx_decode(encode_index(&entry))?)?;
-                            grace.insert(&grace_key(until, &old.hash)[..], key)?;
-                            previous = Some(GraceToken {
-                                hash: old.hash,
-                                prefix: old.prefix,
-                                until,
-                            });
-                        }
-                    }
-                }
-                let record = UserRecord {
-                    hash: *new.hash.as_bytes(),
-                    prefix: new.prefix.clone(),
-                    created_at: now,
-                    last_used_at: None,
-                    previous,
-                };
-                users.insert(key, tx_decode(encode_user(&record))?)?;
-                index.insert(new.hash.as_bytes(), fresh_index.as_slice())?;
-                Ok((record, replaced))
-            })
-            .map_err(from_tx)?;
-        self.flusher.wrote_and_wait().await?;
-        Ok((record, replaced))
+        self.run(Rotate {
+            user: user.as_str().to_owned(),
+            hash: *new.hash.as_bytes(),
+            prefix: new.prefix.clone(),
+            now,
+            grace_secs,
+            fresh_index,
+        })
+        .await
     }
 
     /// Returns the user's record, creating it from `candidate` if there is
     /// none: atomic (concurrent callers see exactly one `Created`), and the
-    /// answer is durable when it returns.
+    /// answer is durable when it returns (an existing record too: it may
+    /// come from a concurrent call that has not reached the disk yet).
     pub async fn get_or_create(
         &self,
         user: &UserId,
@@ -442,82 +422,46 @@ impl Store {
             last_used_at: None,
             grace_until: None,
         })?;
-        let key = user.as_str().as_bytes();
-        let outcome = (&self.users, &self.index)
-            .transaction(|(users, index)| {
-                if let Some(existing) = users.get(key)? {
-                    return Ok(GetOrCreate::Existing(tx_decode(decode_user(&existing))?));
-                }
-                users.insert(key, record_bytes.as_slice())?;
-                index.insert(candidate.hash.as_bytes(), index_bytes.as_slice())?;
-                Ok(GetOrCreate::Created(record.clone()))
-            })
-            .map_err(from_tx)?;
-        match outcome {
-            GetOrCreate::Created(_) => self.flusher.wrote_and_wait().await?,
-            // The existing record may come from a concurrent call that has not
-            // reached the disk yet; never report what a crash could undo.
-            GetOrCreate::Existing(_) => self.flusher.wait_for_all_writes().await?,
-        }
-        Ok(outcome)
+        self.run(Create {
+            user: user.as_str().to_owned(),
+            record,
+            record_bytes,
+            index_bytes,
+        })
+        .await
     }
 
     /// Removes the user's token, and any rotated-out token still in grace:
-    /// atomic, durable when it returns. Returns whether a token existed. Idempotent.
+    /// atomic, durable when it returns. Returns whether a token existed.
+    /// Idempotent; "nothing to remove" also waits for the flush, since a
+    /// concurrent revoke may still be on its way to disk and answering
+    /// "gone" before it lands could let a crash resurrect the token.
     pub async fn revoke(&self, user: &UserId) -> Result<bool, StoreError> {
-        let key = user.as_str().as_bytes();
-        let removed = (&self.users, &self.index, &self.grace)
-            .transaction(|(users, index, grace)| match users.remove(key)? {
-                Some(old) => {
-                    let old = tx_decode(decode_user(&old))?;
-                    index.remove(&old.hash[..])?;
-                    end_grace(index, grace, old.previous.as_ref())?;
-                    Ok(true)
-                }
-                None => Ok(false),
-            })
-            .map_err(from_tx)?;
-        if removed {
-            self.flusher.wrote_and_wait().await?;
-        } else {
-            // A concurrent revoke may still be on its way to disk: answering
-            // "gone" before it lands could let a crash resurrect the token.
-            self.flusher.wait_for_all_writes().await?;
-        }
-        Ok(removed)
+        self.run(Revoke {
+            user: user.as_str().to_owned(),
+        })
+        .await
     }
 
     /// Stamps a token as used at `now` (the index entry, and the user record
     /// when it is the current token). Changes nothing if the token is gone.
-    /// Not waited on: the stamp lags by at most the flusher's idle interval.
-    pub fn touch(&self, hash: &TokenHash, now: u64) -> Result<(), StoreError> {
-        let touched = (&self.users, &self.index)
-            .transaction(|(users, index)| {
-                let Some(bytes) = index.get(hash.as_bytes())? else {
-                    return Ok(false);
-                };
-                let entry = tx_decode(decode_index(&bytes))?;
-                let entry = IndexEntry {
-                    last_used_at: Some(now),
-                    ..entry
-                };
-                index.insert(hash.as_bytes(), tx_decode(encode_index(&entry))?)?;
-                let user_key = entry.user_id.as_bytes();
-                if let Some(bytes) = users.get(user_key)? {
-                    let record = tx_decode(decode_user(&bytes))?;
-                    if &record.hash == hash.as_bytes() {
-                        let record = UserRecord {
-                            last_used_at: Some(now),
-                            ..record
-                        };
-                        users.insert(user_key, tx_decode(encode_user(&record))?)?;
-                    }
-                }
-                Ok(true)
+    /// Returns once readers see the stamp; it is durable within the
+    /// flusher's cycle (at most its idle interval). A token whose stamp is
+    /// already queued is not queued again.
+    pub async fn touch(&self, hash: &TokenHash, now: u64) -> Result<(), StoreError> {
+        let hash = *hash.as_bytes();
+        let queued = self
+            .pending_touches
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(hash);
+        if queued {
+            self.run(Touch {
+                hash,
+                now,
+                pending: std::sync::Arc::clone(&self.pending_touches),
             })
-            .map_err(from_tx)?;
-        if touched {
-            self.flusher.wrote();
+            .await?;
         }
         Ok(())
     }
@@ -619,19 +563,6 @@ impl Store {
     pub fn grace_entries(&self) -> usize {
         self.grace.len()
     }
-}
-
-/// Ends a rotated-out token's grace window now (inside a transaction).
-fn end_grace(
-    index: &TransactionalTree,
-    grace: &TransactionalTree,
-    previous: Option<&GraceToken>,
-) -> Result<(), UnabortableTransactionError> {
-    if let Some(prev) = previous {
-        index.remove(&prev.hash[..])?;
-        grace.remove(&grace_key(prev.until, &prev.hash)[..])?;
-    }
-    Ok(())
 }
 
 /// Schema 1 → 2: records gain last-used and grace fields. Each record is

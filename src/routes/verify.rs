@@ -63,7 +63,7 @@ pub struct ActiveResponse<'a> {
     )
 )]
 async fn verify(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let answer = answer(&req, &state);
+    let answer = answer(&req, &state).await;
     METRICS.token_operation(match answer {
         Ok(_) => TokenOperation::VerifyOk,
         Err(_) => TokenOperation::VerifyFailed,
@@ -71,9 +71,8 @@ async fn verify(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResp
     answer
 }
 
-/// The verify decision; synchronous, since it is at most one read (and a
-/// once-a-minute last-used stamp).
-fn answer(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
+/// The verify decision: one read (and a once-a-minute last-used stamp).
+async fn answer(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
     let hash =
         agent_token_hash(req.headers().get(AUTHORIZATION)).map_err(ApiError::InvalidAgentToken)?;
     let entry = state
@@ -88,7 +87,7 @@ fn answer(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError>
         .map_err(|inactive| ApiError::InvalidAgentToken(inactive.into()))?;
     if needs_touch(entry.last_used_at, now) {
         // A failed stamp must not fail a valid token: log it and answer.
-        if let Err(e) = state.store.touch(&hash, now) {
+        if let Err(e) = state.store.touch(&hash, now).await {
             log::warn!("cannot record the last use of {}: {e}", entry.prefix);
         }
     }
