@@ -5,6 +5,14 @@
 //! names an algorithm outside `jwt.algorithms`, or one the chosen key cannot
 //! serve, is refused before any signature check. `exp` is always required.
 //! This module never logs or returns the token or key material.
+//!
+//! Verified tokens are remembered by their SHA-256 (never the token itself)
+//! with the user id and validity window, so a client presenting the same JWT
+//! again skips the signature check and claim parsing (as Envoy's
+//! `jwt_cache_config` does). A JWT cannot be revoked and the keys are fixed
+//! for the life of the process, so the only thing that can change a cached
+//! answer is time: every hit re-checks `exp` and `nbf` with the leeway, and
+//! refusals are never cached.
 
 use std::collections::HashMap;
 use std::fs;
@@ -12,7 +20,11 @@ use std::path::Path;
 use std::str::FromStr;
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, PublicKeyUse};
-use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{
+    decode, decode_header, get_current_timestamp, Algorithm, DecodingKey, Validation,
+};
+use quick_cache::sync::Cache;
+use ring::digest::{digest, SHA256};
 use secrecy::{ExposeSecret, SecretBox};
 use serde_json::{Map, Value};
 
@@ -23,6 +35,25 @@ use crate::user::{UserId, UserIdError};
 pub const MIN_HMAC_SECRET_LEN: usize = 32;
 /// Longest JWT we try to parse; anything bigger is refused unread.
 const MAX_JWT_LEN: usize = 16 * 1024;
+/// Verified JWTs remembered (about 100 bytes each).
+const VERIFIED_CACHE_ENTRIES: usize = 16 * 1024;
+
+/// What a successful verification established, valid between `nbf` and `exp`.
+#[derive(Clone)]
+struct Verified {
+    user: UserId,
+    exp: u64,
+    nbf: Option<u64>,
+}
+
+impl Verified {
+    /// jsonwebtoken's own rule: expired when `exp < now - leeway`, not yet
+    /// valid when `nbf > now + leeway`.
+    fn holds_at(&self, now: u64, leeway: u64) -> bool {
+        self.exp.saturating_add(leeway) >= now
+            && self.nbf.is_none_or(|nbf| nbf <= now.saturating_add(leeway))
+    }
+}
 
 /// Why a JWT was refused. Shown to the client only as a short description in
 /// `WWW-Authenticate` (never the token), and logged at debug level.
@@ -124,6 +155,9 @@ pub struct JwtVerifier {
     /// From `jwks_file`, by `kid`.
     jwks: HashMap<String, VerifyKey>,
     user_claim: String,
+    leeway: u64,
+    /// SHA-256 of the compact JWT → what verifying it established.
+    verified: Cache<[u8; 32], Verified>,
 }
 
 impl std::fmt::Debug for JwtVerifier {
@@ -244,6 +278,8 @@ impl JwtVerifier {
             static_keys,
             jwks,
             user_claim: settings.user_claim.clone(),
+            leeway: settings.leeway_secs,
+            verified: Cache::new(VERIFIED_CACHE_ENTRIES),
         })
     }
 
@@ -265,6 +301,32 @@ impl JwtVerifier {
         if token.len() > MAX_JWT_LEN {
             return Err(JwtError::Malformed);
         }
+        let mut key = [0u8; 32];
+        key.copy_from_slice(digest(&SHA256, token.as_bytes()).as_ref());
+        if let Some(known) = self.verified.get(&key) {
+            if known.holds_at(get_current_timestamp(), self.leeway) {
+                return Ok(known.user);
+            }
+            // Out of its window: the full check below gives the exact reason.
+            self.verified.remove(&key);
+        }
+        let (user, exp, nbf) = self.verify_fully(token)?;
+        if let Some(exp) = exp {
+            self.verified.insert(
+                key,
+                Verified {
+                    user: user.clone(),
+                    exp,
+                    nbf,
+                },
+            );
+        }
+        Ok(user)
+    }
+
+    /// The signature and claims check, with `exp` and `nbf` when they are
+    /// whole numbers (a token whose times are not is verified every time).
+    fn verify_fully(&self, token: &str) -> Result<(UserId, Option<u64>, Option<u64>), JwtError> {
         let header = decode_header(token).map_err(|_| JwtError::Malformed)?;
         if !self.allowed.contains(&header.alg) {
             return Err(JwtError::AlgorithmNotAllowed);
@@ -284,7 +346,15 @@ impl JwtVerifier {
             .get(&self.user_claim)
             .and_then(Value::as_str)
             .ok_or(JwtError::MissingUserClaim)?;
-        UserId::parse(claim).map_err(JwtError::BadUserClaim)
+        let user = UserId::parse(claim).map_err(JwtError::BadUserClaim)?;
+        let exp = data.claims.get("exp").and_then(Value::as_u64);
+        match data.claims.get("nbf") {
+            None => Ok((user, exp, None)),
+            Some(nbf) => match nbf.as_u64() {
+                Some(nbf) => Ok((user, exp, Some(nbf))),
+                None => Ok((user, None, None)),
+            },
+        }
     }
 
     fn select_key(&self, alg: Algorithm, kid: Option<&str>) -> Result<&VerifyKey, JwtError> {

@@ -654,3 +654,69 @@ fn debug_output_of_the_verifier_never_shows_the_hmac_secret() {
     let debug = format!("{verifier:#?}");
     assert!(!debug.contains("recognisable"), "{debug}");
 }
+
+// --- the verified-token cache ---
+
+fn hs256(claims: &serde_json::Value) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(SECRET_32.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_remembered_token_stops_verifying_when_it_expires() {
+    let s = JwtSettings {
+        leeway_secs: 0,
+        ..with_secret(&["HS256"], SECRET_32)
+    };
+    let verifier = JwtVerifier::from_settings(&s).unwrap();
+    let exp = jsonwebtoken::get_current_timestamp() + 1;
+    let token = hs256(&json!({ "sub": "user-1", "exp": exp }));
+    for _ in 0..3 {
+        assert_eq!(verifier.verify(&token).unwrap().as_str(), "user-1");
+    }
+    while jsonwebtoken::get_current_timestamp() <= exp {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(verifier.verify(&token).unwrap_err(), JwtError::Expired);
+    assert_eq!(verifier.verify(&token).unwrap_err(), JwtError::Expired);
+}
+
+#[test]
+fn a_remembered_token_honours_the_leeway_and_lookalikes_are_checked_in_full() {
+    let s = JwtSettings {
+        leeway_secs: 300,
+        ..with_secret(&["HS256"], SECRET_32)
+    };
+    let verifier = JwtVerifier::from_settings(&s).unwrap();
+    let now = jsonwebtoken::get_current_timestamp();
+    // Expired a minute ago, inside the leeway: valid, and valid again.
+    let token = hs256(&json!({ "sub": "user-1", "exp": now - 60 }));
+    assert_eq!(verifier.verify(&token).unwrap().as_str(), "user-1");
+    assert_eq!(verifier.verify(&token).unwrap().as_str(), "user-1");
+    // The same token with its signature altered is not the remembered one.
+    let mut forged = token.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    assert!(verifier.verify(&forged).is_err());
+    // A refusal is not remembered either.
+    assert!(verifier.verify(&forged).is_err());
+    assert_eq!(verifier.verify(&token).unwrap().as_str(), "user-1");
+}
+
+#[test]
+fn a_token_not_yet_valid_is_refused_every_time() {
+    let s = JwtSettings {
+        leeway_secs: 0,
+        ..with_secret(&["HS256"], SECRET_32)
+    };
+    let verifier = JwtVerifier::from_settings(&s).unwrap();
+    let now = jsonwebtoken::get_current_timestamp();
+    let token = hs256(&json!({ "sub": "user-1", "exp": now + 3600, "nbf": now + 600 }));
+    for _ in 0..2 {
+        assert_eq!(verifier.verify(&token).unwrap_err(), JwtError::NotYetValid);
+    }
+}
