@@ -58,9 +58,28 @@ impl std::fmt::Debug for Clock {
     }
 }
 
+/// The last second RFC 3339 can write (9999-12-31T23:59:59Z).
+const MAX_RFC3339_SECS: u64 = 253_402_300_799;
+
+fn rfc3339_display(secs: u64) -> humantime::Rfc3339Timestamp {
+    let secs = secs.min(MAX_RFC3339_SECS);
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_secs(secs))
+}
+
 /// Formats Unix seconds as RFC 3339 UTC, e.g. `2026-11-28T16:09:02Z`.
 pub fn rfc3339(secs: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_secs(secs)).to_string()
+    rfc3339_display(secs).to_string()
+}
+
+/// Unix seconds that serialize as an RFC 3339 UTC string, written straight
+/// into the response body (no intermediate `String`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timestamp(pub u64);
+
+impl serde::Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&rfc3339_display(self.0))
+    }
 }
 
 #[cfg(test)]
@@ -71,6 +90,11 @@ mod tests {
     fn formats_rfc3339_in_utc() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_795_882_142), "2026-11-28T16:09:02Z");
+        assert_eq!(rfc3339(u64::MAX), "9999-12-31T23:59:59Z");
+        assert_eq!(
+            serde_json::to_string(&Timestamp(1_795_882_142)).unwrap(),
+            r#""2026-11-28T16:09:02Z""#
+        );
     }
 
     #[test]

@@ -1,12 +1,12 @@
 //! The token-management API (user JWT): the product page's four endpoints.
 
-use actix_web::http::header::{CacheControl, CacheDirective};
+use actix_web::http::header::{HeaderValue, CACHE_CONTROL};
 use actix_web::{web, HttpResponse};
 use serde::Serialize;
 
 use crate::app::AppState;
 use crate::auth::UserJwt;
-use crate::clock::rfc3339;
+use crate::clock::Timestamp;
 use crate::error::{ApiError, Operation};
 use crate::metrics::{TokenOperation, METRICS};
 use crate::store::{GetOrCreate, NewToken};
@@ -47,12 +47,12 @@ pub struct StatusResponse {
     // Always sent (null when absent), so required and nullable.
     #[schema(required = true, examples("sk_agt_1a2b3c4d..."))]
     pub token_prefix: Option<String>,
-    #[schema(required = true, format = DateTime)]
-    pub created_at: Option<String>,
-    #[schema(required = true, format = DateTime)]
-    pub last_used_at: Option<String>,
-    #[schema(required = true, format = DateTime)]
-    pub expires_at: Option<String>,
+    #[schema(required = true, value_type = Option<String>, format = DateTime)]
+    pub created_at: Option<Timestamp>,
+    #[schema(required = true, value_type = Option<String>, format = DateTime)]
+    pub last_used_at: Option<Timestamp>,
+    #[schema(required = true, value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Timestamp>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -98,8 +98,8 @@ enum ManagementRefusals {
 }
 
 /// Token answers must never be cached by a proxy or browser (RFC 6749 §5.1).
-fn no_store() -> CacheControl {
-    CacheControl(vec![CacheDirective::NoStore])
+pub(crate) fn no_store() -> (actix_web::http::header::HeaderName, HeaderValue) {
+    (CACHE_CONTROL, HeaderValue::from_static("no-store"))
 }
 
 fn fresh_token(state: &AppState, op: Operation) -> Result<(PlainToken, NewToken), ApiError> {
@@ -136,9 +136,9 @@ async fn status(
     let response = match record {
         Some(r) => StatusResponse {
             has_token: true,
-            created_at: Some(rfc3339(r.created_at)),
-            last_used_at: r.last_used_at.map(rfc3339),
-            expires_at: state.policy.expires_at(r.created_at).map(rfc3339),
+            created_at: Some(Timestamp(r.created_at)),
+            last_used_at: r.last_used_at.map(Timestamp),
+            expires_at: state.policy.expires_at(r.created_at).map(Timestamp),
             token_prefix: Some(r.prefix),
         },
         None => StatusResponse {

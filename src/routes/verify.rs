@@ -4,15 +4,13 @@
 //! lookup, then one index read; no cache, so a revoked or rotated-out token
 //! fails on the very next request.
 
-use actix_web::http::header::{
-    CacheControl, CacheDirective, HeaderName, HeaderValue, AUTHORIZATION,
-};
+use actix_web::http::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
 use crate::app::AppState;
 use crate::auth::agent_token_hash;
-use crate::clock::rfc3339;
+use crate::clock::Timestamp;
 use crate::error::{ApiError, Operation, VerifyRefusal};
 use crate::metrics::{TokenOperation, METRICS};
 use crate::policy::needs_touch;
@@ -37,11 +35,11 @@ pub struct ActiveResponse<'a> {
     pub active: bool,
     pub user_id: &'a str,
     pub token_prefix: &'a str,
-    #[schema(format = DateTime)]
-    pub created_at: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
     // Always sent (null when the token never expires), so required and nullable.
-    #[schema(required = true, format = DateTime)]
-    pub expires_at: Option<String>,
+    #[schema(required = true, value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Timestamp>,
 }
 
 /// Handles `GET` and `HEAD /api/agent-tokens/verify` (HEAD: same status and
@@ -95,12 +93,12 @@ async fn answer(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, Api
         .map_err(|e| ApiError::failed(Operation::Verify, e))?;
     Ok(HttpResponse::Ok()
         .insert_header((USER_ID_HEADER, user_header))
-        .insert_header(CacheControl(vec![CacheDirective::NoStore]))
+        .insert_header(super::tokens::no_store())
         .json(ActiveResponse {
             active: true,
             user_id: &entry.user_id,
             token_prefix: &entry.prefix,
-            created_at: rfc3339(entry.created_at),
-            expires_at: active.expires_at.map(rfc3339),
+            created_at: Timestamp(entry.created_at),
+            expires_at: active.expires_at.map(Timestamp),
         }))
 }
