@@ -385,13 +385,11 @@ mod tests {
             prefix: format!("sk_agt_{hash:02x}000000..."),
             now,
             grace_secs: 0,
-            fresh_index: encode_index(&IndexEntry {
-                user_id: user.into(),
-                prefix: format!("sk_agt_{hash:02x}000000..."),
-                created_at: now,
-                last_used_at: None,
-                grace_until: None,
-            })
+            fresh_index: encode_index(&IndexEntry::fresh(
+                user,
+                &format!("sk_agt_{hash:02x}000000..."),
+                now,
+            ))
             .unwrap(),
         }
     }

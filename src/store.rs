@@ -146,6 +146,19 @@ pub struct IndexEntry {
     pub grace_until: Option<u64>,
 }
 
+impl IndexEntry {
+    /// The entry of a token just issued to `user_id`: never used, not in grace.
+    pub fn fresh(user_id: &str, prefix: &str, created_at: u64) -> Self {
+        Self {
+            user_id: user_id.to_owned(),
+            prefix: prefix.to_owned(),
+            created_at,
+            last_used_at: None,
+            grace_until: None,
+        }
+    }
+}
+
 /// Schema 1 layouts, kept only to migrate them.
 mod v1 {
     use serde::{Deserialize, Serialize};
@@ -379,13 +392,7 @@ impl Store {
         now: u64,
         grace_secs: u64,
     ) -> Result<(UserRecord, bool), StoreError> {
-        let fresh_index = encode_index(&IndexEntry {
-            user_id: user.as_str().to_owned(),
-            prefix: new.prefix.clone(),
-            created_at: now,
-            last_used_at: None,
-            grace_until: None,
-        })?;
+        let fresh_index = encode_index(&IndexEntry::fresh(user.as_str(), &new.prefix, now))?;
         self.run(Rotate {
             user: user.as_str().to_owned(),
             hash: *new.hash.as_bytes(),
@@ -415,13 +422,7 @@ impl Store {
             previous: None,
         };
         let record_bytes = encode_user(&record)?;
-        let index_bytes = encode_index(&IndexEntry {
-            user_id: user.as_str().to_owned(),
-            prefix: candidate.prefix.clone(),
-            created_at: now,
-            last_used_at: None,
-            grace_until: None,
-        })?;
+        let index_bytes = encode_index(&IndexEntry::fresh(user.as_str(), &candidate.prefix, now))?;
         self.run(Create {
             user: user.as_str().to_owned(),
             record,

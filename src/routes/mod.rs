@@ -5,6 +5,7 @@ pub mod health;
 pub mod tokens;
 pub mod verify;
 
+use actix_web::http::header::{HeaderName, HeaderValue, CACHE_CONTROL};
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::error::ApiError;
@@ -15,6 +16,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     tokens::configure(cfg);
     verify::configure(cfg);
     docs::configure(cfg);
+}
+
+/// Token answers and errors must never be cached by a proxy or browser
+/// (RFC 6749 §5.1).
+pub fn no_store() -> (HeaderName, HeaderValue) {
+    (CACHE_CONTROL, HeaderValue::from_static("no-store"))
 }
 
 /// The JSON 405 for a known path with an unsupported method.

@@ -1,7 +1,8 @@
 //! The token-management API (user JWT): the product page's four endpoints.
 
-use actix_web::http::header::{HeaderValue, CACHE_CONTROL};
 use actix_web::{web, HttpResponse};
+
+use super::no_store;
 use serde::Serialize;
 
 use crate::app::AppState;
@@ -95,11 +96,6 @@ enum ManagementRefusals {
     /// Request headers over `limits.max_header_bytes`: `headers_too_large`.
     #[response(status = 431)]
     HeadersTooLarge(crate::error::ErrorBody<'static>),
-}
-
-/// Token answers must never be cached by a proxy or browser (RFC 6749 §5.1).
-pub(crate) fn no_store() -> (actix_web::http::header::HeaderName, HeaderValue) {
-    (CACHE_CONTROL, HeaderValue::from_static("no-store"))
 }
 
 fn fresh_token(state: &AppState, op: Operation) -> Result<(PlainToken, NewToken), ApiError> {

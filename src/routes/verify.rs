@@ -108,7 +108,7 @@ async fn answer(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, Api
     .map_err(|e| ApiError::failed(Operation::Verify, e))?;
     Ok(HttpResponse::Ok()
         .insert_header((USER_ID_HEADER, user_header))
-        .insert_header(super::tokens::no_store())
+        .insert_header(super::no_store())
         .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
         .body(body))
 }
