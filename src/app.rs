@@ -11,6 +11,7 @@ use actix_web::{web, App, HttpServer};
 use ring::rand::SystemRandom;
 use sd_notify::NotifyState;
 
+use crate::answers::Answers;
 use crate::clock::Clock;
 use crate::config::{ConfigError, Settings};
 use crate::jwt::JwtVerifier;
@@ -19,11 +20,13 @@ use crate::live::LiveStore;
 use crate::metrics::METRICS;
 use crate::policy::TokenPolicy;
 use crate::routes;
-use crate::store::StoreError;
+use crate::store::{ChangeListener, StoreError};
 
 /// What every request handler shares.
 pub struct AppState {
     pub store: LiveStore,
+    /// Remembered verify and status answers; the store's writes keep them exact.
+    pub answers: Arc<Answers>,
     pub jwt: JwtVerifier,
     pub rng: SystemRandom,
     pub clock: Clock,
@@ -70,9 +73,15 @@ impl Application {
             addr: addr.to_string(),
             source,
         })?;
-        let store = LiveStore::open(&settings.storage.path, settings.storage.cache_mb)?;
+        let answers = Arc::new(Answers::default());
+        let store = LiveStore::open(
+            &settings.storage.path,
+            settings.storage.cache_mb,
+            Arc::clone(&answers) as Arc<dyn ChangeListener>,
+        )?;
         let state = Arc::new(AppState {
             store,
+            answers,
             jwt,
             rng: SystemRandom::new(),
             clock,

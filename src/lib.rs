@@ -1,6 +1,7 @@
 //! agent-tokens: one agent API token per user, managed with the user's JWT,
 //! verified by gateways and APIs. One binary, sled storage, no database.
 
+pub mod answers;
 pub mod app;
 pub mod auth;
 pub mod backup;

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 
 use crate::durability::DurabilityError;
-use crate::store::{GetOrCreate, IndexEntry, NewToken, Store, StoreError, UserRecord};
+use crate::store::{
+    ChangeListener, GetOrCreate, IndexEntry, NewToken, Store, StoreError, UserRecord,
+};
 use crate::token::TokenHash;
 use crate::user::UserId;
 
@@ -36,6 +38,7 @@ struct Shared {
     failed: AtomicBool,
     path: PathBuf,
     cache_mb: u64,
+    listener: Arc<dyn ChangeListener>,
     wake: Condvar,
     shutdown: Mutex<bool>,
 }
@@ -66,14 +69,20 @@ fn needs_reopen(err: &StoreError) -> bool {
 }
 
 impl LiveStore {
-    /// Opens the store and starts the recovery thread.
-    pub fn open(path: &Path, cache_mb: u64) -> Result<Self, StoreError> {
-        let store = Store::open(path, cache_mb)?;
+    /// Opens the store and starts the recovery thread; `listener` hears
+    /// about every write (see [`ChangeListener`]), across reopens too.
+    pub fn open(
+        path: &Path,
+        cache_mb: u64,
+        listener: Arc<dyn ChangeListener>,
+    ) -> Result<Self, StoreError> {
+        let store = Store::open_with_listener(path, cache_mb, Arc::clone(&listener))?;
         let shared = Arc::new(Shared {
             current: ArcSwapOption::from_pointee(store),
             failed: AtomicBool::new(false),
             path: path.to_owned(),
             cache_mb,
+            listener,
             wake: Condvar::new(),
             shutdown: Mutex::new(false),
         });
@@ -257,7 +266,12 @@ fn recover(shared: &Shared) {
 }
 
 fn reopen(shared: &Shared) -> Result<(), StoreError> {
-    if let Some(old) = shared.current.swap(None) {
+    // After the swap no new read reaches the old database; reads still in
+    // flight on it took their ticket before this, so none of them can
+    // remember what they read.
+    let old = shared.current.swap(None);
+    shared.listener.reopening();
+    if let Some(old) = old {
         // In-flight operations hold their own reference; let them finish.
         let deadline = Instant::now() + DRAIN_WAIT;
         while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
@@ -271,7 +285,8 @@ fn reopen(shared: &Shared) -> Result<(), StoreError> {
             }
         }
     }
-    let store = Store::open(&shared.path, shared.cache_mb)?;
+    let store =
+        Store::open_with_listener(&shared.path, shared.cache_mb, Arc::clone(&shared.listener))?;
     // Prove writes work before declaring victory.
     store.probe_write_blocking()?;
     shared.current.store(Some(Arc::new(store)));

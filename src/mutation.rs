@@ -13,14 +13,16 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
-use sled::{Transactional, Tree};
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
+};
+use sled::{IVec, Transactional, Tree};
 use tokio::sync::oneshot;
 
 use crate::durability::{Applied, Committer, Completion, DurabilityError};
 use crate::store::{
-    decode_index, decode_user, encode_index, encode_user, grace_key, GetOrCreate, GraceToken,
-    IndexEntry, StoreError, UserRecord,
+    decode_index, decode_user, encode_index, encode_user, grace_key, ChangeListener, Changes,
+    GetOrCreate, GraceToken, IndexEntry, StoreError, UserRecord,
 };
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
@@ -30,11 +32,86 @@ pub(crate) fn tx_decode<T>(result: Result<T, StoreError>) -> TxResult<T> {
     result.map_err(ConflictableTransactionError::Abort)
 }
 
-/// The trees a batch's transaction spans.
+/// The trees a batch's transaction spans. Writes to users and the token
+/// index are recorded, so whoever remembers answers hears what changed.
 pub(crate) struct TxTrees<'a> {
-    pub users: &'a TransactionalTree,
-    pub index: &'a TransactionalTree,
+    pub users: Tracked<'a>,
+    pub index: Tracked<'a>,
     pub grace: &'a TransactionalTree,
+}
+
+/// A tree inside a transaction that records the keys written to it.
+pub(crate) struct Tracked<'a> {
+    tree: &'a TransactionalTree,
+    written: &'a RefCell<Vec<Vec<u8>>>,
+}
+
+type TxOutcome<T> = Result<T, UnabortableTransactionError>;
+
+impl<'a> Tracked<'a> {
+    pub fn new(tree: &'a TransactionalTree, written: &'a RefCell<Vec<Vec<u8>>>) -> Self {
+        Self { tree, written }
+    }
+
+    pub fn get<K: AsRef<[u8]>>(&self, key: K) -> TxOutcome<Option<IVec>> {
+        self.tree.get(key)
+    }
+
+    pub fn insert<K, V>(&self, key: K, value: V) -> TxOutcome<Option<IVec>>
+    where
+        K: AsRef<[u8]> + Into<IVec>,
+        V: Into<IVec>,
+    {
+        self.written.borrow_mut().push(key.as_ref().to_vec());
+        self.tree.insert(key, value)
+    }
+
+    pub fn remove<K>(&self, key: K) -> TxOutcome<Option<IVec>>
+    where
+        K: AsRef<[u8]> + Into<IVec>,
+    {
+        self.written.borrow_mut().push(key.as_ref().to_vec());
+        self.tree.remove(key)
+    }
+}
+
+/// The keys a transaction attempt wrote, as [`Changes`] once it commits.
+#[derive(Default)]
+pub(crate) struct Written {
+    pub users: RefCell<Vec<Vec<u8>>>,
+    pub index: RefCell<Vec<Vec<u8>>>,
+}
+
+impl Written {
+    /// Starts an attempt over (a transaction closure may run more than once).
+    pub fn restart(&self) {
+        self.users.borrow_mut().clear();
+        self.index.borrow_mut().clear();
+    }
+
+    pub fn trees<'a>(
+        &'a self,
+        users: &'a TransactionalTree,
+        index: &'a TransactionalTree,
+        grace: &'a TransactionalTree,
+    ) -> TxTrees<'a> {
+        TxTrees {
+            users: Tracked::new(users, &self.users),
+            index: Tracked::new(index, &self.index),
+            grace,
+        }
+    }
+
+    /// Tells `listener` what was written, if anything.
+    pub fn report(&self, listener: &dyn ChangeListener) {
+        let changes = Changes {
+            users: self.users.take(),
+            tokens: self.index.take(),
+        };
+        if !changes.users.is_empty() || !changes.tokens.is_empty() {
+            listener.committed(&changes);
+        }
+    }
 }
 
 /// One kind of mutation.
@@ -127,6 +204,8 @@ pub(crate) struct TreeCommitter {
     pub users: Tree,
     pub index: Tree,
     pub grace: Tree,
+    /// Hears every committed batch's changes before any answer goes out.
+    pub listener: Arc<dyn ChangeListener>,
 }
 
 impl Committer for TreeCommitter {
@@ -135,14 +214,12 @@ impl Committer for TreeCommitter {
     fn apply(&mut self, mut ops: Vec<Box<dyn Mutation>>) -> Applied {
         let mut completions = Vec::with_capacity(ops.len());
         let mut wrote = false;
+        let written = Written::default();
         while !ops.is_empty() {
             let result =
                 (&self.users, &self.index, &self.grace).transaction(|(users, index, grace)| {
-                    let trees = TxTrees {
-                        users,
-                        index,
-                        grace,
-                    };
+                    written.restart();
+                    let trees = written.trees(users, index, grace);
                     for (n, op) in ops.iter().enumerate() {
                         op.apply(&trees).map_err(|e| match e {
                             ConflictableTransactionError::Abort(err) => {
@@ -160,6 +237,9 @@ impl Committer for TreeCommitter {
                 });
             match result {
                 Ok(()) => {
+                    // Before any answer: a client told "done" must never be
+                    // served an answer remembered from before its change.
+                    written.report(&*self.listener);
                     for op in ops.drain(..) {
                         wrote |= op.wrote();
                         completions.extend(op.answer());
@@ -169,6 +249,8 @@ impl Committer for TreeCommitter {
                 // operation that refused gets its error, the rest run again.
                 Err(TransactionError::Abort((n, err))) => ops.remove(n).fail(err),
                 Err(TransactionError::Storage(err)) => {
+                    // Whatever part of it readers may see is forgotten too.
+                    written.report(&*self.listener);
                     for op in ops.drain(..) {
                         op.fail(StoreError::Sled(err.clone()));
                     }
@@ -374,6 +456,7 @@ mod tests {
             users: db.open_tree(USER_TREE).unwrap(),
             index: db.open_tree(INDEX_TREE).unwrap(),
             grace: db.open_tree(GRACE_TREE).unwrap(),
+            listener: Arc::new(crate::store::NoListener),
         };
         (dir, committer)
     }

@@ -21,6 +21,7 @@
 //! reach this module: it sees only [`TokenHash`]es and display prefixes.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sled::transaction::TransactionError;
@@ -29,7 +30,7 @@ use sled::{Db, Transactional, Tree};
 use crate::durability::{DurabilityError, FlushStats, Flusher};
 use crate::mutation::{
     tx_decode, Apply, Create, Mutation, PendingTouches, Queued, Revoke, Rotate, Touch,
-    TreeCommitter,
+    TreeCommitter, Written,
 };
 use crate::token::TokenHash;
 use crate::user::UserId;
@@ -178,6 +179,32 @@ mod v1 {
     }
 }
 
+/// What one committed write changed: the keys of the user records and of
+/// the token index entries (token hashes) it wrote or removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    pub users: Vec<Vec<u8>>,
+    pub tokens: Vec<Vec<u8>>,
+}
+
+/// Hears about every write to user records and the token index, from the
+/// thread that made it, once readers can see it and before any operation
+/// in it is answered. This is what keeps remembered answers exact.
+pub trait ChangeListener: Send + Sync {
+    fn committed(&self, changes: &Changes);
+    /// The store is being reopened: what it holds afterwards is what was
+    /// durable, which may differ from anything heard before.
+    fn reopening(&self);
+}
+
+/// For stores nobody remembers answers from (tools, tests).
+pub struct NoListener;
+
+impl ChangeListener for NoListener {
+    fn committed(&self, _: &Changes) {}
+    fn reopening(&self) {}
+}
+
 /// The outcome of [`Store::get_or_create`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GetOrCreate {
@@ -199,6 +226,7 @@ pub struct Store {
     pub(crate) meta: Tree,
     pub(crate) flusher: Flusher<Box<dyn Mutation>>,
     pending_touches: PendingTouches,
+    listener: Arc<dyn ChangeListener>,
     path: PathBuf,
     // Dropped last: the flusher holds its own handle and is joined first.
     _db: Db,
@@ -289,6 +317,15 @@ fn from_tx(err: TransactionError<StoreError>) -> StoreError {
 impl Store {
     /// Opens (or creates) the store, migrates older schemas, and starts the flusher.
     pub fn open(path: &Path, cache_mb: u64) -> Result<Self, StoreError> {
+        Self::open_with_listener(path, cache_mb, Arc::new(NoListener))
+    }
+
+    /// [`Store::open`], telling `listener` about every write from then on.
+    pub fn open_with_listener(
+        path: &Path,
+        cache_mb: u64,
+        listener: Arc<dyn ChangeListener>,
+    ) -> Result<Self, StoreError> {
         let config = sled::Config::new()
             .path(path)
             .cache_capacity(cache_mb.saturating_mul(1024 * 1024))
@@ -335,10 +372,12 @@ impl Store {
             users: users.clone(),
             index: index.clone(),
             grace: grace.clone(),
+            listener: Arc::clone(&listener),
         };
         let flusher = Flusher::start(db.clone(), path, committer)?;
         Ok(Self {
             pending_touches: PendingTouches::default(),
+            listener,
             users,
             index,
             grace,
@@ -484,30 +523,36 @@ impl Store {
                     what: "grace expiry key",
                 });
             };
-            (&self.users, &self.index, &self.grace)
-                .transaction(|(users, index, grace)| {
-                    let Some(user) = grace.remove(&key)? else {
+            let written = Written::default();
+            let result =
+                (&self.users, &self.index, &self.grace).transaction(|(users, index, grace)| {
+                    written.restart();
+                    let t = written.trees(users, index, grace);
+                    let Some(user) = t.grace.remove(&key)? else {
                         return Ok(());
                     };
-                    if let Some(bytes) = index.get(&hash[..])? {
+                    if let Some(bytes) = t.index.get(&hash[..])? {
                         // Only a grace entry: a current token is never removed here.
                         if tx_decode(decode_index(&bytes))?.grace_until.is_some() {
-                            index.remove(&hash[..])?;
+                            t.index.remove(&hash[..])?;
                         }
                     }
-                    if let Some(bytes) = users.get(&user)? {
+                    if let Some(bytes) = t.users.get(&user)? {
                         let record = tx_decode(decode_user(&bytes))?;
                         if record.previous.as_ref().is_some_and(|p| p.hash == hash) {
                             let record = UserRecord {
                                 previous: None,
                                 ..record
                             };
-                            users.insert(&user, tx_decode(encode_user(&record))?)?;
+                            t.users.insert(&user, tx_decode(encode_user(&record))?)?;
                         }
                     }
                     Ok(())
-                })
-                .map_err(from_tx)?;
+                });
+            if !matches!(result, Err(TransactionError::Abort(_))) {
+                written.report(&*self.listener);
+            }
+            result.map_err(from_tx)?;
             removed += 1;
         }
         if removed > 0 {

@@ -1,5 +1,7 @@
 //! The token-management API (user JWT): the product page's four endpoints.
 
+use actix_web::http::header::ContentType;
+use actix_web::web::Bytes;
 use actix_web::{web, HttpResponse};
 
 use super::no_store;
@@ -125,27 +127,46 @@ async fn status(
     UserJwt(user): UserJwt,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let record = state
-        .store
-        .get(&user)
-        .map_err(|e| ApiError::failed(Operation::FetchStatus, e))?;
-    let response = match record {
-        Some(r) => StatusResponse {
-            has_token: true,
-            created_at: Some(Timestamp(r.created_at)),
-            last_used_at: r.last_used_at.map(Timestamp),
-            expires_at: state.policy.expires_at(r.created_at).map(Timestamp),
-            token_prefix: Some(r.prefix),
-        },
-        None => StatusResponse {
-            has_token: false,
-            token_prefix: None,
-            created_at: None,
-            last_used_at: None,
-            expires_at: None,
-        },
+    let key = user.as_str().as_bytes();
+    let body = match state.answers.status.get(key) {
+        Some(body) => body,
+        None => {
+            let ticket = state.answers.status.ticket();
+            let record = state
+                .store
+                .get(&user)
+                .map_err(|e| ApiError::failed(Operation::FetchStatus, e))?;
+            let response = match record {
+                Some(r) => StatusResponse {
+                    has_token: true,
+                    created_at: Some(Timestamp(r.created_at)),
+                    last_used_at: r.last_used_at.map(Timestamp),
+                    expires_at: state.policy.expires_at(r.created_at).map(Timestamp),
+                    token_prefix: Some(r.prefix),
+                },
+                None => StatusResponse {
+                    has_token: false,
+                    token_prefix: None,
+                    created_at: None,
+                    last_used_at: None,
+                    expires_at: None,
+                },
+            };
+            let body = Bytes::from(
+                serde_json::to_vec(&response)
+                    .map_err(|e| ApiError::failed(Operation::FetchStatus, e))?,
+            );
+            state
+                .answers
+                .status
+                .remember(ticket, key.into(), body.clone());
+            body
+        }
     };
-    Ok(HttpResponse::Ok().insert_header(no_store()).json(response))
+    Ok(HttpResponse::Ok()
+        .insert_header(no_store())
+        .content_type(ContentType::json())
+        .body(body))
 }
 
 /// Handles `POST /api/agent-tokens/me`: generate or rotate.

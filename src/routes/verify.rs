@@ -1,19 +1,25 @@
 //! The verify route for gateways (nginx `auth_request`, Traefik `forwardAuth`,
 //! Caddy `forward_auth`) and APIs. Answers 200 for a live agent token and 401
 //! for anything else, never another 4xx. Checks the checksum before any
-//! lookup, then one index read; no cache, so a revoked or rotated-out token
+//! lookup, then answers from the remembered answers or one index read. The
+//! remembered answers are forgotten by every write before it is
+//! acknowledged (see [`crate::answers`]), so a revoked or rotated-out token
 //! fails on the very next request.
 
 use actix_web::http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
+use std::sync::Arc;
 
+use crate::answers::VerifyAnswer;
 use crate::app::AppState;
 use crate::auth::agent_token_hash;
 use crate::clock::Timestamp;
 use crate::error::{ApiError, Operation, VerifyRefusal};
 use crate::metrics::{TokenOperation, METRICS};
 use crate::policy::needs_touch;
+use crate::store::IndexEntry;
 
 pub const VERIFY_PATH: &str = "/api/agent-tokens/verify";
 
@@ -69,28 +75,57 @@ async fn verify(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResp
     answer
 }
 
-/// The verify decision: one read (and a once-a-minute last-used stamp).
+/// The verify decision: a remembered answer or one read (and a
+/// once-a-minute last-used stamp).
 async fn answer(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
     let hash =
         agent_token_hash(req.headers().get(AUTHORIZATION)).map_err(ApiError::InvalidAgentToken)?;
-    let entry = state
-        .store
-        .lookup(&hash)
-        .map_err(|e| ApiError::failed(Operation::Verify, e))?
-        .ok_or(ApiError::InvalidAgentToken(VerifyRefusal::Unknown))?;
     let now = state.clock.now();
+    let known = match state.answers.verify.get(hash.as_bytes()) {
+        Some(known) => known,
+        None => {
+            let ticket = state.answers.verify.ticket();
+            let entry = state
+                .store
+                .lookup(&hash)
+                .map_err(|e| ApiError::failed(Operation::Verify, e))?
+                .ok_or(ApiError::InvalidAgentToken(VerifyRefusal::Unknown))?;
+            let known = Arc::new(render(entry, state, now)?);
+            state
+                .answers
+                .verify
+                .remember(ticket, *hash.as_bytes(), Arc::clone(&known));
+            known
+        }
+    };
+    // Expiry and grace end are decided again on every answer.
+    state
+        .policy
+        .assess(&known.entry, now)
+        .map_err(|inactive| ApiError::InvalidAgentToken(inactive.into()))?;
+    if needs_touch(known.entry.last_used_at, now) {
+        // Boxed: the stamp's future is needed once a minute per token and
+        // would otherwise enlarge every verify's future.
+        // A failed stamp must not fail a valid token: log it and answer.
+        // (The stamp's write makes the next verify read the entry afresh.)
+        if let Err(e) = Box::pin(state.store.touch(&hash, now)).await {
+            log::warn!("cannot record the last use of {}: {e}", known.entry.prefix);
+        }
+    }
+    Ok(HttpResponse::Ok()
+        .insert_header((USER_ID_HEADER, known.user_header.clone()))
+        .insert_header(super::no_store())
+        .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
+        .body(known.body.clone()))
+}
+
+/// A live token's answer, built once from its index entry. The body only
+/// depends on the entry and the (fixed) policy, never on the time.
+fn render(entry: IndexEntry, state: &AppState, now: u64) -> Result<VerifyAnswer, ApiError> {
     let active = state
         .policy
         .assess(&entry, now)
         .map_err(|inactive| ApiError::InvalidAgentToken(inactive.into()))?;
-    if needs_touch(entry.last_used_at, now) {
-        // Boxed: the stamp's future is needed once a minute per token and
-        // would otherwise enlarge every verify's future.
-        // A failed stamp must not fail a valid token: log it and answer.
-        if let Err(e) = Box::pin(state.store.touch(&hash, now)).await {
-            log::warn!("cannot record the last use of {}: {e}", entry.prefix);
-        }
-    }
     let user_header = HeaderValue::from_bytes(entry.user_id.as_bytes())
         .map_err(|e| ApiError::failed(Operation::Verify, e))?;
     // Sized for the whole answer up front: no regrowth while serializing.
@@ -106,11 +141,11 @@ async fn answer(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, Api
         },
     )
     .map_err(|e| ApiError::failed(Operation::Verify, e))?;
-    Ok(HttpResponse::Ok()
-        .insert_header((USER_ID_HEADER, user_header))
-        .insert_header(super::no_store())
-        .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
-        .body(body))
+    Ok(VerifyAnswer {
+        entry,
+        user_header,
+        body: Bytes::from(body),
+    })
 }
 
 /// An active answer's size without its user id (and its JSON escapes).

@@ -97,3 +97,64 @@ async fn mixed_concurrent_operations_across_users_keep_the_trees_in_agreement() 
         assert_eq!(&entry.1.user_id, user);
     }
 }
+
+/// GET /me answered while the same user rotates: an answer never shows a
+/// token whose successor was acknowledged before the request was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn get_me_during_rotations_never_shows_a_token_replaced_before_it_was_asked() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    let app = Arc::new(spawn_app().await);
+    let jwt = user_jwt("watcher");
+    // (prefix, when its rotation was answered), in order.
+    let issued = Arc::new(Mutex::new(Vec::<(String, Instant)>::new()));
+    let done = Arc::new(AtomicBool::new(false));
+    let rotator = {
+        let (app, issued, done, jwt) = (app.clone(), issued.clone(), done.clone(), jwt.clone());
+        tokio::spawn(async move {
+            for _ in 0..40 {
+                let body: Value = app.rotate(&jwt).await.json().await.unwrap();
+                let prefix = body["token_prefix"].as_str().unwrap().to_owned();
+                issued.lock().unwrap().push((prefix, Instant::now()));
+            }
+            done.store(true, Ordering::SeqCst);
+        })
+    };
+    let mut readers = Vec::new();
+    for _ in 0..6 {
+        let (app, done, jwt) = (app.clone(), done.clone(), jwt.clone());
+        readers.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !done.load(Ordering::SeqCst) {
+                let sent = Instant::now();
+                let body: Value = app.get_me(&jwt).await.json().await.unwrap();
+                seen.push((sent, body["token_prefix"].as_str().map(str::to_owned)));
+            }
+            seen
+        }));
+    }
+    rotator.await.unwrap();
+    let issued = issued.lock().unwrap().clone();
+    let mut checked = 0;
+    for reader in readers {
+        for (sent, prefix) in reader.await.unwrap() {
+            checked += 1;
+            // The newest token acknowledged before this request was sent.
+            let Some(floor) = issued.iter().rposition(|(_, at)| *at < sent) else {
+                continue;
+            };
+            let prefix = prefix.expect("a token exists once one was acknowledged");
+            let shown = issued
+                .iter()
+                .position(|(p, _)| *p == prefix)
+                .expect("GET /me shows an issued token");
+            assert!(
+                shown >= floor,
+                "GET /me showed token {shown} although token {floor} replaced it before the request"
+            );
+        }
+    }
+    assert!(checked > 50, "only {checked} reads ran");
+}

@@ -285,3 +285,23 @@ async fn a_body_sent_to_post_routes_is_ignored() {
     assert_eq!(body["is_new"], true);
     assert_token_shape(body["token"].as_str().unwrap());
 }
+
+#[tokio::test]
+async fn every_change_shows_on_the_very_next_get_me() {
+    let app = spawn_app().await;
+    let jwt = user_jwt("oscar");
+    // Each answer below is remembered; each change must replace it.
+    assert_no_token(&json(app.get_me(&jwt).await).await);
+    let first = json(app.get_or_create(&jwt).await).await;
+    let status = json(app.get_me(&jwt).await).await;
+    assert_eq!(status["has_token"], true);
+    assert_eq!(status["token_prefix"], first["token_prefix"]);
+    let second = json(app.rotate(&jwt).await).await;
+    let status = json(app.get_me(&jwt).await).await;
+    assert_eq!(status["token_prefix"], second["token_prefix"]);
+    assert_ne!(first["token_prefix"], second["token_prefix"]);
+    assert_eq!(app.revoke(&jwt).await.status().as_u16(), 204);
+    assert_no_token(&json(app.get_me(&jwt).await).await);
+    // Another user's remembered answer is untouched by all of it.
+    assert_no_token(&json(app.get_me(&user_jwt("olga")).await).await);
+}

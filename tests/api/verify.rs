@@ -154,6 +154,8 @@ async fn without_grace_a_rotated_out_token_dies_at_once() {
     let app = spawn_app().await;
     let jwt = user_jwt("erin");
     let old = app.new_token(&jwt).await;
+    // Answered (and remembered) before the rotation.
+    assert_eq!(app.verify_status(&old).await, 200);
     let new = app.new_token(&jwt).await;
     assert_refused(app.verify(&old).await, &old).await;
     assert_eq!(app.verify_status(&new).await, 200);
@@ -164,6 +166,8 @@ async fn with_grace_the_previous_token_verifies_until_the_window_ends() {
     let app = spawn_app_with(with_tokens("rotation_grace_secs = 60")).await;
     let jwt = user_jwt("frank");
     let old = app.new_token(&jwt).await;
+    let before: Value = app.verify(&old).await.json().await.unwrap();
+    assert_eq!(before["expires_at"], Value::Null);
     let new = app.new_token(&jwt).await;
     let resp = app.verify(&old).await;
     assert_eq!(resp.status().as_u16(), 200);
