@@ -22,7 +22,7 @@
 #   --connections C    wrk connections (default 64)
 #   --sample K         tokens/JWTs the load rotates over (default 10000)
 #   --rotate-users R   users the rotation run cycles through (default 512, at least 256)
-#   --cache-mb M       storage.cache_mb for the server (default 32, the product default)
+#   --cache-mb M       storage.cache_mb for the server (default 8, the product default)
 #   --nginx-workers W  nginx worker_processes (default auto, as Debian ships it: with
 #                      1, nginx itself is the bottleneck and hides our cost)
 #   --dir DIR          parent of the work directory (default /var/tmp); the data
@@ -58,7 +58,7 @@ THREADS=1
 CONNECTIONS=64
 SAMPLE=10000
 ROTATE_USERS=512
-CACHE_MB=32
+CACHE_MB=8
 NGINX_WORKERS=auto
 PARENT=/var/tmp
 COLD=0

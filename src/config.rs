@@ -125,7 +125,7 @@ impl Default for StorageSettings {
     fn default() -> Self {
         Self {
             path: PathBuf::from("/var/lib/agent-tokens/db"),
-            cache_mb: 32,
+            cache_mb: 8,
         }
     }
 }
@@ -396,7 +396,7 @@ mod tests {
         assert_eq!(s.server.bind, "127.0.0.1:8080");
         assert!(s.server.access_log);
         assert_eq!(s.storage.path, PathBuf::from("/var/lib/agent-tokens/db"));
-        assert_eq!(s.storage.cache_mb, 32);
+        assert_eq!(s.storage.cache_mb, 8);
         assert_eq!(s.jwt.algorithms, vec!["HS256"]);
         assert_eq!(s.jwt.leeway_secs, 30);
         assert_eq!(s.jwt.user_claim, "sub");
@@ -415,14 +415,14 @@ mod tests {
                 ("AGENT_TOKENS__SERVER__BIND", "127.0.0.1:9100"),
                 ("AGENT_TOKENS__SERVER__ACCESS_LOG", "false"),
                 ("AGENT_TOKENS__JWT__ALGORITHMS", "RS256, ES256"),
-                ("AGENT_TOKENS__STORAGE__CACHE_MB", "8"),
+                ("AGENT_TOKENS__STORAGE__CACHE_MB", "24"),
             ]),
         })
         .unwrap();
         assert_eq!(s.server.bind, "127.0.0.1:9100");
         assert!(!s.server.access_log);
         assert_eq!(s.jwt.algorithms, vec!["RS256", "ES256"]);
-        assert_eq!(s.storage.cache_mb, 8);
+        assert_eq!(s.storage.cache_mb, 24);
     }
 
     #[test]
