@@ -497,5 +497,123 @@ async fn a_store_written_by_schema_1_is_migrated_and_its_tokens_still_verify() {
         .get("schema_version")
         .unwrap()
         .unwrap();
-    assert_eq!(&version[..], &2u32.to_be_bytes());
+    assert_eq!(&version[..], &3u32.to_be_bytes());
+}
+
+/// A token the way any release issues it, with its display prefix.
+fn legacy_token(seed: u8) -> (String, String) {
+    let random = [seed; 28];
+    let sum = sha256_bytes(&random);
+    let token = format!("sk_agt_{}{}", hex::encode(random), hex::encode(&sum[..4]));
+    let prefix = format!("{}...", &token[..15]);
+    (token, prefix)
+}
+
+#[tokio::test]
+async fn a_store_written_by_schema_2_is_migrated_with_its_grace_token_and_last_use() {
+    #[derive(serde::Serialize)]
+    struct GraceV2 {
+        hash: [u8; 32],
+        prefix: String,
+        until: u64,
+    }
+    #[derive(serde::Serialize)]
+    struct UserV2 {
+        hash: [u8; 32],
+        prefix: String,
+        created_at: u64,
+        last_used_at: Option<u64>,
+        previous: Option<GraceV2>,
+    }
+    #[derive(serde::Serialize)]
+    struct IndexV2 {
+        user_id: String,
+        prefix: String,
+        created_at: u64,
+        last_used_at: Option<u64>,
+        grace_until: Option<u64>,
+    }
+    fn v2_bytes<T: serde::Serialize>(value: &T) -> Vec<u8> {
+        let mut out = vec![2u8];
+        out.extend(bincode::serde::encode_to_vec(value, bincode::config::standard()).unwrap());
+        out
+    }
+    let (current, current_prefix) = legacy_token(7);
+    let (previous, previous_prefix) = legacy_token(8);
+    let clock = agent_tokens::clock::Clock::manual();
+    let now = clock.now();
+    // Used within the last minute: the verifies below do not stamp it again.
+    let (created_at, used_at, until) = (now - 600, now - 30, now + 3600);
+    let user_bytes = v2_bytes(&UserV2 {
+        hash: sha256(&current),
+        prefix: current_prefix.clone(),
+        created_at,
+        last_used_at: Some(used_at),
+        previous: Some(GraceV2 {
+            hash: sha256(&previous),
+            prefix: previous_prefix.clone(),
+            until,
+        }),
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = raw_db(&dir.path().join("db"));
+        db.open_tree("meta")
+            .unwrap()
+            .insert("schema_version", &2u32.to_be_bytes())
+            .unwrap();
+        db.open_tree("user_token")
+            .unwrap()
+            .insert("v2-user", user_bytes.clone())
+            .unwrap();
+        let index = db.open_tree("tokenhash_user").unwrap();
+        for (token, prefix, grace_until) in [
+            (&current, &current_prefix, None),
+            (&previous, &previous_prefix, Some(until)),
+        ] {
+            let entry = IndexV2 {
+                user_id: "v2-user".into(),
+                prefix: prefix.clone(),
+                created_at,
+                last_used_at: Some(used_at),
+                grace_until,
+            };
+            index.insert(sha256(token), v2_bytes(&entry)).unwrap();
+        }
+        let mut grace_key = until.to_be_bytes().to_vec();
+        grace_key.extend_from_slice(&sha256(&previous));
+        db.open_tree("grace_expiry")
+            .unwrap()
+            .insert(grace_key, "v2-user")
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let app = TestApp::start_in(TestConfig::hs256(), dir, clock).await;
+    let body: Value = app.verify(&current).await.json().await.unwrap();
+    assert_eq!(body["user_id"], "v2-user");
+    assert_eq!(body["token_prefix"], current_prefix);
+    let body: Value = app.verify(&previous).await.json().await.unwrap();
+    assert_eq!(body["token_prefix"], previous_prefix);
+    assert_eq!(body["expires_at"], agent_tokens::clock::rfc3339(until));
+    let me: Value = app.get_me(&user_jwt("v2-user")).await.json().await.unwrap();
+    assert_eq!(me["token_prefix"], current_prefix);
+    assert_eq!(me["created_at"], agent_tokens::clock::rfc3339(created_at));
+    assert_eq!(me["last_used_at"], agent_tokens::clock::rfc3339(used_at));
+
+    let (stored, dir) = app.stop_and_inspect().await;
+    let (_, record) = &stored.users[0];
+    assert_eq!(record.prefix, current_prefix);
+    assert_eq!(record.previous.as_ref().unwrap().prefix, previous_prefix);
+    let db = raw_db(&dir.path().join("db"));
+    let version = db.open_tree("meta").unwrap().get("schema_version").unwrap();
+    assert_eq!(&version.unwrap()[..], &3u32.to_be_bytes());
+    let migrated = db.open_tree("user_token").unwrap().get("v2-user").unwrap();
+    let migrated = migrated.unwrap();
+    assert!(
+        migrated.len() + 2 * 14 <= user_bytes.len(),
+        "both prefixes are stored in 5 bytes each, not 19: {} then {} bytes",
+        user_bytes.len(),
+        migrated.len()
+    );
 }
