@@ -15,11 +15,11 @@
 //! remembers only if no change was reported since; reporting a change bumps
 //! the generation and forgets the keys under the same lock as that check.
 
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use actix_web::http::header::HeaderValue;
+use actix_web::http::header::{HeaderValue, InvalidHeaderValue};
 use actix_web::web::Bytes;
 use quick_cache::sync::Cache;
 use quick_cache::Equivalent;
@@ -104,20 +104,139 @@ where
     }
 }
 
-/// A live token's verify answer, as built from its index entry.
-pub struct VerifyAnswer {
-    /// For the time checks made on every hit, and the last-used stamp.
-    pub entry: IndexEntry,
-    pub user_header: HeaderValue,
-    pub body: Bytes,
+/// A live token's verify answer, as built from its index entry: the times
+/// the checks on every hit need, then the user id, display prefix and
+/// response body, all in one allocation. Compact on purpose: with ten
+/// thousand hot tokens a hit's cost is mostly the cache lines it misses
+/// (measured: the first touch of each separate allocation was the largest
+/// cost of a hit), and answers are copied out rather than shared (a
+/// shared reference count is a cache line both workers write).
+#[derive(Clone)]
+pub struct VerifyAnswer(Arc<[u8]>);
+
+/// Layout: created_at, grace_until, last_used_at (u64 LE, `NONE` for
+/// none), user id length, prefix length (u32 LE), then the three texts.
+const TIMES: usize = 24;
+const HEADER: usize = TIMES + 8;
+const NONE: u64 = u64::MAX;
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(b)
 }
+
+fn u32_at(bytes: &[u8], at: usize) -> usize {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(b) as usize
+}
+
+impl VerifyAnswer {
+    /// `None` when the texts are too long to describe (never, in practice:
+    /// user ids are bounded far below 4 GiB).
+    pub fn new(entry: &IndexEntry, body: &[u8]) -> Option<Self> {
+        let user = entry.user_id.as_bytes();
+        let prefix = entry.prefix.as_bytes();
+        let user_len = u32::try_from(user.len()).ok()?;
+        let prefix_len = u32::try_from(prefix.len()).ok()?;
+        let mut bytes = Vec::with_capacity(HEADER + user.len() + prefix.len() + body.len());
+        for time in [
+            Some(entry.created_at),
+            entry.grace_until,
+            entry.last_used_at,
+        ] {
+            bytes.extend_from_slice(&time.unwrap_or(NONE).to_le_bytes());
+        }
+        bytes.extend_from_slice(&user_len.to_le_bytes());
+        bytes.extend_from_slice(&prefix_len.to_le_bytes());
+        bytes.extend_from_slice(user);
+        bytes.extend_from_slice(prefix);
+        bytes.extend_from_slice(body);
+        Some(Self(bytes.into()))
+    }
+
+    fn time(&self, n: usize) -> Option<u64> {
+        Some(u64_at(&self.0, n * 8)).filter(|&t| t != NONE)
+    }
+
+    pub fn created_at(&self) -> u64 {
+        self.time(0).unwrap_or(0)
+    }
+
+    pub fn grace_until(&self) -> Option<u64> {
+        self.time(1)
+    }
+
+    pub fn last_used_at(&self) -> Option<u64> {
+        self.time(2)
+    }
+
+    fn user_end(&self) -> usize {
+        HEADER + u32_at(&self.0, TIMES)
+    }
+
+    fn prefix_end(&self) -> usize {
+        self.user_end() + u32_at(&self.0, TIMES + 4)
+    }
+
+    pub fn user_id(&self) -> &[u8] {
+        &self.0[HEADER..self.user_end()]
+    }
+
+    pub fn prefix(&self) -> &str {
+        std::str::from_utf8(&self.0[self.user_end()..self.prefix_end()]).unwrap_or("")
+    }
+
+    pub fn body(&self) -> &[u8] {
+        &self.0[self.prefix_end()..]
+    }
+
+    /// A copy of the user id as the `X-Agent-User-Id` value.
+    pub fn user_header(&self) -> Result<HeaderValue, InvalidHeaderValue> {
+        HeaderValue::from_bytes(self.user_id())
+    }
+}
+
+/// A `GET /me` answer: the user id it belongs to and the body, in one
+/// allocation (the user id is checked on every hit, see [`StatusKey`]).
+#[derive(Clone)]
+pub struct StatusAnswer(Arc<[u8]>);
+
+impl StatusAnswer {
+    /// Layout: the user id's length (u32 LE), the user id, the body.
+    fn new(user: &[u8], body: &[u8]) -> Option<Self> {
+        let len = u32::try_from(user.len()).ok()?;
+        let mut bytes = Vec::with_capacity(4 + user.len() + body.len());
+        bytes.extend_from_slice(&len.to_le_bytes());
+        bytes.extend_from_slice(user);
+        bytes.extend_from_slice(body);
+        Some(Self(bytes.into()))
+    }
+
+    fn is_for(&self, user: &[u8]) -> bool {
+        u32_at(&self.0, 0) == user.len() && self.0[4..].starts_with(user)
+    }
+
+    fn body(&self) -> &[u8] {
+        &self.0[4 + u32_at(&self.0, 0)..]
+    }
+}
+
+/// The status cache's key: a per-process keyed hash of the user id, so the
+/// key sits inline in the cache's table (a boxed user id would be one more
+/// cache miss per hit). Two users whose hashes collide share a slot: a hit
+/// is used only when the stored user id matches, so a collision costs a
+/// re-read, never a wrong answer.
+pub type StatusKey = u64;
 
 /// The caches of the two hot reads, kept exact by the store's writes.
 pub struct Answers {
     /// Token hash → its verify answer.
-    pub verify: AnswerCache<[u8; 32], Arc<VerifyAnswer>>,
-    /// User id → the `GET /me` body.
-    pub status: AnswerCache<Box<[u8]>, Bytes>,
+    pub verify: AnswerCache<[u8; 32], VerifyAnswer>,
+    /// Hash of a user id → its `GET /me` answer.
+    status: AnswerCache<StatusKey, StatusAnswer>,
+    status_keys: RandomState,
 }
 
 impl Answers {
@@ -125,6 +244,30 @@ impl Answers {
         Self {
             verify: AnswerCache::new(capacity),
             status: AnswerCache::new(capacity),
+            status_keys: RandomState::new(),
+        }
+    }
+
+    fn status_key(&self, user: &[u8]) -> StatusKey {
+        self.status_keys.hash_one(user)
+    }
+
+    /// The remembered `GET /me` body of `user`, if any.
+    pub fn status(&self, user: &[u8]) -> Option<Bytes> {
+        let answer = self.status.get(&self.status_key(user))?;
+        answer
+            .is_for(user)
+            .then(|| Bytes::copy_from_slice(answer.body()))
+    }
+
+    /// Take before reading the user record a status answer is built from.
+    pub fn status_ticket(&self) -> Ticket {
+        self.status.ticket()
+    }
+
+    pub fn remember_status(&self, ticket: Ticket, user: &[u8], body: &[u8]) {
+        if let Some(answer) = StatusAnswer::new(user, body) {
+            self.status.remember(ticket, self.status_key(user), answer);
         }
     }
 }
@@ -146,8 +289,12 @@ impl ChangeListener for Answers {
             );
         }
         if !changes.users.is_empty() {
-            self.status
-                .forget(changes.users.iter().map(|key| key.as_slice()));
+            let keys: Vec<StatusKey> = changes
+                .users
+                .iter()
+                .map(|user| self.status_key(user))
+                .collect();
+            self.status.forget(keys.iter());
         }
     }
 
@@ -192,21 +339,45 @@ mod tests {
     #[test]
     fn reported_changes_reach_the_right_cache() {
         let answers = Answers::new(16);
-        answers.status.remember(
-            answers.status.ticket(),
-            b"alice"[..].into(),
-            Bytes::from("a"),
-        );
-        answers
-            .status
-            .remember(answers.status.ticket(), b"bob"[..].into(), Bytes::from("b"));
+        answers.remember_status(answers.status_ticket(), b"alice", b"{\"a\":1}");
+        answers.remember_status(answers.status_ticket(), b"bob", b"{\"b\":2}");
         answers.committed(&Changes {
             users: vec![b"alice".to_vec()],
             tokens: vec![],
         });
-        assert_eq!(answers.status.get(&b"alice"[..]), None);
-        assert_eq!(answers.status.get(&b"bob"[..]), Some(Bytes::from("b")));
+        assert_eq!(answers.status(b"alice"), None);
+        assert_eq!(answers.status(b"bob").as_deref(), Some(&b"{\"b\":2}"[..]));
         answers.reopening();
-        assert!(answers.status.is_empty());
+        assert_eq!(answers.status(b"bob"), None);
+    }
+
+    #[test]
+    fn a_status_answer_is_only_served_to_its_own_user() {
+        let answers = Answers::new(16);
+        answers.remember_status(answers.status_ticket(), b"bob", b"{}");
+        // Whatever slot another id hashes to, it never gets bob's answer,
+        // nor does an id that bob's merely starts with.
+        assert_eq!(answers.status(b"bo"), None);
+        assert_eq!(answers.status(b"bobby"), None);
+        let bob = answers.status.get(&answers.status_key(b"bob")).unwrap();
+        assert!(bob.is_for(b"bob") && !bob.is_for(b"bo") && !bob.is_for(b"bobby"));
+    }
+
+    #[test]
+    fn a_verify_answer_keeps_every_field() {
+        let entry = IndexEntry {
+            user_id: "carol".into(),
+            prefix: "sk_agt_0a1b2c3d...".into(),
+            created_at: 1_790_000_000,
+            last_used_at: None,
+            grace_until: Some(1_790_000_600),
+        };
+        let answer = VerifyAnswer::new(&entry, b"{\"active\":true}").unwrap();
+        assert_eq!(answer.created_at(), entry.created_at);
+        assert_eq!(answer.grace_until(), entry.grace_until);
+        assert_eq!(answer.last_used_at(), None);
+        assert_eq!(answer.user_id(), b"carol");
+        assert_eq!(answer.prefix(), "sk_agt_0a1b2c3d...");
+        assert_eq!(answer.body(), b"{\"active\":true}");
     }
 }

@@ -46,14 +46,24 @@ impl TokenPolicy {
     /// Whether a stored token verifies at `now`. A token stops verifying at
     /// the very second its expiry or grace end is reached.
     pub fn assess(&self, entry: &IndexEntry, now: u64) -> Result<Active, Inactive> {
-        let by_age = self.expires_at(entry.created_at);
+        self.assess_times(entry.created_at, entry.grace_until, now)
+    }
+
+    /// [`TokenPolicy::assess`] from the two times it depends on.
+    pub fn assess_times(
+        &self,
+        created_at: u64,
+        grace_until: Option<u64>,
+        now: u64,
+    ) -> Result<Active, Inactive> {
+        let by_age = self.expires_at(created_at);
         if by_age.is_some_and(|t| now >= t) {
             return Err(Inactive::Expired);
         }
-        if entry.grace_until.is_some_and(|t| now >= t) {
+        if grace_until.is_some_and(|t| now >= t) {
             return Err(Inactive::RotatedOut);
         }
-        let expires_at = match (by_age, entry.grace_until) {
+        let expires_at = match (by_age, grace_until) {
             (Some(a), Some(g)) => Some(a.min(g)),
             (a, g) => a.or(g),
         };

@@ -128,10 +128,10 @@ async fn status(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let key = user.as_str().as_bytes();
-    let body = match state.answers.status.get(key) {
+    let body = match state.answers.status(key) {
         Some(body) => body,
         None => {
-            let ticket = state.answers.status.ticket();
+            let ticket = state.answers.status_ticket();
             let record = state
                 .store
                 .get(&user)
@@ -152,15 +152,10 @@ async fn status(
                     expires_at: None,
                 },
             };
-            let body = Bytes::from(
-                serde_json::to_vec(&response)
-                    .map_err(|e| ApiError::failed(Operation::FetchStatus, e))?,
-            );
-            state
-                .answers
-                .status
-                .remember(ticket, key.into(), body.clone());
-            body
+            let body = serde_json::to_vec(&response)
+                .map_err(|e| ApiError::failed(Operation::FetchStatus, e))?;
+            state.answers.remember_status(ticket, key, &body);
+            Bytes::from(body)
         }
     };
     Ok(HttpResponse::Ok()

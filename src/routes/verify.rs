@@ -10,7 +10,6 @@ use actix_web::http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TY
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
-use std::sync::Arc;
 
 use crate::answers::VerifyAnswer;
 use crate::app::AppState;
@@ -90,43 +89,47 @@ async fn answer(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, Api
                 .lookup(&hash)
                 .map_err(|e| ApiError::failed(Operation::Verify, e))?
                 .ok_or(ApiError::InvalidAgentToken(VerifyRefusal::Unknown))?;
-            let known = Arc::new(render(entry, state, now)?);
+            let known = render(&entry, state, now)?;
             state
                 .answers
                 .verify
-                .remember(ticket, *hash.as_bytes(), Arc::clone(&known));
+                .remember(ticket, *hash.as_bytes(), known.clone());
             known
         }
     };
     // Expiry and grace end are decided again on every answer.
     state
         .policy
-        .assess(&known.entry, now)
+        .assess_times(known.created_at(), known.grace_until(), now)
         .map_err(|inactive| ApiError::InvalidAgentToken(inactive.into()))?;
-    if needs_touch(known.entry.last_used_at, now) {
+    if needs_touch(known.last_used_at(), now) {
         // Boxed: the stamp's future is needed once a minute per token and
         // would otherwise enlarge every verify's future.
         // A failed stamp must not fail a valid token: log it and answer.
         // (The stamp's write makes the next verify read the entry afresh.)
         if let Err(e) = Box::pin(state.store.touch(&hash, now)).await {
-            log::warn!("cannot record the last use of {}: {e}", known.entry.prefix);
+            log::warn!("cannot record the last use of {}: {e}", known.prefix());
         }
     }
+    let user_header = known
+        .user_header()
+        .map_err(|e| ApiError::failed(Operation::Verify, e))?;
     Ok(HttpResponse::Ok()
-        .insert_header((USER_ID_HEADER, known.user_header.clone()))
+        .insert_header((USER_ID_HEADER, user_header))
         .insert_header(super::no_store())
         .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
-        .body(known.body.clone()))
+        .body(Bytes::copy_from_slice(known.body())))
 }
 
 /// A live token's answer, built once from its index entry. The body only
 /// depends on the entry and the (fixed) policy, never on the time.
-fn render(entry: IndexEntry, state: &AppState, now: u64) -> Result<VerifyAnswer, ApiError> {
+fn render(entry: &IndexEntry, state: &AppState, now: u64) -> Result<VerifyAnswer, ApiError> {
     let active = state
         .policy
-        .assess(&entry, now)
+        .assess(entry, now)
         .map_err(|inactive| ApiError::InvalidAgentToken(inactive.into()))?;
-    let user_header = HeaderValue::from_bytes(entry.user_id.as_bytes())
+    // A user id that cannot be a header value fails here, not on every hit.
+    HeaderValue::from_bytes(entry.user_id.as_bytes())
         .map_err(|e| ApiError::failed(Operation::Verify, e))?;
     // Sized for the whole answer up front: no regrowth while serializing.
     let mut body = Vec::with_capacity(BODY_CAPACITY + entry.user_id.len());
@@ -141,11 +144,7 @@ fn render(entry: IndexEntry, state: &AppState, now: u64) -> Result<VerifyAnswer,
         },
     )
     .map_err(|e| ApiError::failed(Operation::Verify, e))?;
-    Ok(VerifyAnswer {
-        entry,
-        user_header,
-        body: Bytes::from(body),
-    })
+    VerifyAnswer::new(entry, &body).ok_or(ApiError::Internal("a verify answer too long to keep"))
 }
 
 /// An active answer's size without its user id (and its JSON escapes).
