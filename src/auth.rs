@@ -9,9 +9,8 @@ use std::future::{ready, Ready};
 
 use actix_web::dev::Payload;
 use actix_web::http::header::{HeaderValue, AUTHORIZATION};
-use actix_web::{web, FromRequest, HttpRequest};
+use actix_web::{FromRequest, HttpRequest};
 
-use crate::app::AppState;
 use crate::error::{ApiError, VerifyRefusal};
 use crate::jwt::JwtVerifier;
 use crate::token::{looks_like_agent_token, TokenError, TokenHash};
@@ -72,9 +71,7 @@ pub struct UserJwt(pub UserId);
 
 impl UserJwt {
     fn authenticate(req: &HttpRequest) -> Result<Self, ApiError> {
-        let state = req
-            .app_data::<web::Data<AppState>>()
-            .ok_or(ApiError::Internal("application state is not registered"))?;
+        let state = crate::routes::app_state(req)?;
         state.limits.check(req)?;
         authenticate_user(req.headers().get(AUTHORIZATION), &state.jwt).map(UserJwt)
     }

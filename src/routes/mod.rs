@@ -8,6 +8,7 @@ pub mod verify;
 use actix_web::http::header::{HeaderName, HeaderValue, CACHE_CONTROL};
 use actix_web::{web, HttpRequest, HttpResponse};
 
+use crate::app::AppState;
 use crate::error::ApiError;
 
 /// Registers every route.
@@ -16,6 +17,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     tokens::configure(cfg);
     verify::configure(cfg);
     docs::configure(cfg);
+}
+
+/// The shared state, borrowed from the request. The hot handlers use this
+/// rather than extracting `web::Data`, which clones an `Arc` whose count
+/// every worker writes on every request.
+pub fn app_state(req: &HttpRequest) -> Result<&AppState, ApiError> {
+    req.app_data::<web::Data<AppState>>()
+        .map(|data| data.get_ref())
+        .ok_or(ApiError::Internal("application state is not registered"))
 }
 
 /// Token answers and errors must never be cached by a proxy or browser

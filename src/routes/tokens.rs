@@ -2,7 +2,7 @@
 
 use actix_web::http::header::ContentType;
 use actix_web::web::Bytes;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::no_store;
 use serde::Serialize;
@@ -123,10 +123,8 @@ fn fresh_token(state: &AppState, op: Operation) -> Result<(PlainToken, NewToken)
         (status = 500, description = "Failed to fetch token status.", body = crate::error::ErrorBody),
     )
 )]
-async fn status(
-    UserJwt(user): UserJwt,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+async fn status(req: HttpRequest, UserJwt(user): UserJwt) -> Result<HttpResponse, ApiError> {
+    let state = super::app_state(&req)?;
     let key = user.as_str().as_bytes();
     let body = match state.answers.status(key) {
         Some(body) => body,

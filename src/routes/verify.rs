@@ -65,8 +65,8 @@ pub struct ActiveResponse<'a> {
         (status = 500, description = "Failed to verify token.", body = crate::error::ErrorBody),
     )
 )]
-async fn verify(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let answer = answer(&req, &state).await;
+async fn verify(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let answer = answer(&req, super::app_state(&req)?).await;
     METRICS.token_operation(match answer {
         Ok(_) => TokenOperation::VerifyOk,
         Err(_) => TokenOperation::VerifyFailed,
