@@ -729,9 +729,7 @@ impl Store {
 /// simply continues at the next start; the version is bumped last.
 fn migrate(users: &Tree, index: &Tree, meta: &Tree, from: u32) -> Result<(), StoreError> {
     log::info!("migrating the store from schema {from} to {SCHEMA_VERSION}");
-    let mut migrated = 0usize;
-    for item in users.iter() {
-        let (key, value) = item?;
+    let migrated = migrate_tree(users, |value| {
         let record = match value.first() {
             Some(&FORMAT_V1) => {
                 let old: v1::UserRecord = decode_body(&value[1..], "schema 1 user record")?;
@@ -746,16 +744,11 @@ fn migrate(users: &Tree, index: &Tree, meta: &Tree, from: u32) -> Result<(), Sto
             Some(&FORMAT_V2) => {
                 decode_body::<v2::UserRecord>(&value[1..], "schema 2 user record")?.into()
             }
-            _ => {
-                decode_user(&value)?;
-                continue;
-            }
+            _ => return decode_user(value).map(|_| None),
         };
-        users.insert(key, encode_user(&record)?)?;
-        migrated += 1;
-    }
-    for item in index.iter() {
-        let (key, value) = item?;
+        encode_user(&record).map(Some)
+    })?;
+    migrate_tree(index, |value| {
         let entry = match value.first() {
             Some(&FORMAT_V1) => {
                 let old: v1::IndexEntry = decode_body(&value[1..], "schema 1 index entry")?;
@@ -770,18 +763,32 @@ fn migrate(users: &Tree, index: &Tree, meta: &Tree, from: u32) -> Result<(), Sto
             Some(&FORMAT_V2) => {
                 decode_body::<v2::IndexEntry>(&value[1..], "schema 2 index entry")?.into()
             }
-            _ => {
-                decode_index(&value)?;
-                continue;
-            }
+            _ => return decode_index(value).map(|_| None),
         };
-        index.insert(key, encode_index(&entry)?)?;
-    }
+        encode_index(&entry).map(Some)
+    })?;
     meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
     log::info!(
         "migrated the store from schema {from} to {SCHEMA_VERSION} ({migrated} user records)"
     );
     Ok(())
+}
+
+/// Rewrites every value `upgrade` returns a new encoding for (`None`: the
+/// value is current, and checked). Returns how many were rewritten.
+fn migrate_tree(
+    tree: &Tree,
+    upgrade: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, StoreError>,
+) -> Result<usize, StoreError> {
+    let mut rewritten = 0;
+    for item in tree.iter() {
+        let (key, value) = item?;
+        if let Some(new) = upgrade(&value)? {
+            tree.insert(key, new)?;
+            rewritten += 1;
+        }
+    }
+    Ok(rewritten)
 }
 
 #[cfg(test)]
