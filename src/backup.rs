@@ -24,7 +24,7 @@ use crate::store::{
     decode_index, decode_user, encode_index, encode_user, grace_key, is_lock_error, GraceToken,
     IndexEntry, Store, StoreError, UserRecord,
 };
-use crate::token::TOKEN_PREFIX;
+use crate::token::{display_prefix_bytes, TOKEN_PREFIX};
 use crate::user::UserId;
 
 /// The header's `format`: what this file is.
@@ -364,13 +364,7 @@ fn token_prefix(
     line: usize,
 ) -> Result<String, BackupError> {
     let text = string(object, name, line)?;
-    let ok = text
-        .strip_prefix(TOKEN_PREFIX)
-        .and_then(|rest| rest.strip_suffix("..."))
-        .is_some_and(|hex| {
-            hex.len() == 8 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        });
-    if !ok {
+    if display_prefix_bytes(text).is_none() {
         return Err(BackupError::invalid(
             line,
             format!("{name} must be {TOKEN_PREFIX} followed by 8 lowercase hex characters and ..."),

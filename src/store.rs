@@ -167,14 +167,13 @@ impl IndexEntry {
 /// Display prefixes on disk (schema 3): a tag and the 4 bytes behind the 8
 /// hex characters of `sk_agt_xxxxxxxx...` instead of the length and the
 /// 18-character text, 14 bytes less per prefix (~28 MB over a million
-/// tokens, and smaller sled pages to read, cache and rewrite). Anything else (no code path makes
-/// one) keeps its text, so encoding never fails and nothing is lost.
+/// tokens, and smaller sled pages to read, cache and rewrite). Anything else
+/// (no code path makes one) keeps its text, so encoding never fails and
+/// nothing is lost.
 mod compact_prefix {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    use crate::token::TOKEN_PREFIX;
-
-    const ELLIPSIS: &str = "...";
+    use crate::token::{display_prefix_bytes, display_prefix_from_bytes};
 
     #[derive(Serialize)]
     enum Stored<'a> {
@@ -188,18 +187,8 @@ mod compact_prefix {
         Text(String),
     }
 
-    fn hex_digits(prefix: &str) -> Option<[u8; 4]> {
-        let hex = prefix.strip_prefix(TOKEN_PREFIX)?.strip_suffix(ELLIPSIS)?;
-        if hex.len() != 8 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return None;
-        }
-        let mut bytes = [0u8; 4];
-        hex::decode_to_slice(hex, &mut bytes).ok()?;
-        Some(bytes)
-    }
-
     pub fn serialize<S: Serializer>(prefix: &str, serializer: S) -> Result<S::Ok, S::Error> {
-        match hex_digits(prefix) {
+        match display_prefix_bytes(prefix) {
             Some(bytes) => Stored::Hex(bytes),
             None => Stored::Text(prefix),
         }
@@ -208,7 +197,7 @@ mod compact_prefix {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
         Ok(match Loaded::deserialize(deserializer)? {
-            Loaded::Hex(bytes) => format!("{TOKEN_PREFIX}{}{ELLIPSIS}", hex::encode(bytes)),
+            Loaded::Hex(bytes) => display_prefix_from_bytes(bytes),
             Loaded::Text(text) => text,
         })
     }

@@ -79,7 +79,7 @@ impl PlainToken {
     /// it carries 32 of the 224 random bits.
     pub fn display_prefix(&self) -> String {
         let end = TOKEN_PREFIX.len() + DISPLAY_HEX_LEN;
-        format!("{}...", &self.0[..end])
+        format!("{}{DISPLAY_ELLIPSIS}", &self.0[..end])
     }
 }
 
@@ -121,6 +121,24 @@ fn check_format(candidate: &str) -> Result<(), TokenError> {
     } else {
         Err(TokenError::BadChecksum)
     }
+}
+
+/// What ends a display prefix.
+const DISPLAY_ELLIPSIS: &str = "...";
+
+/// The 4 bytes a display prefix (`sk_agt_` + 8 lowercase hex + `...`)
+/// shows, or `None` when `prefix` is not one.
+pub fn display_prefix_bytes(prefix: &str) -> Option<[u8; DISPLAY_HEX_LEN / 2]> {
+    let hex = prefix
+        .strip_prefix(TOKEN_PREFIX)?
+        .strip_suffix(DISPLAY_ELLIPSIS)?;
+    let mut bytes = [0u8; DISPLAY_HEX_LEN / 2];
+    (hex.len() == DISPLAY_HEX_LEN && decode_lower_hex(hex.as_bytes(), &mut bytes)).then_some(bytes)
+}
+
+/// The display prefix showing `bytes` (the inverse of [`display_prefix_bytes`]).
+pub fn display_prefix_from_bytes(bytes: [u8; DISPLAY_HEX_LEN / 2]) -> String {
+    format!("{TOKEN_PREFIX}{}{DISPLAY_ELLIPSIS}", hex::encode(bytes))
 }
 
 /// Lowercase hex digit → its value; anything else → 0xff.
@@ -335,6 +353,19 @@ mod tests {
                 if strict {
                     prop_assert_eq!(out, hex::decode(hex_text).unwrap());
                 }
+            }
+        }
+
+        #[test]
+        fn display_prefixes_are_recognised_exactly(text in "sk_agt_[0-9a-fA-F]{7,9}\\.{2,3}|.{0,20}") {
+            let expected = text.len() == 18
+                && text.starts_with(TOKEN_PREFIX)
+                && text.ends_with("...")
+                && text[7..15].bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+            let bytes = display_prefix_bytes(&text);
+            prop_assert_eq!(bytes.is_some(), expected);
+            if let Some(bytes) = bytes {
+                prop_assert_eq!(display_prefix_from_bytes(bytes), text);
             }
         }
 
