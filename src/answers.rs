@@ -339,7 +339,7 @@ mod tests {
         answers.remember_status(answers.status_ticket(), b"bob", b"{\"b\":2}");
         answers.committed(&Changes {
             users: vec![b"alice".to_vec()],
-            tokens: vec![],
+            ..Changes::default()
         });
         assert_eq!(answers.status(b"alice"), None);
         assert_eq!(answers.status(b"bob").as_deref(), Some(&b"{\"b\":2}"[..]));

@@ -16,6 +16,7 @@ use crate::clock::Clock;
 use crate::config::{ConfigError, Settings};
 use crate::jwt::JwtVerifier;
 use crate::limits::RequestLimits;
+use crate::compact::CompactPolicy;
 use crate::live::LiveStore;
 use crate::metrics::METRICS;
 use crate::policy::TokenPolicy;
@@ -78,6 +79,7 @@ impl Application {
             &settings.storage.path,
             settings.storage.cache_mb,
             Arc::clone(&answers) as Arc<dyn ChangeListener>,
+            CompactPolicy::from_settings(&settings.storage),
         )?;
         let state = Arc::new(AppState {
             store,

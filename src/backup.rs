@@ -86,7 +86,7 @@ impl BackupError {
 /// With `must_exist`, a path without a sled data file is refused instead of
 /// being turned into a new, empty store.
 pub fn open_offline(path: &Path, cache_mb: u64, must_exist: bool) -> Result<Store, BackupError> {
-    if must_exist && !path.join("db").is_file() {
+    if must_exist && !crate::layout::holds_store(path) {
         return Err(BackupError::NoStore {
             path: path.to_owned(),
         });
@@ -544,7 +544,7 @@ impl Store {
         by_user.sort_unstable_by(|a, b| a.user.as_str().cmp(b.user.as_str()));
         insert_packed(&self.users, by_user.len(), |i| {
             let entry = by_user[i];
-            Ok((entry.user.as_str().as_bytes(), encode_user(&entry.record)?))
+            Ok::<_, BackupError>((entry.user.as_str().as_bytes(), encode_user(&entry.record)?))
         })?;
 
         // (hash, its user, the grace token when the hash is a rotated-out one)
@@ -582,7 +582,7 @@ impl Store {
                     grace_until: None,
                 })?,
             };
-            Ok((&hash[..], value))
+            Ok::<_, BackupError>((&hash[..], value))
         })?;
 
         grace.sort_unstable();
@@ -622,12 +622,17 @@ const FIRST_PASS: [bool; PACK_GROUP] = [
 /// rewrites one of its keys twice: its 10th write leaves one compact node.
 /// These are sled internals: with other thresholds the layout is merely
 /// less dense; every pair is written whatever happens.
-fn insert_packed<K: AsRef<[u8]>>(
+pub(crate) fn insert_packed<K, V, E>(
     tree: &sled::Tree,
     len: usize,
-    item: impl Fn(usize) -> Result<(K, Vec<u8>), BackupError>,
-) -> Result<(), BackupError> {
-    let insert = |i: usize| -> Result<(), BackupError> {
+    item: impl Fn(usize) -> Result<(K, V), E>,
+) -> Result<(), E>
+where
+    K: AsRef<[u8]>,
+    V: Into<sled::IVec>,
+    E: From<sled::Error>,
+{
+    let insert = |i: usize| -> Result<(), E> {
         let (key, value) = item(i)?;
         tree.insert(key.as_ref(), value)?;
         Ok(())
@@ -792,7 +797,7 @@ mod tests {
         for len in [0usize, 1, 2, 9, 15, 16, 17, 33, 1000] {
             let tree = db.open_tree(format!("t{len}")).unwrap();
             let key = |i: usize| u32::try_from(i).unwrap().to_be_bytes();
-            insert_packed(&tree, len, |i| Ok((key(i), i.to_string().into_bytes()))).unwrap();
+            insert_packed(&tree, len, |i| Ok::<_, BackupError>((key(i), i.to_string().into_bytes()))).unwrap();
             assert_eq!(tree.len(), len);
             for (i, item) in tree.iter().enumerate() {
                 let (k, v) = item.unwrap();

@@ -79,10 +79,14 @@ fn hex32(bytes: &[u8]) -> String {
 
 /// Checks the store at `path` (which the server must not hold open).
 pub fn check_store(path: &Path) -> Result<Report, CheckError> {
-    if !path.join("db").exists() {
+    if !crate::layout::holds_store(path) {
         return Err(CheckError::Missing(path.display().to_string()));
     }
-    let db = open_sled(&sled::Config::new().path(path).flush_every_ms(None)).map_err(|source| {
+    let dir = crate::layout::sled_dir(path).map_err(|e| CheckError::Open {
+        path: path.display().to_string(),
+        source: sled::Error::Io(e),
+    })?;
+    let db = open_sled(&sled::Config::new().path(dir).flush_every_ms(None)).map_err(|source| {
         if is_lock_error(&source) {
             CheckError::InUse(path.display().to_string())
         } else {

@@ -51,6 +51,11 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         config: PathBuf,
     },
+    /// Rewrite the store into a fresh, dense copy and delete the old one (the server also does this on its own as the store grows; see storage.compact_growth_percent). Stop the server first.
+    Compact {
+        #[arg(long, value_name = "PATH")]
+        config: PathBuf,
+    },
     /// Restore an export from stdin into an empty store; checks every line before writing. Stop the server first.
     Import {
         #[arg(long, value_name = "PATH")]
@@ -73,6 +78,7 @@ pub fn main() -> ExitCode {
         Command::Check { config } => check(config),
         Command::Export { config } => export(config),
         Command::Import { config, force } => import(config, force),
+        Command::Compact { config } => compact(config),
     }
 }
 
@@ -227,6 +233,28 @@ fn import(config: PathBuf, force: bool) -> ExitCode {
                 "agent-tokens: imported {} users ({} in grace) into {}",
                 s.users,
                 s.in_grace,
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => backup_failure("", e),
+    }
+}
+
+fn compact(config: PathBuf) -> ExitCode {
+    let settings = match offline_settings(&config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let path = &settings.storage.path;
+    let cache_mb = settings.storage.cache_mb;
+    let result = backup::open_offline(path, cache_mb, true).and_then(|store| {
+        crate::compact::compact_offline(store, cache_mb).map_err(BackupError::Store)
+    });
+    match result {
+        Ok((before, after)) => {
+            eprintln!(
+                "agent-tokens: compacted {}: data file {before} -> {after} bytes",
                 path.display()
             );
             ExitCode::SUCCESS

@@ -119,6 +119,12 @@ pub struct StorageSettings {
     pub path: PathBuf,
     /// sled's page cache in MiB (sled's own default of 1 GiB is far too much here).
     pub cache_mb: u64,
+    /// Compact the store online once its data file has grown by this many
+    /// percent over its size after the last compaction (or at start);
+    /// 0 turns compaction off. See [`crate::compact`].
+    pub compact_growth_percent: u64,
+    /// ...and by at least this many MiB, so small stores are left alone.
+    pub compact_min_growth_mb: u64,
 }
 
 impl Default for StorageSettings {
@@ -126,6 +132,8 @@ impl Default for StorageSettings {
         Self {
             path: PathBuf::from("/var/lib/agent-tokens/db"),
             cache_mb: 8,
+            compact_growth_percent: 40,
+            compact_min_growth_mb: 32,
         }
     }
 }
@@ -271,6 +279,16 @@ impl Settings {
                 "storage.cache_mb must be between 1 and 65536.",
             ));
         }
+        if self.storage.compact_growth_percent > 10_000 {
+            return Err(ConfigError::new(
+                "storage.compact_growth_percent must be at most 10000 (0 turns compaction off).",
+            ));
+        }
+        if self.storage.compact_min_growth_mb > 1024 * 1024 {
+            return Err(ConfigError::new(
+                "storage.compact_min_growth_mb must be at most 1048576.",
+            ));
+        }
         if self.jwt.algorithms.is_empty() {
             return Err(ConfigError::new(
                 "jwt.algorithms must list at least one algorithm.",
@@ -397,6 +415,8 @@ mod tests {
         assert!(s.server.access_log);
         assert_eq!(s.storage.path, PathBuf::from("/var/lib/agent-tokens/db"));
         assert_eq!(s.storage.cache_mb, 8);
+        assert_eq!(s.storage.compact_growth_percent, 40);
+        assert_eq!(s.storage.compact_min_growth_mb, 32);
         assert_eq!(s.jwt.algorithms, vec!["HS256"]);
         assert_eq!(s.jwt.leeway_secs, 30);
         assert_eq!(s.jwt.user_claim, "sub");
@@ -525,6 +545,10 @@ mod tests {
                 "server.shutdown_timeout_secs must be at most 300.",
             ),
             ("[storage]\ncache_mb = 0\n", "storage.cache_mb must be between 1 and 65536."),
+            (
+                "[storage]\ncompact_growth_percent = 10001\n",
+                "storage.compact_growth_percent must be at most 10000 (0 turns compaction off).",
+            ),
             ("[jwt]\nalgorithms = []\n", "jwt.algorithms must list at least one algorithm."),
             ("[jwt]\nuser_claim = \" \"\n", "jwt.user_claim must not be empty."),
             ("[jwt]\nleeway_secs = 3600\n", "jwt.leeway_secs must be at most 600 seconds."),

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use prometheus::{
     register_histogram_vec_with_registry, register_histogram_with_registry,
-    register_int_counter_vec_with_registry, Encoder, Histogram, HistogramVec, IntCounter,
+    register_int_counter_vec_with_registry, register_int_counter_with_registry, Encoder, Histogram, HistogramVec, IntCounter,
     IntCounterVec, Registry, TextEncoder,
 };
 
@@ -32,6 +32,7 @@ pub struct Metrics {
     pub token_operations: IntCounterVec,
     pub flush_duration: Histogram,
     pub flush_batch: Histogram,
+    pub compactions: IntCounter,
 }
 
 /// Token operations counted in `agent_tokens_token_operations_total{operation}`.
@@ -133,6 +134,12 @@ impl Metrics {
                 registry
             )
             .expect("metric registers"),
+            compactions: register_int_counter_with_registry!(
+                "storage_compactions_total",
+                "Online compactions of the store (a fresh copy swapped in).",
+                registry
+            )
+            .expect("metric registers"),
             registry,
         };
         // Present from the start, so rate() works before the first event.
@@ -169,6 +176,10 @@ impl Metrics {
             counter.inc_by(total.saturating_sub(folded[op]));
             folded[op] = total;
         }
+    }
+
+    pub fn compacted(&self) {
+        self.compactions.inc();
     }
 
     pub fn observe_flush(&self, took: Duration, waiters: usize) {

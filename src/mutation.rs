@@ -32,12 +32,12 @@ pub(crate) fn tx_decode<T>(result: Result<T, StoreError>) -> TxResult<T> {
     result.map_err(ConflictableTransactionError::Abort)
 }
 
-/// The trees a batch's transaction spans. Writes to users and the token
-/// index are recorded, so whoever remembers answers hears what changed.
+/// The trees a batch's transaction spans. Every write is recorded, so
+/// whoever remembers answers (or copies the store) hears what changed.
 pub(crate) struct TxTrees<'a> {
     pub users: Tracked<'a>,
     pub index: Tracked<'a>,
-    pub grace: &'a TransactionalTree,
+    pub grace: Tracked<'a>,
 }
 
 /// A tree inside a transaction that records the keys written to it.
@@ -80,6 +80,7 @@ impl<'a> Tracked<'a> {
 pub(crate) struct Written {
     pub users: RefCell<Vec<Vec<u8>>>,
     pub index: RefCell<Vec<Vec<u8>>>,
+    pub grace: RefCell<Vec<Vec<u8>>>,
 }
 
 impl Written {
@@ -87,6 +88,7 @@ impl Written {
     pub fn restart(&self) {
         self.users.borrow_mut().clear();
         self.index.borrow_mut().clear();
+        self.grace.borrow_mut().clear();
     }
 
     pub fn trees<'a>(
@@ -98,7 +100,7 @@ impl Written {
         TxTrees {
             users: Tracked::new(users, &self.users),
             index: Tracked::new(index, &self.index),
-            grace,
+            grace: Tracked::new(grace, &self.grace),
         }
     }
 
@@ -107,8 +109,9 @@ impl Written {
         let changes = Changes {
             users: self.users.take(),
             tokens: self.index.take(),
+            grace: self.grace.take(),
         };
-        if !changes.users.is_empty() || !changes.tokens.is_empty() {
+        if !changes.is_empty() {
             listener.committed(&changes);
         }
     }

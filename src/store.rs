@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::TransactionError;
 use sled::{Db, Transactional, Tree};
 
+use crate::layout;
 use crate::durability::{DurabilityError, FlushStats, Flusher};
 use crate::mutation::{
     tx_decode, Apply, Create, Mutation, PendingTouches, Queued, Revoke, Rotate, Touch,
@@ -64,6 +65,12 @@ pub enum StoreError {
         "the store at {path} holds data but no schema version; it was not written by agent-tokens"
     )]
     MissingSchema { path: PathBuf },
+    #[error("cannot find the store's current copy in {path}: {source}")]
+    Layout {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot open the store at {path}: {source}")]
     Open {
         path: PathBuf,
@@ -280,12 +287,19 @@ mod v1 {
     }
 }
 
-/// What one committed write changed: the keys of the user records and of
-/// the token index entries (token hashes) it wrote or removed.
+/// What one committed write changed: the keys it wrote or removed in the
+/// user records, the token index (token hashes) and the grace expiries.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Changes {
     pub users: Vec<Vec<u8>>,
     pub tokens: Vec<Vec<u8>>,
+    pub grace: Vec<Vec<u8>>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty() && self.tokens.is_empty() && self.grace.is_empty()
+    }
 }
 
 /// Hears about every write to user records and the token index, from the
@@ -329,6 +343,8 @@ pub struct Store {
     pending_touches: PendingTouches,
     listener: Arc<dyn ChangeListener>,
     path: PathBuf,
+    /// Where sled's files are: `path` or one of its generations.
+    pub(crate) dir: PathBuf,
     // Dropped last: the flusher holds its own handle and is joined first.
     _db: Db,
 }
@@ -415,6 +431,40 @@ fn from_tx(err: TransactionError<StoreError>) -> StoreError {
     }
 }
 
+/// sled's settings for a store at `dir`.
+pub(crate) fn sled_config(dir: &Path, cache_mb: u64) -> sled::Config {
+    sled::Config::new()
+        .path(dir)
+        .cache_capacity(cache_mb.saturating_mul(1024 * 1024))
+        // Our flusher is the only one: sled's own background flush would
+        // race it (and concurrent flushes deadlock sled 0.34.7).
+        .flush_every_ms(None)
+}
+
+/// Opens the store's current copy (see [`crate::layout`]). Should a
+/// compaction in another process switch copies between reading the pointer
+/// and taking the lock, the pointer is read again: a stale copy is never
+/// served.
+fn open_current(path: &Path, cache_mb: u64) -> Result<(Db, PathBuf), StoreError> {
+    let layout_error = |source| StoreError::Layout {
+        path: path.to_owned(),
+        source,
+    };
+    for _ in 0..3 {
+        let dir = layout::sled_dir(path).map_err(layout_error)?;
+        let db = open_sled(&sled_config(&dir, cache_mb)).map_err(|source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        if layout::sled_dir(path).map_err(layout_error)? == dir {
+            return Ok((db, dir));
+        }
+    }
+    Err(layout_error(std::io::Error::other(
+        "its current copy changed while opening it three times; is another process compacting it?",
+    )))
+}
+
 impl Store {
     /// Opens (or creates) the store, migrates older schemas, and starts the flusher.
     pub fn open(path: &Path, cache_mb: u64) -> Result<Self, StoreError> {
@@ -427,19 +477,17 @@ impl Store {
         cache_mb: u64,
         listener: Arc<dyn ChangeListener>,
     ) -> Result<Self, StoreError> {
-        let config = sled::Config::new()
-            .path(path)
-            .cache_capacity(cache_mb.saturating_mul(1024 * 1024))
-            // Our flusher is the only one: sled's own background flush would
-            // race it (and concurrent flushes deadlock sled 0.34.7).
-            .flush_every_ms(None);
-        let db = open_sled(&config).map_err(|source| StoreError::Open {
-            path: path.to_owned(),
-            source,
-        })?;
+        let (db, dir) = open_current(path, cache_mb)?;
+        // This process holds the current copy's lock now, so no other one
+        // uses this store: copies a compaction left behind can go.
+        if let Err(e) = layout::remove_stale(path) {
+            log::warn!(
+                "cannot remove old copies of the store in {}: {e}",
+                path.display()
+            );
+        }
         let users = db.open_tree(USER_TREE)?;
         let index = db.open_tree(INDEX_TREE)?;
-        let grace = db.open_tree(GRACE_TREE)?;
         let meta = db.open_tree(META_TREE)?;
         match meta.get(SCHEMA_KEY)? {
             Some(v) => {
@@ -468,14 +516,28 @@ impl Store {
                 })
             }
         }
-        // Start-up writes (schema key, migration) are durable before we serve.
+        Self::from_db(db, path, dir, listener)
+    }
+
+    /// Serves an open, current-schema database whose files are in `dir`;
+    /// its start-up writes are durable when this returns.
+    pub(crate) fn from_db(
+        db: Db,
+        path: &Path,
+        dir: PathBuf,
+        listener: Arc<dyn ChangeListener>,
+    ) -> Result<Self, StoreError> {
+        let users = db.open_tree(USER_TREE)?;
+        let index = db.open_tree(INDEX_TREE)?;
+        let grace = db.open_tree(GRACE_TREE)?;
+        let meta = db.open_tree(META_TREE)?;
         let committer = TreeCommitter {
             users: users.clone(),
             index: index.clone(),
             grace: grace.clone(),
             listener: Arc::clone(&listener),
         };
-        let flusher = Flusher::start(db.clone(), path, committer)?;
+        let flusher = Flusher::start(db.clone(), &dir, committer)?;
         Ok(Self {
             pending_touches: PendingTouches::default(),
             listener,
@@ -485,12 +547,19 @@ impl Store {
             meta,
             flusher,
             path: path.to_owned(),
+            dir,
             _db: db,
         })
     }
 
+    /// The storage path (`storage.path`), not necessarily sled's directory.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The size of sled's data file (the log, which compaction shrinks).
+    pub fn data_file_bytes(&self) -> std::io::Result<u64> {
+        Ok(std::fs::metadata(self.dir.join("db"))?.len())
     }
 
     pub fn flush_stats(&self) -> &FlushStats {
