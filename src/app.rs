@@ -13,10 +13,10 @@ use sd_notify::NotifyState;
 
 use crate::answers::Answers;
 use crate::clock::Clock;
+use crate::compact::CompactPolicy;
 use crate::config::{ConfigError, Settings};
 use crate::jwt::JwtVerifier;
 use crate::limits::RequestLimits;
-use crate::compact::CompactPolicy;
 use crate::live::LiveStore;
 use crate::metrics::METRICS;
 use crate::policy::TokenPolicy;

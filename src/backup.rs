@@ -797,7 +797,10 @@ mod tests {
         for len in [0usize, 1, 2, 9, 15, 16, 17, 33, 1000] {
             let tree = db.open_tree(format!("t{len}")).unwrap();
             let key = |i: usize| u32::try_from(i).unwrap().to_be_bytes();
-            insert_packed(&tree, len, |i| Ok::<_, BackupError>((key(i), i.to_string().into_bytes()))).unwrap();
+            insert_packed(&tree, len, |i| {
+                Ok::<_, BackupError>((key(i), i.to_string().into_bytes()))
+            })
+            .unwrap();
             assert_eq!(tree.len(), len);
             for (i, item) in tree.iter().enumerate() {
                 let (k, v) = item.unwrap();

@@ -56,7 +56,11 @@ struct Progress {
 
 impl Progress {
     fn copied(&self, key: &[u8]) -> bool {
-        self.all || self.through.as_ref().is_some_and(|last| key <= last.as_ref())
+        self.all
+            || self
+                .through
+                .as_ref()
+                .is_some_and(|last| key <= last.as_ref())
     }
 
     /// (For keys not yet copied.)
@@ -134,7 +138,11 @@ impl NewCopy {
         })?;
         Ok(Self {
             generation,
-            from: [store.users.clone(), store.index.clone(), store.grace.clone()],
+            from: [
+                store.users.clone(),
+                store.index.clone(),
+                store.grace.clone(),
+            ],
             to: [
                 db.open_tree(USER_TREE)?,
                 db.open_tree(INDEX_TREE)?,
@@ -178,9 +186,7 @@ impl NewCopy {
                 // keys from now on is copied again after it.
                 self.progress()[tree].chunk_end = Some(end.clone());
                 let stop = end.clone().map_or(Bound::Unbounded, Bound::Included);
-                let chunk = from
-                    .range((start, stop))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let chunk = from.range((start, stop)).collect::<Result<Vec<_>, _>>()?;
                 insert_packed(to, chunk.len(), |i| {
                     let (key, value) = &chunk[i];
                     Ok::<_, StoreError>((key.clone(), value.clone()))
@@ -294,7 +300,10 @@ impl Drop for NewCopy {
             // crash before this leaves the directory to the next open's
             // clean-up (layout::remove_stale).
             if let Err(e) = fs::remove_dir_all(&self.dir) {
-                log::warn!("cannot remove the unfinished copy {}: {e}", self.dir.display());
+                log::warn!(
+                    "cannot remove the unfinished copy {}: {e}",
+                    self.dir.display()
+                );
             }
         }
     }
@@ -305,10 +314,12 @@ impl Drop for NewCopy {
 pub fn compact_offline(store: Store, cache_mb: u64) -> Result<(u64, u64), StoreError> {
     let path = store.path().to_owned();
     let size = |store: &Store| {
-        store.data_file_bytes().map_err(|source| StoreError::Layout {
-            path: path.clone(),
-            source,
-        })
+        store
+            .data_file_bytes()
+            .map_err(|source| StoreError::Layout {
+                path: path.clone(),
+                source,
+            })
     };
     let before = size(&store)?;
     let copy = NewCopy::create(&store, cache_mb)?;
@@ -398,7 +409,10 @@ mod tests {
                     let user = UserId::parse(&format!("user-{n:04}")).unwrap();
                     // Some grace windows, so the grace tree is copied too.
                     let grace = if n % 3 == 0 { 3_600 } else { 0 };
-                    store.rotate(&user, &token, 1_000 + round, grace).await.unwrap();
+                    store
+                        .rotate(&user, &token, 1_000 + round, grace)
+                        .await
+                        .unwrap();
                 }
             });
             futures::future::join_all(rotations).await;

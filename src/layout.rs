@@ -93,9 +93,7 @@ pub fn remove_stale(path: &Path) -> io::Result<()> {
         let stale = match generation_of(name) {
             Some(n) => current != Some(n),
             // sled's own files at the top belong to the first copy.
-            None => {
-                current.is_some() && (SLED_FILES.contains(&name) || name.starts_with("snap."))
-            }
+            None => current.is_some() && (SLED_FILES.contains(&name) || name.starts_with("snap.")),
         } || name == CURRENT_TMP;
         if stale {
             let target = entry.path();

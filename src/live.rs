@@ -161,10 +161,12 @@ impl LiveStore {
 
     /// The current size of sled's data file.
     pub fn data_file_bytes(&self) -> Result<u64, StoreError> {
-        self.current()?.data_file_bytes().map_err(|source| StoreError::Layout {
-            path: self.shared.path.clone(),
-            source,
-        })
+        self.current()?
+            .data_file_bytes()
+            .map_err(|source| StoreError::Layout {
+                path: self.shared.path.clone(),
+                source,
+            })
     }
 
     /// Whether writes are currently refused while the store recovers.
@@ -501,9 +503,16 @@ mod tests {
     fn assert_holds(store: &Store, expected: &Acknowledged) {
         for (&n, hash) in expected {
             let record = store.get(&user(n)).unwrap();
-            assert_eq!(record.as_ref().map(|r| r.hash), hash.map(|h| *h.as_bytes()), "user {n}");
+            assert_eq!(
+                record.as_ref().map(|r| r.hash),
+                hash.map(|h| *h.as_bytes()),
+                "user {n}"
+            );
             if let Some(hash) = hash {
-                let entry = store.lookup(hash).unwrap().expect("the current token is indexed");
+                let entry = store
+                    .lookup(hash)
+                    .unwrap()
+                    .expect("the current token is indexed");
                 assert_eq!(entry.user_id, user(n).as_str());
             }
         }
@@ -542,8 +551,11 @@ mod tests {
         let acknowledged = Arc::new(AtomicU64::new(0));
         let writers: Vec<_> = (0..WRITERS)
             .map(|w| {
-                let (live, stop, acknowledged) =
-                    (Arc::clone(&live), Arc::clone(&stop), Arc::clone(&acknowledged));
+                let (live, stop, acknowledged) = (
+                    Arc::clone(&live),
+                    Arc::clone(&stop),
+                    Arc::clone(&acknowledged),
+                );
                 runtime.spawn(async move {
                     let rng = SystemRandom::new();
                     let mut last = Acknowledged::new();

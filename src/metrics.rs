@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use prometheus::{
     register_histogram_vec_with_registry, register_histogram_with_registry,
-    register_int_counter_vec_with_registry, register_int_counter_with_registry, Encoder, Histogram, HistogramVec, IntCounter,
-    IntCounterVec, Registry, TextEncoder,
+    register_int_counter_vec_with_registry, register_int_counter_with_registry, Encoder, Histogram,
+    HistogramVec, IntCounter, IntCounterVec, Registry, TextEncoder,
 };
 
 pub struct Metrics {

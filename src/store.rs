@@ -27,8 +27,8 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::TransactionError;
 use sled::{Db, Transactional, Tree};
 
-use crate::layout;
 use crate::durability::{DurabilityError, FlushStats, Flusher};
+use crate::layout;
 use crate::mutation::{
     tx_decode, Apply, Create, Mutation, PendingTouches, Queued, Revoke, Rotate, Touch,
     TreeCommitter, Written,

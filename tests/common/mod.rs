@@ -100,9 +100,15 @@ pub struct Server {
 
 impl Server {
     pub fn start(config: &Path) -> Server {
+        Self::start_with_env(config, &[])
+    }
+
+    /// [`Server::start`] with extra environment (`AGENT_TOKENS__...` overrides).
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .env_remove("AGENT_TOKENS__SERVER__BIND")
             .stdout(Stdio::null())
