@@ -313,6 +313,11 @@ fn recover(shared: &Shared) {
                 .shutdown
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
+            // A stop asked for while this thread was busy (compacting) was
+            // notified when nobody waited: look before sleeping.
+            if *guard {
+                return;
+            }
             let timeout = if shared.failed.load(Ordering::SeqCst) {
                 retry
             } else if shared.policy.enabled() {
