@@ -344,6 +344,8 @@ pub struct CompactPolicy {
     pub growth_percent: u64,
     /// Growth needed in any case, in bytes.
     pub min_growth_bytes: u64,
+    /// How often the growth is looked at.
+    pub check_every: std::time::Duration,
 }
 
 impl CompactPolicy {
@@ -351,6 +353,7 @@ impl CompactPolicy {
         Self {
             growth_percent: storage.compact_growth_percent,
             min_growth_bytes: storage.compact_min_growth_mb.saturating_mul(1024 * 1024),
+            check_every: std::time::Duration::from_secs(storage.compact_check_secs),
         }
     }
 
@@ -358,6 +361,7 @@ impl CompactPolicy {
         Self {
             growth_percent: 0,
             min_growth_bytes: 0,
+            check_every: std::time::Duration::from_secs(3600),
         }
     }
 
@@ -433,6 +437,7 @@ mod tests {
         let policy = CompactPolicy {
             growth_percent: 40,
             min_growth_bytes: 32 << 20,
+            check_every: std::time::Duration::from_secs(10),
         };
         let mb = 1 << 20;
         assert!(!policy.due(200 * mb, 280 * mb));

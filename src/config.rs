@@ -125,6 +125,8 @@ pub struct StorageSettings {
     pub compact_growth_percent: u64,
     /// ...and by at least this many MiB, so small stores are left alone.
     pub compact_min_growth_mb: u64,
+    /// How often the data file's growth is looked at, in seconds.
+    pub compact_check_secs: u64,
 }
 
 impl Default for StorageSettings {
@@ -134,6 +136,7 @@ impl Default for StorageSettings {
             cache_mb: 8,
             compact_growth_percent: 40,
             compact_min_growth_mb: 32,
+            compact_check_secs: 10,
         }
     }
 }
@@ -289,6 +292,11 @@ impl Settings {
                 "storage.compact_min_growth_mb must be at most 1048576.",
             ));
         }
+        if !(1..=3600).contains(&self.storage.compact_check_secs) {
+            return Err(ConfigError::new(
+                "storage.compact_check_secs must be between 1 and 3600.",
+            ));
+        }
         if self.jwt.algorithms.is_empty() {
             return Err(ConfigError::new(
                 "jwt.algorithms must list at least one algorithm.",
@@ -417,6 +425,7 @@ mod tests {
         assert_eq!(s.storage.cache_mb, 8);
         assert_eq!(s.storage.compact_growth_percent, 40);
         assert_eq!(s.storage.compact_min_growth_mb, 32);
+        assert_eq!(s.storage.compact_check_secs, 10);
         assert_eq!(s.jwt.algorithms, vec!["HS256"]);
         assert_eq!(s.jwt.leeway_secs, 30);
         assert_eq!(s.jwt.user_claim, "sub");
@@ -548,6 +557,10 @@ mod tests {
             (
                 "[storage]\ncompact_growth_percent = 10001\n",
                 "storage.compact_growth_percent must be at most 10000 (0 turns compaction off).",
+            ),
+            (
+                "[storage]\ncompact_check_secs = 0\n",
+                "storage.compact_check_secs must be between 1 and 3600.",
             ),
             ("[jwt]\nalgorithms = []\n", "jwt.algorithms must list at least one algorithm."),
             ("[jwt]\nuser_claim = \" \"\n", "jwt.user_claim must not be empty."),

@@ -40,8 +40,6 @@ const FIRST_RETRY: Duration = Duration::from_millis(250);
 const MAX_RETRY: Duration = Duration::from_secs(10);
 /// How long a reopen waits for in-flight operations to let go of the old database.
 const DRAIN_WAIT: Duration = Duration::from_secs(10);
-/// How often the data file's growth is looked at.
-const COMPACT_CHECK: Duration = Duration::from_secs(10);
 /// After a failed compaction (or too little free space for one).
 const COMPACT_RETRY: Duration = Duration::from_secs(600);
 
@@ -321,7 +319,7 @@ fn recover(shared: &Shared) {
             let timeout = if shared.failed.load(Ordering::SeqCst) {
                 retry
             } else if shared.policy.enabled() {
-                COMPACT_CHECK
+                shared.policy.check_every
             } else {
                 Duration::from_secs(3600)
             };

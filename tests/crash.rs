@@ -2,7 +2,7 @@
 //! killed with SIGKILL at random moments. After every restart each user's
 //! token is the last rotation acknowledged with 200, or the one in flight at
 //! the kill; never an older one and never none. The offline checker runs
-//! after every kill.
+//! after every kill. A second run kills the server in its compactions.
 
 mod common;
 
@@ -14,7 +14,6 @@ use common::*;
 use serde_json::Value;
 
 const USERS: usize = 6;
-const CYCLES: usize = 12;
 
 #[derive(Default, Clone)]
 struct UserState {
@@ -48,8 +47,35 @@ async fn verify_status(client: &reqwest::Client, base: &str, token: &str) -> u16
         .as_u16()
 }
 
+/// When each cycle's SIGKILL comes.
+#[derive(Clone, Copy)]
+enum Kill {
+    /// 80–680 ms into the load.
+    AnyMoment,
+    /// 0–60 ms after the server logs that it started a compaction (or
+    /// after 8 s without one).
+    DuringCompaction,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_at_random_moments_never_loses_or_resurrects_a_token() {
+    sigkill_cycles(&[], 0, Kill::AnyMoment, 12).await;
+}
+
+/// The same, with the server compacting all the time (any growth, looked at
+/// every second) and every kill landing in or just after a compaction: the
+/// copy, the switch, or the removal of the old copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_during_compactions_never_loses_or_resurrects_a_token() {
+    let env = [
+        ("AGENT_TOKENS__STORAGE__COMPACT_GROWTH_PERCENT", "1"),
+        ("AGENT_TOKENS__STORAGE__COMPACT_MIN_GROWTH_MB", "0"),
+        ("AGENT_TOKENS__STORAGE__COMPACT_CHECK_SECS", "1"),
+    ];
+    sigkill_cycles(&env, 1500, Kill::DuringCompaction, 10).await;
+}
+
+async fn sigkill_cycles(env: &[(&str, &str)], bystanders: usize, kill: Kill, cycles: usize) {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -58,6 +84,31 @@ async fn sigkill_at_random_moments_never_loses_or_resurrects_a_token() {
     let mut rng = Lcg(seed);
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
+    // Users who only hold a token: a larger store to copy, and tokens that
+    // must survive every kill untouched.
+    let bystanders: Vec<(String, String)> = if bystanders == 0 {
+        Vec::new()
+    } else {
+        let server = Server::start_with_env(&config, env);
+        let base = server.base();
+        let client = reqwest::Client::new();
+        let created = (0..bystanders).map(|n| {
+            let (client, base) = (client.clone(), base.clone());
+            async move {
+                let jwt = hs256_jwt(&format!("bystander-{n}"));
+                let resp = client
+                    .post(format!("{base}/api/agent-tokens/me/get-or-create"))
+                    .bearer_auth(&jwt)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status().as_u16(), 200);
+                let body: Value = resp.json().await.unwrap();
+                (jwt, body["token"].as_str().unwrap().to_owned())
+            }
+        });
+        futures::future::join_all(created).await
+    };
     let users: Arc<Vec<Mutex<UserState>>> = Arc::new(
         (0..USERS)
             .map(|_| Mutex::new(UserState::default()))
@@ -69,9 +120,10 @@ async fn sigkill_at_random_moments_never_loses_or_resurrects_a_token() {
             .collect(),
     );
     let mut total_acked = 0usize;
+    let mut killed_compacting = 0usize;
 
-    for cycle in 0..CYCLES {
-        let mut server = Server::start(&config);
+    for cycle in 0..cycles {
+        let mut server = Server::start_with_env(&config, env);
         let base = Arc::new(server.base());
         let client = reqwest::Client::new();
 
@@ -146,14 +198,47 @@ async fn sigkill_at_random_moments_never_loses_or_resurrects_a_token() {
                 }
             }));
         }
-        let delay = 80 + rng.next() % 600;
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-        server.signal("KILL");
-        tokio::task::spawn_blocking(move || {
-            server.wait_exit(10);
-        })
-        .await
-        .unwrap();
+        match kill {
+            Kill::AnyMoment => {
+                let delay = 80 + rng.next() % 600;
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                server.signal("KILL");
+                tokio::task::spawn_blocking(move || {
+                    server.wait_exit(10);
+                })
+                .await
+                .unwrap();
+            }
+            Kill::DuringCompaction => {
+                let delay = Duration::from_millis(rng.next() % 60);
+                let started = tokio::task::spawn_blocking(move || {
+                    // A store that was killed mid-copy may reuse its free log
+                    // space for a while and not grow: then kill at the deadline.
+                    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+                    let mut started = false;
+                    let mut seen = Vec::new();
+                    while !started && std::time::Instant::now() < deadline {
+                        if let Ok(line) = server.log.recv_timeout(Duration::from_millis(100)) {
+                            started = line.contains("compacting the store");
+                            if !line.contains("HTTP/1.1") && !line.contains("rotated the") {
+                                seen.push(line);
+                            }
+                        }
+                    }
+                    std::thread::sleep(delay);
+                    server.signal("KILL");
+                    server.wait_exit(10);
+                    (started, seen)
+                })
+                .await
+                .unwrap();
+                if started.0 {
+                    killed_compacting += 1;
+                } else {
+                    eprintln!("cycle {cycle}: no compaction within 8 s: {:#?}", started.1);
+                }
+            }
+        }
         for c in clients {
             total_acked += c.await.unwrap();
         }
@@ -170,6 +255,37 @@ async fn sigkill_at_random_moments_never_loses_or_resurrects_a_token() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    eprintln!("crash test: {CYCLES} SIGKILL cycles, {total_acked} rotations acknowledged");
-    assert!(total_acked > CYCLES * 10, "too little load: {total_acked}");
+    eprintln!("crash test: {cycles} SIGKILL cycles, {total_acked} rotations acknowledged");
+    assert!(total_acked > cycles * 10, "too little load: {total_acked}");
+    if matches!(kill, Kill::DuringCompaction) {
+        eprintln!("crash test: {killed_compacting} kills in or just after a compaction");
+        assert!(killed_compacting >= 2, "too few kills hit a compaction");
+    }
+
+    // The bystanders' tokens went through every kill untouched.
+    if !bystanders.is_empty() {
+        let server = Server::start(&config);
+        let client = reqwest::Client::new();
+        for (n, (jwt, token)) in bystanders.iter().enumerate() {
+            let me: Value = client
+                .get(format!("{}/api/agent-tokens/me", server.base()))
+                .bearer_auth(jwt)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(
+                me["token_prefix"],
+                format!("{}...", &token[..15]),
+                "bystander {n}"
+            );
+            assert_eq!(
+                verify_status(&client, &server.base(), token).await,
+                200,
+                "bystander {n}"
+            );
+        }
+    }
 }
