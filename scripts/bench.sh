@@ -20,7 +20,10 @@
 #   --pairs P          alternating pairs per ratio, median taken (default 3)
 #   --threads T        wrk threads (default 1)
 #   --connections C    wrk connections (default 64)
-#   --sample K         tokens/JWTs the load rotates over (default 10000)
+#   --sample K         tokens/JWTs the verify and GET /me load rotates over
+#                      (default 500: the same working set at every store size,
+#                      so a 1k and a 1M run differ in the store alone; a larger
+#                      one measures the remembered answers' capacity instead)
 #   --rotate-users R   users the rotation run cycles through (default 512, at least 256)
 #   --cache-mb M       storage.cache_mb for the server (default 8, the product default)
 #   --nginx-workers W  nginx worker_processes (default auto, as Debian ships it: with
@@ -56,7 +59,7 @@ WARMUP=1
 PAIRS=3
 THREADS=1
 CONNECTIONS=64
-SAMPLE=10000
+SAMPLE=500
 ROTATE_USERS=512
 CACHE_MB=8
 NGINX_WORKERS=auto
@@ -214,6 +217,7 @@ t0=$(now_ns)
     --sample "$SAMPLE" --rotate-users "$ROTATE_USERS" >/dev/null
 meta gen_s "$(elapsed_s "$t0" "$(now_ns)")"
 meta rotate_users "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["rotate_users"])' "$WORK/gen.json")"
+meta sample "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["sample"])' "$WORK/gen.json")"
 
 cat >"$WORK/config.toml" <<EOF
 [server]

@@ -579,7 +579,8 @@ def cmd_report(a):
     out.append(
         f"agent-tokens benchmark: {int(env['tokens']):,} tokens, "
         f"wrk -t{env['threads']} -c{env['connections']}, {env['duration']} s runs "
-        f"after {env['warmup']} s warmup, median of {pairs} alternating pairs"
+        f"after {env['warmup']} s warmup, median of {pairs} alternating pairs; "
+        f"verify and GET /me cycle over {env.get('sample', '?')} tokens/users"
     )
     out.append(
         f"host: {env.get('cpus', '?')} CPUs, load average at start {env.get('loadavg', '?')}; "
