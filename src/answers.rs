@@ -317,6 +317,29 @@ mod tests {
         assert!(cache.is_empty());
     }
 
+    /// Gateways cycle through their agents' tokens: each comes back only
+    /// after all the others. A working set inside the capacity stays
+    /// remembered although no token is seen twice in a row (the cache
+    /// admits what it saw recently, not only what it sees often).
+    #[test]
+    fn a_working_set_visited_in_turn_stays_remembered() {
+        let cache: AnswerCache<u64, u64> = AnswerCache::new(ANSWER_CACHE_ENTRIES);
+        let working_set = ANSWER_CACHE_ENTRIES as u64 * 3 / 4;
+        let mut hits = 0;
+        for pass in 0..4 {
+            for key in 0..working_set {
+                match cache.get(&key) {
+                    Some(_) => hits += u64::from(pass == 3),
+                    None => cache.remember(cache.ticket(), key, key),
+                }
+            }
+        }
+        assert!(
+            hits * 100 >= working_set * 99,
+            "{hits} hits of {working_set}"
+        );
+    }
+
     #[test]
     fn a_read_that_overlapped_a_change_is_not_remembered() {
         let cache: AnswerCache<[u8; 32], u32> = AnswerCache::new(16);

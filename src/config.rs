@@ -133,7 +133,7 @@ impl Default for StorageSettings {
     fn default() -> Self {
         Self {
             path: PathBuf::from("/var/lib/agent-tokens/db"),
-            cache_mb: 8,
+            cache_mb: 4,
             compact_growth_percent: 40,
             compact_min_growth_mb: 32,
             compact_check_secs: 10,
@@ -422,7 +422,7 @@ mod tests {
         assert_eq!(s.server.bind, "127.0.0.1:8080");
         assert!(s.server.access_log);
         assert_eq!(s.storage.path, PathBuf::from("/var/lib/agent-tokens/db"));
-        assert_eq!(s.storage.cache_mb, 8);
+        assert_eq!(s.storage.cache_mb, 4);
         assert_eq!(s.storage.compact_growth_percent, 40);
         assert_eq!(s.storage.compact_min_growth_mb, 32);
         assert_eq!(s.storage.compact_check_secs, 10);

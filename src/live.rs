@@ -441,9 +441,11 @@ fn compact(shared: &Shared, old: Arc<Store>) -> Result<(u64, Duration), StoreErr
         .compacting
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
+    crate::metrics::METRICS.compacting(true);
     let switched = copy_and_switch(shared, &old);
     // (Already done on success, before the new copy took its first write.)
     shared.listener.mirror.store(None);
+    crate::metrics::METRICS.compacting(false);
     let switched = switched?;
     // Reads in flight on the old copy finish; then it is closed and removed.
     let deadline = Instant::now() + DRAIN_WAIT;

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use prometheus::{
     register_histogram_vec_with_registry, register_histogram_with_registry,
-    register_int_counter_vec_with_registry, register_int_counter_with_registry, Encoder, Histogram,
-    HistogramVec, IntCounter, IntCounterVec, Registry, TextEncoder,
+    register_int_counter_vec_with_registry, register_int_counter_with_registry,
+    register_int_gauge_with_registry, Encoder, Histogram, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -33,6 +34,7 @@ pub struct Metrics {
     pub flush_duration: Histogram,
     pub flush_batch: Histogram,
     pub compactions: IntCounter,
+    pub compacting: IntGauge,
 }
 
 /// Token operations counted in `agent_tokens_token_operations_total{operation}`.
@@ -140,6 +142,12 @@ impl Metrics {
                 registry
             )
             .expect("metric registers"),
+            compacting: register_int_gauge_with_registry!(
+                "storage_compacting",
+                "1 while an online compaction is copying the store, else 0.",
+                registry
+            )
+            .expect("metric registers"),
             registry,
         };
         // Present from the start, so rate() works before the first event.
@@ -180,6 +188,10 @@ impl Metrics {
 
     pub fn compacted(&self) {
         self.compactions.inc();
+    }
+
+    pub fn compacting(&self, now: bool) {
+        self.compacting.set(i64::from(now));
     }
 
     pub fn observe_flush(&self, took: Duration, waiters: usize) {
