@@ -696,11 +696,7 @@ mod tests {
     use ring::rand::SystemRandom;
 
     fn new_token(rng: &SystemRandom) -> NewToken {
-        let t = PlainToken::generate(rng).unwrap();
-        NewToken {
-            hash: t.hash(),
-            prefix: t.display_prefix(),
-        }
+        NewToken::of(&PlainToken::generate(rng).unwrap())
     }
 
     fn export(store: &Store) -> String {

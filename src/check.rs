@@ -262,10 +262,7 @@ mod tests {
         for user in ["alice", "bob", "carol"] {
             for _ in 0..2 {
                 let token = PlainToken::generate(&rng).unwrap();
-                let new = NewToken {
-                    hash: token.hash(),
-                    prefix: token.display_prefix(),
-                };
+                let new = NewToken::of(&token);
                 let user = UserId::parse(user).unwrap();
                 store.rotate(&user, &new, 1_000, grace_secs).await.unwrap();
                 tokens.push(token);

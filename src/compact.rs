@@ -403,11 +403,7 @@ mod tests {
         let rng = SystemRandom::new();
         for round in 0..12u64 {
             let rotations = (0..500).map(|n| {
-                let t = PlainToken::generate(&rng).unwrap();
-                let token = NewToken {
-                    hash: t.hash(),
-                    prefix: t.display_prefix(),
-                };
+                let token = NewToken::of(&PlainToken::generate(&rng).unwrap());
                 let store = &store;
                 async move {
                     let user = UserId::parse(&format!("user-{n:04}")).unwrap();

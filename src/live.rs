@@ -491,11 +491,7 @@ mod tests {
     use crate::token::{PlainToken, TokenHash};
 
     fn new_token(rng: &SystemRandom) -> NewToken {
-        let t = PlainToken::generate(rng).unwrap();
-        NewToken {
-            hash: t.hash(),
-            prefix: t.display_prefix(),
-        }
+        NewToken::of(&PlainToken::generate(rng).unwrap())
     }
 
     fn user(n: usize) -> UserId {

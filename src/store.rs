@@ -334,6 +334,16 @@ pub struct NewToken {
     pub prefix: String,
 }
 
+impl NewToken {
+    /// What is stored of `token`: its hash and display prefix.
+    pub fn of(token: &crate::token::PlainToken) -> Self {
+        Self {
+            hash: token.hash(),
+            prefix: token.display_prefix(),
+        }
+    }
+}
+
 pub struct Store {
     pub(crate) users: Tree,
     pub(crate) index: Tree,

@@ -36,6 +36,18 @@ impl Lcg {
     }
 }
 
+async fn me(client: &reqwest::Client, base: &str, jwt: &str) -> Value {
+    client
+        .get(format!("{base}/api/agent-tokens/me"))
+        .bearer_auth(jwt)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn verify_status(client: &reqwest::Client, base: &str, token: &str) -> u16 {
     client
         .get(format!("{base}/api/agent-tokens/verify"))
@@ -133,15 +145,7 @@ async fn sigkill_cycles(env: &[(&str, &str)], bystanders: usize, kill: Kill, cyc
             let Some(last) = state.acked.last().cloned() else {
                 continue;
             };
-            let me: Value = client
-                .get(format!("{base}/api/agent-tokens/me"))
-                .bearer_auth(&jwts[i])
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let me = me(&client, &base, &jwts[i]).await;
             assert_eq!(
                 me["has_token"], true,
                 "cycle {cycle}, user {i}: the token is gone"
@@ -267,15 +271,7 @@ async fn sigkill_cycles(env: &[(&str, &str)], bystanders: usize, kill: Kill, cyc
         let server = Server::start(&config);
         let client = reqwest::Client::new();
         for (n, (jwt, token)) in bystanders.iter().enumerate() {
-            let me: Value = client
-                .get(format!("{}/api/agent-tokens/me", server.base()))
-                .bearer_auth(jwt)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let me = me(&client, &server.base(), jwt).await;
             assert_eq!(
                 me["token_prefix"],
                 format!("{}...", &token[..15]),

@@ -102,10 +102,7 @@ enum ManagementRefusals {
 
 fn fresh_token(state: &AppState, op: Operation) -> Result<(PlainToken, NewToken), ApiError> {
     let token = PlainToken::generate(&state.rng).map_err(|e| ApiError::failed(op, e))?;
-    let new = NewToken {
-        hash: token.hash(),
-        prefix: token.display_prefix(),
-    };
+    let new = NewToken::of(&token);
     Ok((token, new))
 }
 
