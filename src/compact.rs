@@ -47,10 +47,10 @@ struct Progress {
     /// none yet), unless `all`.
     through: Option<IVec>,
     all: bool,
-    /// While a chunk is copied: its last key (`None`: the rest of the
-    /// tree). Writes to its keys are remembered in `pending` and copied
-    /// again after it.
-    chunk_end: Option<Option<IVec>>,
+    /// While a chunk is copied, writes to keys not copied yet are
+    /// remembered in `pending`; those the chunk covered are copied again
+    /// after it.
+    copying_chunk: bool,
     pending: Vec<Vec<u8>>,
 }
 
@@ -63,14 +63,6 @@ impl Progress {
                 .is_some_and(|last| key <= last.as_ref())
     }
 
-    /// (For keys not yet copied.)
-    fn in_chunk(&self, key: &[u8]) -> bool {
-        match &self.chunk_end {
-            None => false,
-            Some(None) => true,
-            Some(Some(end)) => key <= end.as_ref(),
-        }
-    }
 }
 
 /// The trees copied record by record and mirrored: users, index, grace.
@@ -177,26 +169,31 @@ impl NewCopy {
                     None => Bound::Unbounded,
                     Some(last) => Bound::Excluded(last.clone()),
                 };
-                let end = from
-                    .range((start.clone(), Bound::Unbounded))
-                    .keys()
-                    .nth(CHUNK - 1)
-                    .transpose()?;
-                // Announced before the chunk is read: a write to any of its
-                // keys from now on is copied again after it.
-                self.progress()[tree].chunk_end = Some(end.clone());
-                let stop = end.clone().map_or(Bound::Unbounded, Bound::Included);
-                let chunk = from.range((start, stop)).collect::<Result<Vec<_>, _>>()?;
+                // Announced before the chunk is read: a write to any key not
+                // copied yet is remembered from now on (where the chunk ends
+                // is known only once it is read).
+                self.progress()[tree].copying_chunk = true;
+                let chunk = from
+                    .range::<IVec, _>((start, Bound::Unbounded))
+                    .take(CHUNK)
+                    .collect::<Result<Vec<_>, _>>()?;
                 insert_packed(to, chunk.len(), |i| {
                     let (key, value) = &chunk[i];
                     Ok::<_, StoreError>((key.clone(), value.clone()))
                 })?;
+                // A short chunk is the rest of the tree.
+                let end = (chunk.len() == CHUNK)
+                    .then(|| chunk.last().map(|(key, _)| key.clone()))
+                    .flatten();
                 let mut progress = self.progress();
                 let state = &mut progress[tree];
                 for key in std::mem::take(&mut state.pending) {
-                    copy_key(from, to, &key)?;
+                    // Keys past the chunk are read by a later one, as they are then.
+                    if end.as_ref().is_none_or(|end| key.as_slice() <= end.as_ref()) {
+                        copy_key(from, to, &key)?;
+                    }
                 }
-                state.chunk_end = None;
+                state.copying_chunk = false;
                 match end {
                     Some(end) => {
                         state.through = Some(end.clone());
@@ -222,7 +219,7 @@ impl NewCopy {
             let state = &mut progress[tree];
             for key in keys {
                 if !state.copied(key) {
-                    if state.in_chunk(key) {
+                    if state.copying_chunk {
                         state.pending.push(key.clone());
                     }
                     continue;
