@@ -62,7 +62,6 @@ impl Progress {
                 .as_ref()
                 .is_some_and(|last| key <= last.as_ref())
     }
-
 }
 
 /// The trees copied record by record and mirrored: users, index, grace.
@@ -189,7 +188,10 @@ impl NewCopy {
                 let state = &mut progress[tree];
                 for key in std::mem::take(&mut state.pending) {
                     // Keys past the chunk are read by a later one, as they are then.
-                    if end.as_ref().is_none_or(|end| key.as_slice() <= end.as_ref()) {
+                    if end
+                        .as_ref()
+                        .is_none_or(|end| key.as_slice() <= end.as_ref())
+                    {
                         copy_key(from, to, &key)?;
                     }
                 }
