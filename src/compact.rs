@@ -15,8 +15,9 @@
 //! store's change reports name the keys), for the keys the copy has already
 //! passed; the ones it has not reached yet it will read as they are then.
 //! A write to a key inside the chunk being copied is copied again once the
-//! chunk is in, so the copy never keeps an older value than the store. When the copy is
-//! complete, writes pause (they wait; reads go on) only for the switch:
+//! chunk is in, so the copy never keeps an older value than the store.
+//! When the copy is complete, writes pause (they wait; reads go on) only
+//! for the switch:
 //! the copy is flushed and synced, and [`layout::commit`] names it current
 //! in one atomic rename. Until that rename the old copy is the store,
 //! whole; after it the new one is, and it holds every acknowledged write.
@@ -159,19 +160,21 @@ impl NewCopy {
     pub fn copy_all(&self, cancel: &AtomicBool) -> Result<(), StoreError> {
         for tree in 0..TREES {
             let (from, to) = (&self.from[tree], &self.to[tree]);
-            let mut after: Option<IVec> = None;
             loop {
                 if cancel.load(Ordering::Relaxed) {
                     return Err(cancelled());
                 }
-                let start = match &after {
-                    None => Bound::Unbounded,
-                    Some(last) => Bound::Excluded(last.clone()),
-                };
                 // Announced before the chunk is read: a write to any key not
                 // copied yet is remembered from now on (where the chunk ends
                 // is known only once it is read).
-                self.progress()[tree].copying_chunk = true;
+                let start = {
+                    let mut progress = self.progress();
+                    progress[tree].copying_chunk = true;
+                    progress[tree]
+                        .through
+                        .clone()
+                        .map_or(Bound::Unbounded, Bound::Excluded)
+                };
                 let chunk = from
                     .range::<IVec, _>((start, Bound::Unbounded))
                     .take(CHUNK)
@@ -197,10 +200,7 @@ impl NewCopy {
                 }
                 state.copying_chunk = false;
                 match end {
-                    Some(end) => {
-                        state.through = Some(end.clone());
-                        after = Some(end);
-                    }
+                    Some(end) => state.through = Some(end),
                     None => {
                         state.all = true;
                         break;

@@ -153,18 +153,7 @@ impl LiveStore {
         let store = self.current()?;
         let before = store.data_file_bytes().unwrap_or(0);
         let (after, _) = compact(&self.shared, store)?;
-        self.shared.baseline.store(after, Ordering::SeqCst);
         Ok((before, after))
-    }
-
-    /// The current size of sled's data file.
-    pub fn data_file_bytes(&self) -> Result<u64, StoreError> {
-        self.current()?
-            .data_file_bytes()
-            .map_err(|source| StoreError::Layout {
-                path: self.shared.path.clone(),
-                source,
-            })
     }
 
     /// Whether writes are currently refused while the store recovers.
@@ -416,8 +405,6 @@ fn maybe_compact(shared: &Shared, not_before: &mut Instant) {
     let started = Instant::now();
     match compact(shared, store) {
         Ok((compacted, paused)) => {
-            shared.baseline.store(compacted, Ordering::SeqCst);
-            crate::metrics::METRICS.compacted();
             log::info!(
                 "compacted the store: data file {size} -> {compacted} bytes in {:?} (writes waited {paused:?})",
                 started.elapsed()
@@ -434,8 +421,9 @@ fn maybe_compact(shared: &Shared, not_before: &mut Instant) {
     }
 }
 
-/// Copies `old` into a new generation, switches to it, and deletes the old
-/// one. Returns the new data file's size and how long writes waited.
+/// Copies `old` into a new generation, switches to it, deletes the old one,
+/// and measures growth from the new size on. Returns that size and how long
+/// writes waited.
 fn compact(shared: &Shared, old: Arc<Store>) -> Result<(u64, Duration), StoreError> {
     let _one = shared
         .compacting
@@ -447,6 +435,8 @@ fn compact(shared: &Shared, old: Arc<Store>) -> Result<(u64, Duration), StoreErr
     shared.listener.mirror.store(None);
     crate::metrics::METRICS.compacting(false);
     let switched = switched?;
+    shared.baseline.store(switched.0, Ordering::SeqCst);
+    crate::metrics::METRICS.compacted();
     // Reads in flight on the old copy finish; then it is closed and removed.
     let deadline = Instant::now() + DRAIN_WAIT;
     while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
