@@ -11,8 +11,8 @@ use std::fmt;
 use std::path::Path;
 
 use crate::store::{
-    decode_index, decode_user, is_lock_error, open_sled, IndexEntry, UserRecord, GRACE_TREE,
-    INDEX_TREE, META_TREE, SCHEMA_KEY, SCHEMA_VERSION, USER_TREE,
+    decode_index, decode_user, is_lock_error, open_current, IndexEntry, StoreError, UserRecord,
+    GRACE_TREE, INDEX_TREE, META_TREE, SCHEMA_KEY, SCHEMA_VERSION, USER_TREE,
 };
 use crate::user::UserId;
 
@@ -77,24 +77,27 @@ fn hex32(bytes: &[u8]) -> String {
     hex::encode(bytes)
 }
 
+/// sled's own default cache, as the check always had: it reads every record
+/// and looks each one up in the other tree.
+const CHECK_CACHE_MB: u64 = 1024;
+
 /// Checks the store at `path` (which the server must not hold open).
 pub fn check_store(path: &Path) -> Result<Report, CheckError> {
     if !crate::layout::holds_store(path) {
         return Err(CheckError::Missing(path.display().to_string()));
     }
-    let dir = crate::layout::sled_dir(path).map_err(|e| CheckError::Open {
-        path: path.display().to_string(),
-        source: sled::Error::Io(e),
-    })?;
-    let db = open_sled(&sled::Config::new().path(dir).flush_every_ms(None)).map_err(|source| {
-        if is_lock_error(&source) {
+    let (db, _) = open_current(path, CHECK_CACHE_MB).map_err(|e| match e {
+        StoreError::Open { source, .. } if is_lock_error(&source) => {
             CheckError::InUse(path.display().to_string())
-        } else {
-            CheckError::Open {
-                path: path.display().to_string(),
-                source,
-            }
         }
+        StoreError::Open { source, .. } => CheckError::Open {
+            path: path.display().to_string(),
+            source,
+        },
+        other => CheckError::Open {
+            path: path.display().to_string(),
+            source: sled::Error::Io(std::io::Error::other(other.to_string())),
+        },
     })?;
     let users = db.open_tree(USER_TREE)?;
     let index = db.open_tree(INDEX_TREE)?;
@@ -272,7 +275,7 @@ mod tests {
     }
 
     fn raw(path: &Path) -> sled::Db {
-        open_sled(&sled::Config::new().path(path).flush_every_ms(None)).unwrap()
+        open_current(path, 8).unwrap().0
     }
 
     #[tokio::test]

@@ -455,7 +455,7 @@ pub(crate) fn sled_config(dir: &Path, cache_mb: u64) -> sled::Config {
 /// compaction in another process switch copies between reading the pointer
 /// and taking the lock, the pointer is read again: a stale copy is never
 /// served.
-fn open_current(path: &Path, cache_mb: u64) -> Result<(Db, PathBuf), StoreError> {
+pub(crate) fn open_current(path: &Path, cache_mb: u64) -> Result<(Db, PathBuf), StoreError> {
     let layout_error = |source| StoreError::Layout {
         path: path.to_owned(),
         source,
