@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+use reqwest::Method;
 use serde_json::Value;
 
 const USERS: usize = 6;
@@ -37,26 +38,25 @@ impl Lcg {
 }
 
 async fn me(client: &reqwest::Client, base: &str, jwt: &str) -> Value {
-    client
-        .get(format!("{base}/api/agent-tokens/me"))
-        .bearer_auth(jwt)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    call(
+        client,
+        Method::GET,
+        &format!("{base}/api/agent-tokens/me"),
+        jwt,
+    )
+    .await
+    .1
 }
 
 async fn verify_status(client: &reqwest::Client, base: &str, token: &str) -> u16 {
-    client
-        .get(format!("{base}/api/agent-tokens/verify"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    call(
+        client,
+        Method::GET,
+        &format!("{base}/api/agent-tokens/verify"),
+        token,
+    )
+    .await
+    .0
 }
 
 /// When each cycle's SIGKILL comes.

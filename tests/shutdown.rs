@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use reqwest::Method;
 use serde_json::Value;
 
 /// What one client saw: its last acknowledged token, and whether a request
@@ -97,15 +98,8 @@ async fn sigterm_under_load_loses_no_acknowledged_rotation_and_exits_zero() {
         let Some(acked) = &outcome.last_acked else {
             continue;
         };
-        let me: Value = client
-            .get(format!("{}/api/agent-tokens/me", server.base()))
-            .bearer_auth(jwt)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let me_url = format!("{}/api/agent-tokens/me", server.base());
+        let (_, me) = call(&client, Method::GET, &me_url, jwt).await;
         let stored = me["token_prefix"].as_str().unwrap();
         if stored == format!("{}...", &acked[..15]) {
             let verified = client
