@@ -313,14 +313,8 @@ def cmd_metrics(a):
         "agent_tokens_storage_flush_waiters_count": "flushes",
         "agent_tokens_storage_flush_duration_seconds_sum": "flush_seconds_sum",
     }
-    status, body = http_status("127.0.0.1", a.port, "/metrics")
-    if status != 200:
-        sys.exit(f"/metrics answered {status}")
-    result = {}
-    for line in body.decode().splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[0] in wanted:
-            result[wanted[parts[0]]] = float(parts[1])
+    values = metric_values(a.port)
+    result = {key: values[name] for name, key in wanted.items() if name in values}
     with open(a.out, "w") as f:
         json.dump(result, f)
 
