@@ -15,14 +15,14 @@
 //! remembers only if no change was reported since; reporting a change bumps
 //! the generation and forgets the keys under the same lock as that check.
 
-use std::hash::{BuildHasher, Hash, RandomState};
+use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use actix_web::http::header::{HeaderValue, InvalidHeaderValue};
 use actix_web::web::Bytes;
 use quick_cache::sync::Cache;
-use quick_cache::Equivalent;
+use quick_cache::{DefaultHashBuilder, Equivalent};
 
 use crate::store::{ChangeListener, Changes, IndexEntry};
 
@@ -232,7 +232,9 @@ pub struct Answers {
     pub verify: AnswerCache<[u8; 32], VerifyAnswer>,
     /// Hash of a user id → its `GET /me` answer.
     status: AnswerCache<StatusKey, StatusAnswer>,
-    status_keys: RandomState,
+    /// Keyed per process (aHash, as the cache's own table): fast on short
+    /// ids, and a collision only costs a store read.
+    status_keys: DefaultHashBuilder,
 }
 
 impl Answers {
@@ -240,7 +242,7 @@ impl Answers {
         Self {
             verify: AnswerCache::new(capacity),
             status: AnswerCache::new(capacity),
-            status_keys: RandomState::new(),
+            status_keys: DefaultHashBuilder::default(),
         }
     }
 

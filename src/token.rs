@@ -187,10 +187,11 @@ impl TokenHash {
     }
 
     /// Checks a presented token's format and checksum and hashes it, without
-    /// copying the secret: the verify path's first step, before any lookup.
+    /// copying the secret.
     pub fn of_presented(candidate: &str) -> Result<Self, TokenError> {
-        check_format(candidate)?;
-        Ok(Self::of(candidate))
+        let presented = PresentedToken::new(candidate)?;
+        presented.check()?;
+        Ok(presented.hash)
     }
 
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
@@ -199,6 +200,42 @@ impl TokenHash {
 
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
+    }
+}
+
+/// A presented credential of an agent token's shape (prefix and length),
+/// hashed. Its body (lowercase hex and checksum) is checked by
+/// [`PresentedToken::check`], which the verify path calls only before a
+/// storage lookup: a hash already remembered as a live token's can only be
+/// that of a token this service issued (SHA-256 has no known collisions), so
+/// a hit needs no second hash. No `Debug`: it borrows the secret.
+pub struct PresentedToken<'a> {
+    text: &'a str,
+    hash: TokenHash,
+}
+
+impl<'a> PresentedToken<'a> {
+    /// Refuses a wrong prefix or length unhashed.
+    pub fn new(candidate: &'a str) -> Result<Self, TokenError> {
+        let body = candidate
+            .strip_prefix(TOKEN_PREFIX)
+            .ok_or(TokenError::WrongPrefix)?;
+        if body.len() != BODY_HEX_LEN {
+            return Err(TokenError::WrongLength);
+        }
+        Ok(Self {
+            text: candidate,
+            hash: TokenHash::of(candidate),
+        })
+    }
+
+    pub fn hash(&self) -> &TokenHash {
+        &self.hash
+    }
+
+    /// Lowercase hex and a matching checksum: what a typo fails, offline.
+    pub fn check(&self) -> Result<(), TokenError> {
+        check_format(self.text)
     }
 }
 
@@ -314,6 +351,36 @@ mod tests {
         assert_eq!(
             TokenHash::of_presented(&bad).unwrap_err(),
             TokenError::BadChecksum
+        );
+    }
+
+    #[test]
+    fn a_presented_token_is_hashed_by_its_shape_and_checked_on_demand() {
+        let t = fresh();
+        let presented = PresentedToken::new(t.expose()).unwrap();
+        assert_eq!(*presented.hash(), t.hash());
+        assert_eq!(presented.check(), Ok(()));
+        let typo = format!("{}0", &t.expose()[..70]);
+        let typo = if typo == t.expose() {
+            format!("{}1", &t.expose()[..70])
+        } else {
+            typo
+        };
+        let presented = PresentedToken::new(&typo).unwrap();
+        assert_eq!(*presented.hash(), TokenHash::of(&typo));
+        assert_eq!(presented.check(), Err(TokenError::BadChecksum));
+        let upper = format!("sk_agt_{}", "A".repeat(64));
+        assert_eq!(
+            PresentedToken::new(&upper).unwrap().check(),
+            Err(TokenError::NotHex)
+        );
+        assert_eq!(
+            PresentedToken::new(&t.expose()[..70]).err(),
+            Some(TokenError::WrongLength)
+        );
+        assert_eq!(
+            PresentedToken::new("Sk_agt_").err(),
+            Some(TokenError::WrongPrefix)
         );
     }
 

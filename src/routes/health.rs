@@ -6,20 +6,24 @@ use crate::app::AppState;
 use crate::error::ApiError;
 use crate::metrics::METRICS;
 
-/// Registers the operator routes; other methods get a JSON 405.
+/// Registers `/healthz`; other methods get a JSON 405.
+pub fn configure_liveness(cfg: &mut web::ServiceConfig) {
+    register(cfg, "/healthz", web::get().to(healthz));
+}
+
+/// Registers the other operator routes; other methods get a JSON 405.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    for (path, handler) in [
-        ("/healthz", web::get().to(healthz)),
-        ("/readyz", web::get().to(readyz)),
-        ("/metrics", web::get().to(metrics)),
-    ] {
-        cfg.service(
-            web::resource(path)
-                .name(path)
-                .route(handler)
-                .default_service(web::to(super::method_not_allowed)),
-        );
-    }
+    register(cfg, "/readyz", web::get().to(readyz));
+    register(cfg, "/metrics", web::get().to(metrics));
+}
+
+fn register(cfg: &mut web::ServiceConfig, path: &'static str, handler: actix_web::Route) {
+    cfg.service(
+        web::resource(path)
+            .name(path)
+            .route(handler)
+            .default_service(web::to(super::method_not_allowed)),
+    );
 }
 
 /// Handles `GET /healthz`.

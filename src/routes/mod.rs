@@ -11,11 +11,14 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use crate::app::AppState;
 use crate::error::ApiError;
 
-/// Registers every route.
+/// Registers every route. The router tries resources in this order, so the
+/// ones called on every request come first: liveness probes, verify (what
+/// gateways call for each request they pass), then the management routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    health::configure(cfg);
-    tokens::configure(cfg);
+    health::configure_liveness(cfg);
     verify::configure(cfg);
+    tokens::configure(cfg);
+    health::configure(cfg);
     docs::configure(cfg);
 }
 

@@ -1,7 +1,8 @@
 //! The verify route for gateways (nginx `auth_request`, Traefik `forwardAuth`,
 //! Caddy `forward_auth`) and APIs. Answers 200 for a live agent token and 401
-//! for anything else, never another 4xx. Checks the checksum before any
-//! lookup, then answers from the remembered answers or one index read. The
+//! for anything else, never another 4xx. Answers from the remembered
+//! answers (found by the token's hash, which only an issued token has) or,
+//! after the checksum refused typos and garbage, one index read. The
 //! remembered answers are forgotten by every write before it is
 //! acknowledged (see [`crate::answers`]), so a revoked or rotated-out token
 //! fails on the very next request.
@@ -13,7 +14,7 @@ use serde::Serialize;
 
 use crate::answers::VerifyAnswer;
 use crate::app::AppState;
-use crate::auth::agent_token_hash;
+use crate::auth::presented_agent_token;
 use crate::clock::Timestamp;
 use crate::error::{ApiError, Operation, VerifyRefusal};
 use crate::metrics::{TokenOperation, METRICS};
@@ -77,16 +78,21 @@ async fn verify(req: HttpRequest) -> Result<HttpResponse, ApiError> {
 /// The verify decision: a remembered answer or one read (and a
 /// once-a-minute last-used stamp).
 async fn answer(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
-    let hash =
-        agent_token_hash(req.headers().get(AUTHORIZATION)).map_err(ApiError::InvalidAgentToken)?;
+    let presented = presented_agent_token(req.headers().get(AUTHORIZATION))
+        .map_err(ApiError::InvalidAgentToken)?;
+    let hash = presented.hash();
     let now = state.clock.now();
     let known = match state.answers.verify.get(hash.as_bytes()) {
         Some(known) => known,
         None => {
+            // A typo or garbage is refused here, before the store is read.
+            presented
+                .check()
+                .map_err(|e| ApiError::InvalidAgentToken(VerifyRefusal::Malformed(e)))?;
             let ticket = state.answers.verify.ticket();
             let entry = state
                 .store
-                .lookup(&hash)
+                .lookup(hash)
                 .map_err(|e| ApiError::failed(Operation::Verify, e))?
                 .ok_or(ApiError::InvalidAgentToken(VerifyRefusal::Unknown))?;
             let known = render(&entry, state, now)?;
@@ -107,7 +113,7 @@ async fn answer(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, Api
         // would otherwise enlarge every verify's future.
         // A failed stamp must not fail a valid token: log it and answer.
         // (The stamp's write makes the next verify read the entry afresh.)
-        if let Err(e) = Box::pin(state.store.touch(&hash, now)).await {
+        if let Err(e) = Box::pin(state.store.touch(hash, now)).await {
             log::warn!("cannot record the last use of {}: {e}", known.prefix());
         }
     }

@@ -88,6 +88,9 @@ async fn head_gives_the_same_status_and_headers_without_a_body() {
 async fn every_kind_of_bad_credential_gets_401_and_never_another_status() {
     let app = spawn_app().await;
     let token = app.new_token(&user_jwt("carol")).await;
+    // Remembered from here on: a near miss of a remembered token must be
+    // refused just the same (a hit is found by the whole token's hash).
+    assert_eq!(app.verify_status(&token).await, 200);
     let mut flipped = token.clone().into_bytes();
     let last = flipped.len() - 1;
     flipped[last] = if flipped[last] == b'0' { b'1' } else { b'0' };
@@ -115,6 +118,9 @@ async fn every_kind_of_bad_credential_gets_401_and_never_another_status() {
     ] {
         assert_refused(app.verify(credential).await, credential).await;
     }
+    // A typo is refused by its checksum, offline, with that reason.
+    let body = assert_refused(app.verify(&flipped).await, &flipped).await;
+    assert_eq!(body["message"], "The agent token is malformed.");
     // No Authorization header at all, and other schemes.
     assert_refused(app.request(Method::GET, VERIFY, None).await, "").await;
     let resp = app
