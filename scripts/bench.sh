@@ -17,7 +17,7 @@
 #   --out FILE         also write the summary table to FILE
 #   --duration S       seconds per measured wrk run (default 5)
 #   --warmup S         seconds of warmup before each measured run (default 1)
-#   --pairs P          alternating pairs per ratio, median taken (default 3)
+#   --pairs P          pairs per ratio, in A B B A order, median taken (default 5)
 #   --threads T        wrk threads (default 1)
 #   --connections C    wrk connections (default 64)
 #   --sample K         tokens/JWTs the verify and GET /me load rotates over
@@ -43,7 +43,7 @@
 # CPU from the server. 64 concurrent writers also give group commit a fair
 # batch. Every run uses the same Lua script (scripts/bench_wrk.lua, requests
 # built up front), so the client's cost per request is the same for every
-# route. Ratios are medians of per-pair ratios (A B A B ...), which cancels
+# route. Ratios are medians of per-pair ratios (A B B A ...), which cancels
 # slow drifts in what else the host is doing; the report warns when other
 # processes were busy when the run started.
 set -euo pipefail
@@ -56,7 +56,7 @@ TOKENS=1000
 OUT=""
 DURATION=5
 WARMUP=1
-PAIRS=3
+PAIRS=5
 THREADS=1
 CONNECTIONS=64
 SAMPLE=500
@@ -306,24 +306,38 @@ run_wrk() {
 ME=/api/agent-tokens/me
 VERIFY=/api/agent-tokens/verify
 
+# in_order P A... -- B...: runs A then B in odd pairs and B then A in even
+# ones (A B B A A B ...), so a steady drift in the host's speed (seen here:
+# 15% within a minute) favours neither side of a ratio.
+in_order() {
+    local p=$1 a=()
+    shift
+    while [ "$1" != "--" ]; do a+=("$1"); shift; done
+    shift
+    if [ $((p % 2)) -eq 1 ]; then "${a[@]}"; "$@"; else "$@"; "${a[@]}"; fi
+}
+
+run_fsync() { # P
+    run_bg "${HELPER[@]}" fsync --dir "$WORK" --seconds 3 --out "$WORK/results/fsync.$1.json"
+    "${HELPER[@]}" show "$WORK/results/fsync.$1.json" "fsync.$1" >&2
+}
+
 echo "bench.sh: GET /healthz vs GET $ME" >&2
 for p in $(seq "$PAIRS"); do
-    run_wrk "healthz_me.$p" "$PORT" GET /healthz ""
-    run_wrk "me.$p" "$PORT" GET "$ME" "$WORK/me_jwts.txt"
+    in_order "$p" run_wrk "healthz_me.$p" "$PORT" GET /healthz "" -- \
+        run_wrk "me.$p" "$PORT" GET "$ME" "$WORK/me_jwts.txt"
 done
 
 echo "bench.sh: GET /healthz vs GET $VERIFY" >&2
 for p in $(seq "$PAIRS"); do
-    run_wrk "healthz_verify.$p" "$PORT" GET /healthz ""
-    run_wrk "verify.$p" "$PORT" GET "$VERIFY" "$WORK/verify_tokens.txt"
+    in_order "$p" run_wrk "healthz_verify.$p" "$PORT" GET /healthz "" -- \
+        run_wrk "verify.$p" "$PORT" GET "$VERIFY" "$WORK/verify_tokens.txt"
 done
 
 echo "bench.sh: raw append+fdatasync vs POST $ME (rotations)" >&2
 "${HELPER[@]}" metrics --port "$PORT" --out "$WORK/results/metrics_rot_before.json"
 for p in $(seq "$PAIRS"); do
-    run_bg "${HELPER[@]}" fsync --dir "$WORK" --seconds 3 --out "$WORK/results/fsync.$p.json"
-    "${HELPER[@]}" show "$WORK/results/fsync.$p.json" "fsync.$p" >&2
-    run_wrk "rotate.$p" "$PORT" POST "$ME" "$WORK/rotate_jwts.txt"
+    in_order "$p" run_fsync "$p" -- run_wrk "rotate.$p" "$PORT" POST "$ME" "$WORK/rotate_jwts.txt"
 done
 "${HELPER[@]}" metrics --port "$PORT" --out "$WORK/results/metrics_rot_after.json"
 # The rotations may have started an online compaction (the store grew):
@@ -354,8 +368,8 @@ if [ "$NGINX" -eq 1 ]; then
     done
     check --port "$NGX_FRONT" --path /api/bench.txt --bearer sk_agt_bad --expect 401
     for p in $(seq "$PAIRS"); do
-        run_wrk "nginx_ceiling.$p" "$CEIL_FRONT" GET /api/bench.txt "$WORK/verify_tokens.txt"
-        run_wrk "nginx_verify.$p" "$NGX_FRONT" GET /api/bench.txt "$WORK/verify_tokens.txt"
+        in_order "$p" run_wrk "nginx_ceiling.$p" "$CEIL_FRONT" GET /api/bench.txt "$WORK/verify_tokens.txt" -- \
+            run_wrk "nginx_verify.$p" "$NGX_FRONT" GET /api/bench.txt "$WORK/verify_tokens.txt"
     done
     if grep -q "unexpected status" "$WORK/nginx-recipe/error.log" 2>/dev/null; then
         die "nginx saw unexpected auth statuses: $(grep -m 3 "unexpected status" "$WORK/nginx-recipe/error.log")"

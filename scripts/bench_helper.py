@@ -606,7 +606,7 @@ def cmd_report(a):
     out.append(
         f"agent-tokens benchmark: {int(env['tokens']):,} tokens, "
         f"wrk -t{env['threads']} -c{env['connections']}, {env['duration']} s runs "
-        f"after {env['warmup']} s warmup, median of {pairs} alternating pairs; "
+        f"after {env['warmup']} s warmup, median of {pairs} pairs (A B B A ...); "
         f"verify and GET /me cycle over {env.get('sample', '?')} tokens/users"
     )
     out.append(
