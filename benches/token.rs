@@ -1,11 +1,12 @@
 //! Token micro-benchmarks: generation (CSPRNG + checksum + hex), parsing
-//! (format and checksum check), and hashing (the stored SHA-256).
+//! (format and checksum check), hashing (the stored SHA-256), and the
+//! verify hit path's shape check and hash.
 //!
 //! `cargo bench --bench token` (add `-- --quick` for a short run).
 
 use std::hint::black_box;
 
-use agent_tokens::token::{PlainToken, TokenHash};
+use agent_tokens::token::{PlainToken, PresentedToken, TokenHash};
 use criterion::{criterion_group, criterion_main, Criterion};
 use ring::rand::SystemRandom;
 
@@ -27,6 +28,14 @@ fn token(c: &mut Criterion) {
     });
     group.bench_function("parse+hash (TokenHash::of_presented)", |b| {
         b.iter(|| TokenHash::of_presented(black_box(&text)).expect("a valid token"))
+    });
+    // What verify does before it finds a remembered answer: shape, then hash.
+    group.bench_function("shape+hash (PresentedToken::new)", |b| {
+        b.iter(|| {
+            *PresentedToken::new(black_box(&text))
+                .expect("a valid token")
+                .hash()
+        })
     });
     group.bench_function("hash (PlainToken::hash)", |b| {
         b.iter(|| black_box(&valid).hash())

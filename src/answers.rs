@@ -17,10 +17,10 @@
 
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 
 use actix_web::http::header::{HeaderValue, InvalidHeaderValue};
-use actix_web::web::Bytes;
+use actix_web::web::{Buf, Bytes};
 use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Equivalent};
 
@@ -105,10 +105,11 @@ where
 /// response body, all in one allocation. Compact on purpose: with ten
 /// thousand hot tokens a hit's cost is mostly the cache lines it misses
 /// (measured: the first touch of each separate allocation was the largest
-/// cost of a hit), and answers are copied out rather than shared (a
-/// shared reference count is a cache line both workers write).
+/// cost of a hit). A hit copies the answer out (a `Box`, not an `Arc`: a
+/// shared reference count is a cache line both workers would write on
+/// every hit of a hot token).
 #[derive(Clone)]
-pub struct VerifyAnswer(Arc<[u8]>);
+pub struct VerifyAnswer(Box<[u8]>);
 
 /// Layout: created_at, grace_until, last_used_at (u64 LE, `NONE` for
 /// none), user id length, prefix length (u32 LE), then the three texts.
@@ -195,9 +196,10 @@ impl VerifyAnswer {
 }
 
 /// A `GET /me` answer: the user id it belongs to and the body, in one
-/// allocation (the user id is checked on every hit, see [`StatusKey`]).
+/// allocation (the user id is checked on every hit, see [`StatusKey`]),
+/// copied out on a hit as [`VerifyAnswer`] is.
 #[derive(Clone)]
-pub struct StatusAnswer(Arc<[u8]>);
+pub struct StatusAnswer(Box<[u8]>);
 
 impl StatusAnswer {
     /// Layout: the user id's length (u32 LE), the user id, the body.
@@ -214,8 +216,13 @@ impl StatusAnswer {
         u32_at(&self.0, 0) == user.len() && self.0[4..].starts_with(user)
     }
 
-    fn body(&self) -> &[u8] {
-        &self.0[4 + u32_at(&self.0, 0)..]
+    /// The body, without a second copy: the answer's own allocation,
+    /// advanced past the user id.
+    fn into_body(self) -> Bytes {
+        let start = 4 + u32_at(&self.0, 0);
+        let mut body = Bytes::from(self.0);
+        body.advance(start);
+        body
     }
 }
 
@@ -253,9 +260,7 @@ impl Answers {
     /// The remembered `GET /me` body of `user`, if any.
     pub fn status(&self, user: &[u8]) -> Option<Bytes> {
         let answer = self.status.get(&self.status_key(user))?;
-        answer
-            .is_for(user)
-            .then(|| Bytes::copy_from_slice(answer.body()))
+        answer.is_for(user).then(|| answer.into_body())
     }
 
     /// Take before reading the user record a status answer is built from.
