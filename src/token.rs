@@ -103,12 +103,22 @@ pub fn looks_like_agent_token(credential: &str) -> bool {
 
 /// Checks prefix, length, lowercase hex and checksum without copying the token.
 fn check_format(candidate: &str) -> Result<(), TokenError> {
+    check_body(shape_body(candidate)?)
+}
+
+/// The body of a candidate with the token's prefix and length.
+fn shape_body(candidate: &str) -> Result<&str, TokenError> {
     let body = candidate
         .strip_prefix(TOKEN_PREFIX)
         .ok_or(TokenError::WrongPrefix)?;
     if body.len() != BODY_HEX_LEN {
         return Err(TokenError::WrongLength);
     }
+    Ok(body)
+}
+
+/// Lowercase hex and a checksum that matches the random part.
+fn check_body(body: &str) -> Result<(), TokenError> {
     let mut bytes = [0u8; RANDOM_LEN + CHECKSUM_LEN];
     if !decode_lower_hex(body.as_bytes(), &mut bytes) {
         bytes.zeroize();
@@ -210,21 +220,17 @@ impl TokenHash {
 /// that of a token this service issued (SHA-256 has no known collisions), so
 /// a hit needs no second hash. No `Debug`: it borrows the secret.
 pub struct PresentedToken<'a> {
-    text: &'a str,
+    /// The 64 hex characters after the prefix.
+    body: &'a str,
     hash: TokenHash,
 }
 
 impl<'a> PresentedToken<'a> {
     /// Refuses a wrong prefix or length unhashed.
     pub fn new(candidate: &'a str) -> Result<Self, TokenError> {
-        let body = candidate
-            .strip_prefix(TOKEN_PREFIX)
-            .ok_or(TokenError::WrongPrefix)?;
-        if body.len() != BODY_HEX_LEN {
-            return Err(TokenError::WrongLength);
-        }
+        let body = shape_body(candidate)?;
         Ok(Self {
-            text: candidate,
+            body,
             hash: TokenHash::of(candidate),
         })
     }
@@ -235,7 +241,7 @@ impl<'a> PresentedToken<'a> {
 
     /// Lowercase hex and a matching checksum: what a typo fails, offline.
     pub fn check(&self) -> Result<(), TokenError> {
-        check_format(self.text)
+        check_body(self.body)
     }
 }
 
