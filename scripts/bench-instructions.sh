@@ -48,14 +48,7 @@ done
 missing=()
 command -v wrk >/dev/null || missing+=(wrk)
 command -v valgrind >/dev/null || missing+=(valgrind)
-if [ ${#missing[@]} -gt 0 ]; then
-    as_root=()
-    [ "$(id -u)" -eq 0 ] || as_root=(sudo)
-    export DEBIAN_FRONTEND=noninteractive
-    "${as_root[@]}" apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null ||
-        { "${as_root[@]}" apt-get update >/dev/null && "${as_root[@]}" apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; } ||
-        die "cannot install ${missing[*]}"
-fi
+[ ${#missing[@]} -eq 0 ] || "$ROOT/scripts/install-debian-packages.sh" "${missing[@]}" || die "cannot install ${missing[*]}"
 if [ "$BUILD" -eq 1 ]; then
     (cd "$ROOT" && cargo build --release --quiet --bin agent-tokens) || die "the release build failed"
 fi
@@ -115,7 +108,7 @@ for route in "GET /healthz|/healthz|" \
     for _ in $(seq 100); do ls "$WORK"/cg.out.* >/dev/null 2>&1 && break; sleep 0.1; done
     dump=$(ls "$WORK"/cg.out.* 2>/dev/null | head -n 1)
     [ -n "$dump" ] || die "callgrind wrote no dump for $path"
-    sleep 0.5 # the dump is written before callgrind_control returns; let it close
+    sleep 0.5 # the file appears before callgrind has finished writing it
     instructions=$(sed -n 's/^summary: *//p;s/^totals: *//p' "$dump" | head -n 1 | awk '{print $1}')
     requests=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["requests"])' "$WORK/run.json")
     [ "$requests" -gt 0 ] || die "wrk completed no request on $path"

@@ -110,20 +110,11 @@ fi
 
 # ---------------------------------------------------------------- tools
 
-install_packages() {
-    local as_root=()
-    [ "$(id -u)" -eq 0 ] || as_root=(sudo)
-    echo "bench.sh: installing $*" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    "${as_root[@]}" apt-get install -y --no-install-recommends "$@" >/dev/null ||
-        { "${as_root[@]}" apt-get update >/dev/null && "${as_root[@]}" apt-get install -y --no-install-recommends "$@" >/dev/null; } ||
-        die "cannot install $*"
-}
 missing=()
 command -v wrk >/dev/null || missing+=(wrk)
 [ "$NGINX" -eq 0 ] || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 command -v python3 >/dev/null || missing+=(python3)
-[ ${#missing[@]} -eq 0 ] || install_packages "${missing[@]}"
+[ ${#missing[@]} -eq 0 ] || "$ROOT/scripts/install-debian-packages.sh" "${missing[@]}" || die "cannot install ${missing[*]}"
 
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/agent-tokens"
 case "$BIN" in /*) ;; *) BIN="$ROOT/$BIN" ;; esac

@@ -199,9 +199,9 @@ impl TokenHash {
     /// Checks a presented token's format and checksum and hashes it, without
     /// copying the secret.
     pub fn of_presented(candidate: &str) -> Result<Self, TokenError> {
-        let presented = PresentedToken::new(candidate)?;
-        presented.check()?;
-        Ok(presented.hash)
+        // Checked before hashing: a typo costs no hash.
+        check_format(candidate)?;
+        Ok(Self::of(candidate))
     }
 
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
