@@ -126,7 +126,7 @@ impl Application {
                         };
                         METRICS.observe_request(
                             route,
-                            method.as_str(),
+                            &method,
                             res.status().as_u16(),
                             started.elapsed(),
                         );

@@ -226,11 +226,14 @@ impl Settings {
                     path.display()
                 )));
             }
-            builder = builder.add_source(
-                config::File::from(path)
-                    .format(config::FileFormat::Toml)
-                    .required(true),
-            );
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new(format!(
+                    "Cannot read the config file {}: {e}.",
+                    path.display()
+                ))
+            })?;
+            check_toml_syntax(path, &text)?;
+            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
         }
         if let Some(overlay) = sources.overlay {
             builder =
@@ -344,6 +347,90 @@ impl Settings {
     }
 }
 
+/// Refuses a file that is not TOML with where and what, never the text:
+/// the toml crate's own message quotes the offending line, which may hold
+/// a secret (`hmac_secret = "...` with its closing quote missing).
+fn check_toml_syntax(path: &Path, text: &str) -> Result<(), ConfigError> {
+    let Err(err) = toml::from_str::<toml::Table>(text) else {
+        return Ok(());
+    };
+    let mut sentence = format!("{} is not valid TOML", path.display());
+    if let Some(span) = err.span() {
+        let place = SourcePlace::of(text, span.start);
+        sentence.push_str(&format!(" at line {}, column {}", place.line, place.column));
+        if let Some(key) = place.key {
+            sentence.push_str(&format!(" (key {key})"));
+        }
+    }
+    Err(ConfigError::new(format!(
+        "{sentence}: {}.",
+        redact_toml_message(err.message())
+    )))
+}
+
+/// The toml crate's message without any piece of the input: it quotes
+/// values in backticks ("invalid type: integer `123...` as i128"); quoted
+/// syntax (`"`, `,`, `]`) is kept, anything longer is left out.
+fn redact_toml_message(message: &str) -> String {
+    let first_line = message.trim().lines().next().unwrap_or_default();
+    if first_line.starts_with("invalid type: integer") {
+        return "the integer is out of range (TOML integers are 64-bit)".to_owned();
+    }
+    let mut out = String::new();
+    for (i, piece) in first_line.split('`').enumerate() {
+        if i % 2 == 0 {
+            out.push_str(piece);
+        } else if piece.chars().count() <= 3 {
+            out.push('`');
+            out.push_str(piece);
+            out.push('`');
+        } else {
+            out.push_str("(a value)");
+        }
+    }
+    out.trim().trim_end_matches('.').to_owned()
+}
+
+/// Line and column (from 1) of a byte offset in a TOML text, and the
+/// dotted name of the key that line sets, if it sets one.
+struct SourcePlace {
+    line: usize,
+    column: usize,
+    key: Option<String>,
+}
+
+impl SourcePlace {
+    fn of(text: &str, offset: usize) -> Self {
+        let offset = offset.min(text.len());
+        let before = text.get(..offset).unwrap_or(text);
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let column = before[line_start..].chars().count() + 1;
+        let table = before[..line_start].lines().rev().find_map(|l| {
+            let l = l.trim();
+            let name = l.strip_prefix('[')?.split(']').next()?;
+            Some(name.trim_matches(['[', ' ']).to_owned())
+        });
+        let this_line = text[line_start..].lines().next().unwrap_or_default();
+        // Named only when the error is in the value, after the `=`: an
+        // error at the start of a line belongs to what came before it.
+        let key = this_line
+            .split_once('=')
+            .filter(|(k, _)| offset - line_start > k.len())
+            .map(|(k, _)| k.trim())
+            .filter(|k| {
+                !k.is_empty()
+                    && k.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            })
+            .map(|k| match &table {
+                Some(t) if !t.is_empty() => format!("{t}.{k}"),
+                _ => k.to_owned(),
+            });
+        Self { line, column, key }
+    }
+}
+
 /// Turns the config crate's errors into one sentence that names the key.
 /// Values are never echoed: a mistyped secret must not end up in a terminal log.
 fn describe_config_error(err: config::ConfigError) -> ConfigError {
@@ -351,8 +438,11 @@ fn describe_config_error(err: config::ConfigError) -> ConfigError {
     match err {
         E::NotFound(key) => ConfigError::new(format!("Missing config key {key}.")),
         E::FileParse { uri, cause } => {
+            // (Files were checked by `check_toml_syntax`; this is the
+            // `--dev` overlay or a parse the two crates disagree on.)
             let place = uri.unwrap_or_else(|| "the config file".to_owned());
-            ConfigError::new(format!("{place} is not valid TOML: {cause}"))
+            let cause = redact_toml_message(&cause.to_string());
+            ConfigError::new(format!("{place} is not valid TOML: {cause}."))
         }
         E::Type { key, expected, .. } => match key {
             Some(key) => ConfigError::new(format!("Config key {key} must be {expected}.")),
@@ -523,6 +613,40 @@ mod tests {
     fn invalid_toml_is_reported() {
         let err = load_toml("[server\n").unwrap_err();
         assert!(err.to_string().contains("is not valid TOML"), "{err}");
+    }
+
+    /// The toml crate quotes the offending line; a secret on it must not
+    /// reach the terminal or the journal.
+    #[test]
+    fn a_toml_error_names_place_and_key_but_never_the_value() {
+        const SECRET: &str = "SUPERSECRETVALUE0123456789abcdef";
+        let cases: &[(String, &str)] = &[
+            (
+                format!("[jwt]\nhmac_secret = \"{SECRET}\n"),
+                "at line 2, column 48 (key jwt.hmac_secret): invalid basic string, expected `\"`.",
+            ),
+            (
+                format!("[jwt]\nhmac_secret = {SECRET}\n"),
+                "at line 2, column 15 (key jwt.hmac_secret): string values must be quoted",
+            ),
+            (
+                "[jwt]\nhmac_secret = 12345678901234567890123456789012345\n".to_owned(),
+                "at line 2, column 15 (key jwt.hmac_secret): the integer is out of range (TOML integers are 64-bit).",
+            ),
+            (
+                format!("[jwt]\nalgorithms = [\"HS256\"\nhmac_secret = \"{SECRET}\"\n"),
+                "at line 3, column 1: missing comma between array elements",
+            ),
+        ];
+        for (toml, expected) in cases {
+            let err = load_toml(toml).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err}\nexpected: {expected}");
+            assert!(
+                !err.contains(SECRET) && !err.contains("1234567890"),
+                "{err}"
+            );
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use actix_web::http::Method;
 use prometheus::{
     register_histogram_vec_with_registry, register_histogram_with_registry,
     register_int_counter_vec_with_registry, register_int_counter_with_registry,
@@ -199,7 +200,8 @@ impl Metrics {
         self.flush_batch.observe(waiters as f64);
     }
 
-    pub fn observe_request(&self, route: &str, method: &str, status: u16, took: Duration) {
+    pub fn observe_request(&self, route: &str, method: &Method, status: u16, took: Duration) {
+        let method = method_label(method);
         let status_buf = itoa_status(status);
         let status = std::str::from_utf8(&status_buf).unwrap_or("000");
         self.http_requests
@@ -216,6 +218,24 @@ impl Metrics {
         let mut out = Vec::with_capacity(8 * 1024);
         TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
         String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}
+
+/// The `method` label: one of the methods HTTP defines, or `other`. A
+/// client picks the method freely (any token of letters will do), and each
+/// new label value would be a new series kept for the life of the process.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
     }
 }
 
@@ -262,7 +282,7 @@ mod tests {
 
     #[test]
     fn every_metric_is_prefixed_and_renders() {
-        METRICS.observe_request("/healthz", "GET", 200, Duration::from_micros(50));
+        METRICS.observe_request("/healthz", &Method::GET, 200, Duration::from_micros(50));
         METRICS.observe_flush(Duration::from_micros(150), 3);
         let text = METRICS.render().unwrap();
         for name in [

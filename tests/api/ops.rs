@@ -154,3 +154,42 @@ async fn metrics_count_requests_by_route_token_operations_and_flushes() {
         }
     }
 }
+
+/// The method is the client's to choose: any run of letters is one. Each
+/// would be a new series for the life of the process (memory an anonymous
+/// client could grow at will), so unknown methods share one label.
+#[tokio::test]
+async fn invented_methods_share_one_metrics_label() {
+    let app = spawn_app().await;
+    let invented: Vec<String> = (0..50).map(|i| format!("INVENTED{i:02}XQ")).collect();
+    for name in &invented {
+        let method = Method::from_bytes(name.as_bytes()).unwrap();
+        let resp = app
+            .request(method.clone(), "/api/agent-tokens/me", None)
+            .await;
+        assert_eq!(resp.status().as_u16(), 405, "{name}");
+        app.request(method, "/no/such/route", None).await;
+    }
+    let text = app
+        .request(Method::GET, "/metrics", None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !text.contains("INVENTED"),
+        "an invented method became a label"
+    );
+    let after = samples(&text);
+    assert!(
+        value_of(
+            &after,
+            "agent_tokens_http_requests_total",
+            &[
+                ("route", "/api/agent-tokens/me"),
+                ("method", "other"),
+                ("status", "405")
+            ]
+        ) >= 50.0
+    );
+}
