@@ -209,10 +209,21 @@ fn string_or_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Stri
 pub struct Sources<'a> {
     /// A TOML file (`--config PATH`).
     pub file: Option<&'a Path>,
-    /// TOML text layered above the file and below the environment (used by `--dev`).
-    pub overlay: Option<String>,
+    /// Settings layered above the file and below the environment (used by `--dev`).
+    pub overlay: Option<Overlay>,
     /// The environment; `None` reads the process environment.
     pub env: Option<HashMap<String, String>>,
+}
+
+/// A layer of settings between the config file and the environment.
+#[derive(Default)]
+pub struct Overlay {
+    /// TOML text.
+    pub toml: String,
+    /// Dotted keys the overlay takes over: the file's values for them are
+    /// dropped, not merged (`--dev`'s HS256 secret replaces whatever key the
+    /// file names, instead of conflicting with it).
+    pub replaces: &'static [&'static str],
 }
 
 impl Settings {
@@ -233,11 +244,25 @@ impl Settings {
                 ))
             })?;
             check_toml_syntax(path, &text)?;
-            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+            let replaced = sources.overlay.as_ref().map_or(&[][..], |o| o.replaces);
+            if replaced.is_empty() {
+                builder =
+                    builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+            } else {
+                let mut table: toml::Table = toml::from_str(&text)
+                    .map_err(|_| ConfigError::new("The config file is not valid TOML."))?;
+                for key in replaced {
+                    remove_dotted(&mut table, key);
+                }
+                let file = config::Config::try_from(&table).map_err(describe_config_error)?;
+                builder = builder.add_source(file);
+            }
         }
-        if let Some(overlay) = sources.overlay {
-            builder =
-                builder.add_source(config::File::from_str(&overlay, config::FileFormat::Toml));
+        if let Some(overlay) = &sources.overlay {
+            builder = builder.add_source(config::File::from_str(
+                &overlay.toml,
+                config::FileFormat::Toml,
+            ));
         }
         let env = config::Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("__")
@@ -344,6 +369,20 @@ impl Settings {
                 self.server.bind
             ))
         })
+    }
+}
+
+/// Removes `section.key` (or a top-level `key`) from a TOML table.
+fn remove_dotted(table: &mut toml::Table, dotted: &str) {
+    match dotted.split_once('.') {
+        Some((section, rest)) => {
+            if let Some(toml::Value::Table(inner)) = table.get_mut(section) {
+                remove_dotted(inner, rest);
+            }
+        }
+        None => {
+            table.remove(dotted);
+        }
     }
 }
 
@@ -560,7 +599,10 @@ mod tests {
     fn the_overlay_sits_between_file_and_environment() {
         let s = Settings::load(Sources {
             file: None,
-            overlay: Some("[server]\nbind = \"127.0.0.1:1\"\n[storage]\ncache_mb = 4\n".into()),
+            overlay: Some(Overlay {
+                toml: "[server]\nbind = \"127.0.0.1:1\"\n[storage]\ncache_mb = 4\n".into(),
+                replaces: &[],
+            }),
             env: env(&[("AGENT_TOKENS__SERVER__BIND", "127.0.0.1:2")]),
         })
         .unwrap();

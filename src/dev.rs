@@ -12,7 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Map, Value};
 use tempfile::TempDir;
 
-use crate::config::Settings;
+use crate::config::{Overlay, Settings};
 
 /// The `sub` of the printed JWT.
 pub const DEV_USER: &str = "dev-user";
@@ -36,8 +36,26 @@ impl DevMode {
         Ok(Self { data_dir, secret })
     }
 
-    /// The TOML layered above the config file and below the environment.
-    pub fn overlay(&self) -> String {
+    /// The settings layered above the config file and below the
+    /// environment. They take over the file's JWT key material (a file
+    /// naming an RSA key or a secret file would otherwise conflict with the
+    /// dev secret); the file's issuer, audience and claim still apply, and
+    /// the environment still wins.
+    pub fn overlay(&self) -> Overlay {
+        Overlay {
+            toml: self.overlay_toml(),
+            replaces: &[
+                "storage.path",
+                "jwt.algorithms",
+                "jwt.hmac_secret",
+                "jwt.hmac_secret_file",
+                "jwt.public_key_file",
+                "jwt.jwks_file",
+            ],
+        }
+    }
+
+    fn overlay_toml(&self) -> String {
         let mut storage = toml_table();
         storage.insert(
             "path".into(),

@@ -113,10 +113,12 @@ async fn last_used_survives_sigkill_once_the_flush_interval_has_passed() {
     assert!(server.terminate().success());
 }
 
-#[tokio::test]
-async fn dev_mode_prints_a_working_jwt_and_curl_line_and_honours_the_environment() {
+/// `serve --dev` with extra arguments: the child, the base URL, the
+/// printed JWT and everything printed up to the curl line.
+fn start_dev(extra: &[&str]) -> (Child, String, String, String) {
     let mut child = Command::new(BIN)
         .args(["serve", "--dev"])
+        .args(extra)
         .env("AGENT_TOKENS__SERVER__BIND", "127.0.0.1:0")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -133,9 +135,6 @@ async fn dev_mode_prints_a_working_jwt_and_curl_line_and_honours_the_environment
         .trim()
         .to_owned();
     let curl = wait_for_line(&stdout, "curl -s -X POST", &mut seen);
-    let text = seen.join("\n");
-    assert!(text.contains("DEV MODE"), "{text}");
-    assert!(text.contains("Do not use it in production"), "{text}");
     let jwt = curl
         .split("Bearer ")
         .nth(1)
@@ -143,6 +142,14 @@ async fn dev_mode_prints_a_working_jwt_and_curl_line_and_honours_the_environment
         .trim_end_matches('"')
         .to_owned();
     assert!(curl.contains(&format!("{base}/api/agent-tokens/me/get-or-create")));
+    (child, base, jwt, seen.join("\n"))
+}
+
+#[tokio::test]
+async fn dev_mode_prints_a_working_jwt_and_curl_line_and_honours_the_environment() {
+    let (mut child, base, jwt, text) = start_dev(&[]);
+    assert!(text.contains("DEV MODE"), "{text}");
+    assert!(text.contains("Do not use it in production"), "{text}");
 
     let created: Value = reqwest::Client::new()
         .post(format!("{base}/api/agent-tokens/me/get-or-create"))
@@ -164,6 +171,52 @@ async fn dev_mode_prints_a_working_jwt_and_curl_line_and_honours_the_environment
     assert!(
         !data_dir.exists(),
         "the throw-away directory is removed on exit"
+    );
+}
+
+/// A production config file next to `--dev` (the README's own example):
+/// the dev secret takes over the file's key material instead of clashing
+/// with it, and the file's issuer and audience still apply (the printed
+/// JWT carries them).
+#[tokio::test]
+async fn dev_mode_takes_over_the_key_of_a_real_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent-tokens.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\npath = \"{}\"\n[jwt]\nalgorithms = [\"RS256\"]\npublic_key_file = \"{}\"\nhmac_secret_file = \"/nonexistent/secret\"\nissuer = \"https://issuer.example\"\naudience = \"agent-tokens\"\n",
+            dir.path().join("db").display(),
+            dir.path().join("missing.pem").display(),
+        ),
+    )
+    .unwrap();
+    let (mut child, base, jwt, _) = start_dev(&["--config", config.to_str().unwrap()]);
+    let client = reqwest::Client::new();
+    let (status, created) = call(
+        &client,
+        Method::POST,
+        &format!("{base}/api/agent-tokens/me/get-or-create"),
+        &jwt,
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    assert_eq!(created["is_new"], true, "{created}");
+    // The printed JWT was made for the file's issuer and audience.
+    use base64::Engine as _;
+    let payload = jwt.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["iss"], "https://issuer.example", "{claims}");
+    assert_eq!(claims["aud"], "agent-tokens", "{claims}");
+    assert!(terminate(&mut child).success());
+    assert!(
+        !dir.path().join("db").exists(),
+        "dev mode never writes the file's store"
     );
 }
 
