@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use actix_web::dev::ServerHandle;
 use agent_tokens::app::{Application, StartupError};
 use agent_tokens::clock::Clock;
-use agent_tokens::config::{Settings, Sources};
+use agent_tokens::config::{Overlay, Settings, Sources};
 use agent_tokens::store::{IndexEntry, Store, UserRecord};
 use agent_tokens::token::TokenHash;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
@@ -88,7 +88,10 @@ pub fn settings_for(config: &TestConfig, db_path: &Path) -> Settings {
     );
     Settings::load(Sources {
         file: None,
-        overlay: Some(toml),
+        overlay: Some(Overlay {
+            toml,
+            replaces: &[],
+        }),
         env: Some(HashMap::new()),
     })
     .expect("test settings load")
