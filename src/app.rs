@@ -41,6 +41,8 @@ pub enum StartupError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("the store at {} is in use (is another agent-tokens running on it?); every server needs its own storage.path", path.display())]
+    InUse { path: std::path::PathBuf },
     #[error("cannot listen on {addr}: {source}. Set server.bind (or AGENT_TOKENS__SERVER__BIND) to a free address.")]
     Bind {
         addr: String,
@@ -80,7 +82,13 @@ impl Application {
             settings.storage.cache_mb,
             Arc::clone(&answers) as Arc<dyn ChangeListener>,
             CompactPolicy::from_settings(&settings.storage),
-        )?;
+        )
+        .map_err(|e| match e {
+            StoreError::Open { path, source } if crate::store::is_lock_error(&source) => {
+                StartupError::InUse { path }
+            }
+            e => StartupError::Store(e),
+        })?;
         let state = Arc::new(AppState {
             store,
             answers,

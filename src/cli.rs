@@ -152,7 +152,7 @@ fn serve(config: Option<PathBuf>, dev: bool) -> ExitCode {
     }
 }
 
-/// Exit codes of `export` and `import` (sysexits.h).
+/// Exit codes of the offline commands (sysexits.h).
 const EXIT_DATAERR: u8 = 65;
 const EXIT_NOINPUT: u8 = 66;
 const EXIT_CANTCREAT: u8 = 73;
@@ -278,6 +278,7 @@ fn check(config: PathBuf) -> ExitCode {
             ExitCode::from(1)
         }
         Err(e @ crate::check::CheckError::InUse(_)) => fail(EXIT_TEMPFAIL, e),
+        Err(e @ crate::check::CheckError::Missing(_)) => fail(EXIT_NOINPUT, e),
         Err(e) => fail(EXIT_IOERR, e),
     }
 }

@@ -693,6 +693,25 @@ async fn export_and_import_say_plainly_when_the_server_holds_the_store() {
     let out = import(&config, &["--force"], &backup_text(&[user_value("x")]));
     assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
     assert_eq!(stderr(&out).trim(), expected);
+    for command in ["check", "compact"] {
+        let out = run(command, &config, &[], b"");
+        assert_eq!(out.status.code(), Some(75), "{command}: {}", stderr(&out));
+    }
+    // A second server on the same store says so in one sentence, not in
+    // sled's words.
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_agent-tokens"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    assert_eq!(
+        stderr(&second).trim(),
+        format!(
+            "agent-tokens: the store at {} is in use (is another agent-tokens running on it?); every server needs its own storage.path",
+            dir.path().join("db").display()
+        )
+    );
     server.stop();
     // Once stopped, the same export works.
     assert_eq!(export(&config).lines().count(), 1);
@@ -712,4 +731,10 @@ fn export_of_a_missing_store_says_so_and_creates_nothing() {
         )
     );
     assert!(!dir.path().join("db").exists());
+    // The other offline commands that read a store agree on the exit status.
+    for command in ["check", "compact"] {
+        let out = run(command, &config, &[], b"");
+        assert_eq!(out.status.code(), Some(66), "{command}: {}", stderr(&out));
+        assert!(!dir.path().join("db").exists(), "{command} created a store");
+    }
 }
