@@ -84,9 +84,7 @@ impl Application {
             CompactPolicy::from_settings(&settings.storage),
         )
         .map_err(|e| match e {
-            StoreError::Open { path, source } if crate::store::is_lock_error(&source) => {
-                StartupError::InUse { path }
-            }
+            StoreError::InUse { path } => StartupError::InUse { path },
             e => StartupError::Store(e),
         })?;
         let state = Arc::new(AppState {

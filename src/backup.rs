@@ -21,8 +21,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::store::{
-    decode_index, decode_user, encode_index, encode_user, grace_key, is_lock_error, GraceToken,
-    IndexEntry, Store, StoreError, UserRecord,
+    decode_index, decode_user, encode_index, encode_user, grace_key, GraceToken, IndexEntry, Store,
+    StoreError, UserRecord,
 };
 use crate::token::{display_prefix_bytes, TOKEN_PREFIX};
 use crate::user::UserId;
@@ -92,7 +92,7 @@ pub fn open_offline(path: &Path, cache_mb: u64, must_exist: bool) -> Result<Stor
         });
     }
     Store::open(path, cache_mb).map_err(|e| match e {
-        StoreError::Open { source, .. } if is_lock_error(&source) => BackupError::InUse {
+        StoreError::InUse { .. } => BackupError::InUse {
             path: path.to_owned(),
         },
         other => BackupError::Store(other),

@@ -11,8 +11,8 @@ use std::fmt;
 use std::path::Path;
 
 use crate::store::{
-    decode_index, decode_user, is_lock_error, open_current, IndexEntry, StoreError, UserRecord,
-    GRACE_TREE, INDEX_TREE, META_TREE, SCHEMA_KEY, SCHEMA_VERSION, USER_TREE,
+    decode_index, decode_user, open_current, IndexEntry, StoreError, UserRecord, GRACE_TREE,
+    INDEX_TREE, META_TREE, SCHEMA_KEY, SCHEMA_VERSION, USER_TREE,
 };
 use crate::user::UserId;
 
@@ -87,9 +87,7 @@ pub fn check_store(path: &Path) -> Result<Report, CheckError> {
         return Err(CheckError::Missing(path.display().to_string()));
     }
     let (db, _) = open_current(path, CHECK_CACHE_MB).map_err(|e| match e {
-        StoreError::Open { source, .. } if is_lock_error(&source) => {
-            CheckError::InUse(path.display().to_string())
-        }
+        StoreError::InUse { .. } => CheckError::InUse(path.display().to_string()),
         StoreError::Open { source, .. } => CheckError::Open {
             path: path.display().to_string(),
             source,

@@ -71,6 +71,9 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// Another process (or handle) holds sled's directory lock.
+    #[error("the store at {} is in use by another process", path.display())]
+    InUse { path: PathBuf },
     #[error("cannot open the store at {path}: {source}")]
     Open {
         path: PathBuf,
@@ -462,9 +465,17 @@ pub(crate) fn open_current(path: &Path, cache_mb: u64) -> Result<(Db, PathBuf), 
     };
     for _ in 0..3 {
         let dir = layout::sled_dir(path).map_err(layout_error)?;
-        let db = open_sled(&sled_config(&dir, cache_mb)).map_err(|source| StoreError::Open {
-            path: path.to_owned(),
-            source,
+        let db = open_sled(&sled_config(&dir, cache_mb)).map_err(|source| {
+            if is_lock_error(&source) {
+                StoreError::InUse {
+                    path: path.to_owned(),
+                }
+            } else {
+                StoreError::Open {
+                    path: path.to_owned(),
+                    source,
+                }
+            }
         })?;
         if layout::sled_dir(path).map_err(layout_error)? == dir {
             return Ok((db, dir));
