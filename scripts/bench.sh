@@ -331,9 +331,6 @@ for p in $(seq "$PAIRS"); do
     in_order "$p" run_fsync "$p" -- run_wrk "rotate.$p" "$PORT" POST "$ME" "$WORK/rotate_jwts.txt"
 done
 "${HELPER[@]}" metrics --port "$PORT" --out "$WORK/results/metrics_rot_after.json"
-# The rotations may have started an online compaction (the store grew):
-# the next phase is measured on a settled server, and the report says so.
-"${HELPER[@]}" settle --port "$PORT" --out "$WORK/results/settle.json"
 
 # ---------------------------------------------------------------- gateway
 

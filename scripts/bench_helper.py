@@ -331,27 +331,6 @@ def metric_values(port):
     return values
 
 
-def cmd_settle(a):
-    """Waits until no online compaction is running; records how long it
-    waited and how many compactions the server has done."""
-    started = time.monotonic()
-    while True:
-        values = metric_values(a.port)
-        if values.get("agent_tokens_storage_compacting", 0) == 0:
-            break
-        if time.monotonic() - started > a.timeout:
-            sys.exit(f"a compaction was still running after {a.timeout} s")
-        time.sleep(0.5)
-    with open(a.out, "w") as f:
-        json.dump(
-            {
-                "waited_s": round(time.monotonic() - started, 1),
-                "compactions": values.get("agent_tokens_storage_compactions_total", 0),
-            },
-            f,
-        )
-
-
 def cmd_proc(a):
     result = {}
     with open(f"/proc/{a.pid}/status") as f:
@@ -702,18 +681,6 @@ def cmd_report(a):
                     "-",
                 )
             )
-    settled = os.path.join(work, "results", "settle.json")
-    if os.path.exists(settled):
-        s = load(settled)
-        extras.append(
-            (
-                "online compactions",
-                f"{s.get('compactions', 0):.0f} during the run (the gateway runs waited "
-                f"{s.get('waited_s', 0)} s for one to finish)",
-                "-",
-                "-",
-            )
-        )
     ew = [max(len(r[i]) for r in extras) for i in range(4)] if extras else []
     for r in extras:
         out.append("  ".join(f"{c:<{w}}" for c, w in zip(r, ew)).rstrip())
@@ -785,12 +752,6 @@ def main():
     s.add_argument("--port", type=int, required=True)
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_metrics)
-
-    s = sub.add_parser("settle")
-    s.add_argument("--port", type=int, required=True)
-    s.add_argument("--timeout", type=float, default=300)
-    s.add_argument("--out", required=True)
-    s.set_defaults(func=cmd_settle)
 
     s = sub.add_parser("proc")
     s.add_argument("pid", type=int)

@@ -13,7 +13,6 @@ use sd_notify::NotifyState;
 
 use crate::answers::Answers;
 use crate::clock::Clock;
-use crate::compact::CompactPolicy;
 use crate::config::{ConfigError, Settings};
 use crate::jwt::JwtVerifier;
 use crate::limits::RequestLimits;
@@ -81,7 +80,6 @@ impl Application {
             &settings.storage.path,
             settings.storage.cache_mb,
             Arc::clone(&answers) as Arc<dyn ChangeListener>,
-            CompactPolicy::from_settings(&settings.storage),
         )
         .map_err(|e| match e {
             StoreError::InUse { path } => StartupError::InUse { path },
@@ -229,7 +227,7 @@ const GRACE_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 async fn expire_grace_periodically(state: Weak<AppState>) {
     loop {
         let Some(app) = state.upgrade() else { return };
-        match app.store.expire_grace(app.clock.now()) {
+        match app.store.expire_grace(app.clock.now()).await {
             Ok(0) => {}
             Ok(n) => log::info!("removed {n} rotated-out token(s) past their grace window"),
             Err(e) => log::error!("cannot remove expired grace entries: {e}"),

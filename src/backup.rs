@@ -6,13 +6,12 @@
 //! (`{"format":"agent-tokens-export","version":1,"users":N,...}`), then one
 //! object per user with the rotated-out token still in its grace window, if
 //! any. Both directions open the store directly, so the server must be
-//! stopped: sled holds an exclusive lock on its directory.
+//! stopped: the store's lock is exclusive.
 //!
 //! Import writes through the store's own record encoding and rebuilds the
-//! token index and the grace-expiry tree from the user records, then waits
-//! for the flusher (flush + `fdatasync`). It never uses sled's
-//! `Db::import`, which panics on I/O errors. Error messages name line
-//! numbers and fields, never values that could be secrets.
+//! token index and the grace-expiry keyspace from the user records, as
+//! sorted tables, then waits for the journal's sync. Error messages name
+//! line numbers and fields, never values that could be secrets.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -67,9 +66,9 @@ pub enum BackupError {
     Write(#[source] std::io::Error),
 }
 
-impl From<sled::Error> for BackupError {
-    fn from(e: sled::Error) -> Self {
-        Self::Store(StoreError::Sled(e))
+impl From<fjall::Error> for BackupError {
+    fn from(e: fjall::Error) -> Self {
+        Self::Store(StoreError::Engine(e))
     }
 }
 
@@ -485,14 +484,14 @@ impl Store {
         let header = Header {
             format: FORMAT,
             version: VERSION,
-            users: self.users.len(),
+            users: self.users.len()?,
             exported_at: now,
             generator: format!("agent-tokens {}", env!("CARGO_PKG_VERSION")),
         };
         write_json(out, &header)?;
         let mut summary = Summary::default();
         for item in self.users.iter() {
-            let (key, value) = item?;
+            let (key, value) = item.into_inner()?;
             let user_id =
                 std::str::from_utf8(&key).map_err(|_| StoreError::Corrupt { what: "user key" })?;
             let record = decode_user(&value)?;
@@ -523,29 +522,31 @@ impl Store {
     /// everything. Not atomic: an interrupted import leaves part of the
     /// file; run it again with `force`.
     pub async fn import_from(&self, backup: &Backup, force: bool) -> Result<Summary, BackupError> {
-        let empty = self.users.is_empty() && self.index.is_empty() && self.grace.is_empty();
+        let empty = self.users.is_empty()? && self.index.is_empty()? && self.grace.is_empty()?;
         if !empty {
             if !force {
                 return Err(BackupError::NotEmpty {
                     path: self.path().to_owned(),
                 });
             }
-            self.grace.clear()?;
-            self.index.clear()?;
-            self.users.clear()?;
+            // Tombstones, not fjall's `clear`: its journal record is replayed
+            // at the next open *after* the ingested tables below and would
+            // remove them too (seen in this module's tests). The ingested
+            // tables carry a newer sequence number than these tombstones.
+            for keyspace in [&self.grace, &self.index, &self.users] {
+                remove_all(&self.db, keyspace)?;
+            }
         }
-        // Each tree in key order, through `insert_packed` (nearly full
-        // sled leaves). Measured with sled 0.34.7 on a million users: sled
-        // batches pin memory until they are applied (5 GB for 10k-record
-        // batches of random keys, 7.5 GB for 64k sorted ones) and are no
-        // faster; key order halves the time and keeps memory near the page
-        // cache.
+        // Each keyspace in key order, as sorted tables written directly
+        // (fjall's ingestion): no journal, no memtables, no compaction
+        // after. Keys are unique (the backup was checked), so in order.
         let mut by_user: Vec<&Entry> = backup.entries.iter().collect();
         by_user.sort_unstable_by(|a, b| a.user.as_str().cmp(b.user.as_str()));
-        insert_packed(&self.users, by_user.len(), |i| {
-            let entry = by_user[i];
-            Ok::<_, BackupError>((entry.user.as_str().as_bytes(), encode_user(&entry.record)?))
-        })?;
+        let mut users = self.users.start_ingestion()?;
+        for entry in &by_user {
+            users.write(entry.user.as_str().as_bytes(), encode_user(&entry.record)?)?;
+        }
+        users.finish()?;
 
         // (hash, its user, the grace token when the hash is a rotated-out one)
         let mut by_hash: Vec<(&[u8; 32], &Entry, Option<&GraceToken>)> =
@@ -559,8 +560,8 @@ impl Store {
             }
         }
         by_hash.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        insert_packed(&self.index, by_hash.len(), |i| {
-            let (hash, entry, rotated_out) = by_hash[i];
+        let mut index = self.index.start_ingestion()?;
+        for (hash, entry, rotated_out) in by_hash {
             let user_id = entry.user.as_str().to_owned();
             let record = &entry.record;
             let value = match rotated_out {
@@ -582,13 +583,17 @@ impl Store {
                     grace_until: None,
                 })?,
             };
-            Ok::<_, BackupError>((&hash[..], value))
-        })?;
+            index.write(&hash[..], value)?;
+        }
+        index.finish()?;
 
         grace.sort_unstable();
+        let mut expiries = self.grace.start_ingestion()?;
         for (key, user_id) in grace {
-            self.grace.insert(&key[..], user_id.as_bytes())?;
+            expiries.write(&key[..], user_id.as_bytes())?;
         }
+        expiries.finish()?;
+        // The clears above went through the journal.
         self.flusher
             .wrote_and_wait()
             .await
@@ -597,65 +602,20 @@ impl Store {
     }
 }
 
-/// Keys per group in [`insert_packed`]: one sled 0.34.7 leaf, one short of
-/// full (it splits a leaf once it holds more than 16 items), so the first
-/// new key in a leaf after the import does not split it.
-const PACK_GROUP: usize = 15;
-/// The positions in each group written by the first pass: 9 of 15, spread
-/// evenly (`k * 15 / 9`).
-const FIRST_PASS: [bool; PACK_GROUP] = [
-    true, true, false, true, false, true, true, false, true, false, true, true, false, true, false,
-];
-
-/// Writes `len` key-ordered pairs (`item(i)` is the i-th) so that sled's
-/// leaves end up nearly full and compact, which makes the store smaller on
-/// disk and in memory (sled keeps bookkeeping for every page from open on).
-///
-/// Plain key-ordered inserts leave every leaf at 9 items: sled 0.34.7
-/// splits a leaf at 17 items into 9 (left, done) and 8 (right, filled on).
-/// So a first pass writes 9 of every 15 keys, which leaves leaves of
-/// exactly those 9, one group each, and a second pass adds the other 6 of
-/// each group: 15 items a leaf, 40% fewer pages. Sled logs each write to an
-/// existing leaf as a delta and rewrites the whole leaf only at the 10th
-/// write since its last rewrite; 6 deltas per leaf would cost more disk
-/// and memory than the fuller leaves save. So each group also removes and
-/// rewrites one of its keys twice: its 10th write leaves one compact node.
-/// These are sled internals: with other thresholds the layout is merely
-/// less dense; every pair is written whatever happens.
-pub(crate) fn insert_packed<K, V, E>(
-    tree: &sled::Tree,
-    len: usize,
-    item: impl Fn(usize) -> Result<(K, V), E>,
-) -> Result<(), E>
-where
-    K: AsRef<[u8]>,
-    V: Into<sled::IVec>,
-    E: From<sled::Error>,
-{
-    let insert = |i: usize| -> Result<(), E> {
-        let (key, value) = item(i)?;
-        tree.insert(key.as_ref(), value)?;
-        Ok(())
-    };
-    for i in (0..len).filter(|i| FIRST_PASS[i % PACK_GROUP]) {
-        insert(i)?;
-    }
-    for start in (0..len).step_by(PACK_GROUP) {
-        let group = start..len.min(start + PACK_GROUP);
-        let mut second = group.filter(|i| !FIRST_PASS[i % PACK_GROUP]).peekable();
-        let Some(&first) = second.peek() else {
-            continue;
-        };
-        for i in second {
-            insert(i)?;
+/// Removes every key of `keyspace`, a batch at a time.
+fn remove_all(db: &fjall::Database, keyspace: &fjall::Keyspace) -> Result<(), BackupError> {
+    const BATCH: usize = 10_000;
+    let mut keys = keyspace.iter().map(|item| item.key());
+    loop {
+        let mut batch = db.batch();
+        for key in keys.by_ref().take(BATCH) {
+            batch.remove(keyspace, key?);
         }
-        for _ in 0..2 {
-            let (key, _) = item(first)?;
-            tree.remove(key.as_ref())?;
-            insert(first)?;
+        if batch.is_empty() {
+            return Ok(());
         }
+        batch.commit()?;
     }
-    Ok(())
 }
 
 /// The grace part of an export line, from the rotated-out token's index
@@ -709,7 +669,7 @@ mod tests {
         let users = store.users().collect::<Result<Vec<_>, _>>().unwrap();
         let mut index: Vec<IndexEntry> = store.index_entries().map(|r| r.unwrap().1).collect();
         index.sort_by(|a, b| (&a.user_id, &a.prefix).cmp(&(&b.user_id, &b.prefix)));
-        (users, index, store.grace_entries())
+        (users, index, store.grace_entries().unwrap())
     }
 
     #[tokio::test]
@@ -760,6 +720,9 @@ mod tests {
         assert_eq!(snapshot(&target), snapshot(&source));
         assert_eq!(snapshot(&target).2, 1);
         assert_eq!(export(&target), text);
+        drop(target);
+        let target = Store::open(&dir.path().join("b"), 8).unwrap();
+        assert_eq!(export(&target), text);
     }
 
     #[tokio::test]
@@ -785,25 +748,11 @@ mod tests {
         assert_eq!(users[0].0, "new");
         assert_eq!(index.len(), 1);
         assert_eq!(grace, 0);
-    }
-
-    #[test]
-    fn packed_inserts_write_every_pair_in_place() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        for len in [0usize, 1, 2, 9, 15, 16, 17, 33, 1000] {
-            let tree = db.open_tree(format!("t{len}")).unwrap();
-            let key = |i: usize| u32::try_from(i).unwrap().to_be_bytes();
-            insert_packed(&tree, len, |i| {
-                Ok::<_, BackupError>((key(i), i.to_string().into_bytes()))
-            })
-            .unwrap();
-            assert_eq!(tree.len(), len);
-            for (i, item) in tree.iter().enumerate() {
-                let (k, v) = item.unwrap();
-                assert_eq!(k.as_ref(), key(i));
-                assert_eq!(v.as_ref(), i.to_string().as_bytes());
-            }
-        }
+        // What was cleared stays cleared, and the import stays, across a restart.
+        let before = snapshot(&store);
+        drop(store);
+        let store = Store::open(dir.path(), 8).unwrap();
+        assert_eq!(snapshot(&store), before);
     }
 
     #[test]

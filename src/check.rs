@@ -1,6 +1,7 @@
 //! `agent-tokens check`: an offline consistency check of the store.
 //!
-//! Reads the sled trees directly (never migrating or writing records) and
+//! Reads the keyspaces directly (never migrating or writing records; a
+//! store of an earlier release is read in its sled format) and
 //! reports every problem it finds: records that do not decode, a user's
 //! token missing from the index or pointing elsewhere, index entries that
 //! belong to no live or in-grace token, grace bookkeeping out of step, and
@@ -10,8 +11,9 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::Path;
 
+use crate::layout::{self, Current};
 use crate::store::{
-    decode_index, decode_user, open_current, IndexEntry, StoreError, UserRecord, GRACE_TREE,
+    decode_index, decode_user, open_db, IndexEntry, Keyspaces, StoreError, UserRecord, GRACE_TREE,
     INDEX_TREE, META_TREE, SCHEMA_KEY, SCHEMA_VERSION, USER_TREE,
 };
 use crate::user::UserId;
@@ -67,43 +69,136 @@ pub enum CheckError {
     Open {
         path: String,
         #[source]
-        source: sled::Error,
+        source: StoreError,
     },
     #[error("cannot read the store: {0}")]
-    Read(#[from] sled::Error),
+    Read(#[from] StoreError),
+}
+
+impl From<fjall::Error> for CheckError {
+    fn from(e: fjall::Error) -> Self {
+        Self::Read(StoreError::Engine(e))
+    }
+}
+
+impl From<sled::Error> for CheckError {
+    fn from(e: sled::Error) -> Self {
+        Self::Read(StoreError::Legacy(e))
+    }
 }
 
 fn hex32(bytes: &[u8]) -> String {
     hex::encode(bytes)
 }
 
-/// sled's own default cache, as the check always had: it reads every record
-/// and looks each one up in the other tree.
-const CHECK_CACHE_MB: u64 = 1024;
+/// The check reads every record and looks each one up in the other keyspace.
+const CHECK_CACHE_MB: u64 = 64;
+
+type Pairs<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), CheckError>> + 'a>;
+
+/// The store's four keyspaces (or sled trees), read as they are.
+/// (Each holds its database open for as long as the check reads it.)
+enum Raw {
+    Lsm(Keyspaces, #[allow(dead_code)] fjall::Database),
+    Sled([sled::Tree; 4], #[allow(dead_code)] sled::Db),
+}
+
+impl Raw {
+    fn open(path: &Path) -> Result<(Self, layout::Lock), CheckError> {
+        let shown = || path.display().to_string();
+        let open_error = |source| CheckError::Open {
+            path: shown(),
+            source,
+        };
+        let layout_error = |source| {
+            open_error(StoreError::Layout {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let lock = layout::lock(path)
+            .map_err(layout_error)?
+            .ok_or_else(|| CheckError::InUse(shown()))?;
+        let in_use = |e: StoreError| match e {
+            StoreError::InUse { .. } => CheckError::InUse(shown()),
+            other => open_error(other),
+        };
+        let raw = match layout::current(path).map_err(layout_error)? {
+            Current::Empty => return Err(CheckError::Missing(shown())),
+            Current::Lsm(dir) => {
+                let db = open_db(path, &dir, CHECK_CACHE_MB).map_err(in_use)?;
+                let keyspaces = Keyspaces::open(&db).map_err(open_error)?;
+                Raw::Lsm(keyspaces, db)
+            }
+            Current::Sled(dir) => {
+                let db = crate::legacy::open_sled(path, &dir, CHECK_CACHE_MB).map_err(in_use)?;
+                let trees = [USER_TREE, INDEX_TREE, GRACE_TREE, META_TREE]
+                    .map(|name| db.open_tree(name).map_err(StoreError::Legacy));
+                let [users, index, grace, meta] = trees;
+                let trees = [
+                    users.map_err(open_error)?,
+                    index.map_err(open_error)?,
+                    grace.map_err(open_error)?,
+                    meta.map_err(open_error)?,
+                ];
+                Raw::Sled(trees, db)
+            }
+        };
+        Ok((raw, lock))
+    }
+
+    /// Every pair of keyspace `n` (users, index, grace, meta), in key order.
+    fn pairs(&self, n: usize) -> Pairs<'_> {
+        match self {
+            Raw::Lsm(k, _) => {
+                let keyspace = [&k.users, &k.index, &k.grace, &k.meta][n];
+                Box::new(keyspace.iter().map(|item| {
+                    let (key, value) = item.into_inner()?;
+                    Ok((key.to_vec(), value.to_vec()))
+                }))
+            }
+            Raw::Sled(trees, _) => Box::new(trees[n].iter().map(|item| {
+                let (key, value) = item?;
+                Ok((key.to_vec(), value.to_vec()))
+            })),
+        }
+    }
+
+    fn is_empty(&self, n: usize) -> Result<bool, CheckError> {
+        Ok(self.pairs(n).next().transpose()?.is_none())
+    }
+
+    fn count(&self, n: usize) -> Result<usize, CheckError> {
+        let mut count = 0;
+        for pair in self.pairs(n) {
+            pair?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    fn schema(&self) -> Result<Option<Vec<u8>>, CheckError> {
+        Ok(match self {
+            Raw::Lsm(k, _) => k.meta.get(SCHEMA_KEY)?.map(|v| v.to_vec()),
+            Raw::Sled(trees, _) => trees[META].get(SCHEMA_KEY)?.map(|v| v.to_vec()),
+        })
+    }
+}
+
+const USERS: usize = 0;
+const INDEX: usize = 1;
+const GRACE: usize = 2;
+const META: usize = 3;
 
 /// Checks the store at `path` (which the server must not hold open).
 pub fn check_store(path: &Path) -> Result<Report, CheckError> {
-    if !crate::layout::holds_store(path) {
+    if !layout::holds_store(path) {
         return Err(CheckError::Missing(path.display().to_string()));
     }
-    let (db, _) = open_current(path, CHECK_CACHE_MB).map_err(|e| match e {
-        StoreError::InUse { .. } => CheckError::InUse(path.display().to_string()),
-        StoreError::Open { source, .. } => CheckError::Open {
-            path: path.display().to_string(),
-            source,
-        },
-        other => CheckError::Open {
-            path: path.display().to_string(),
-            source: sled::Error::Io(std::io::Error::other(other.to_string())),
-        },
-    })?;
-    let users = db.open_tree(USER_TREE)?;
-    let index = db.open_tree(INDEX_TREE)?;
-    let grace = db.open_tree(GRACE_TREE)?;
-    let meta = db.open_tree(META_TREE)?;
+    let (raw, _lock) = Raw::open(path)?;
     let mut report = Report::default();
 
-    match meta.get(SCHEMA_KEY)? {
+    match raw.schema()? {
         Some(v) => match <[u8; 4]>::try_from(v.as_ref()) {
             Ok(bytes) => {
                 let version = u32::from_be_bytes(bytes);
@@ -115,8 +210,8 @@ pub fn check_store(path: &Path) -> Result<Report, CheckError> {
                 } else if version < SCHEMA_VERSION {
                     // Records of an older schema decode differently; the next
                     // start migrates them, so only the version is checked here.
-                    report.users = users.len();
-                    report.index_entries = index.len();
+                    report.users = raw.count(USERS)?;
+                    report.index_entries = raw.count(INDEX)?;
                     return Ok(report);
                 }
             }
@@ -124,14 +219,14 @@ pub fn check_store(path: &Path) -> Result<Report, CheckError> {
                 .problems
                 .push("the schema version is not a 4-byte number".to_owned()),
         },
-        None if users.is_empty() && index.is_empty() => {}
+        None if raw.is_empty(USERS)? && raw.is_empty(INDEX)? => {}
         None => report
             .problems
             .push("the store holds records but no schema version".to_owned()),
     }
 
     let mut records: HashMap<String, UserRecord> = HashMap::new();
-    for item in users.iter() {
+    for item in raw.pairs(USERS) {
         let (key, value) = item?;
         report.users += 1;
         let user = match std::str::from_utf8(&key).ok().map(UserId::parse) {
@@ -152,7 +247,7 @@ pub fn check_store(path: &Path) -> Result<Report, CheckError> {
     }
 
     let mut entries: HashMap<[u8; 32], IndexEntry> = HashMap::new();
-    for item in index.iter() {
+    for item in raw.pairs(INDEX) {
         let (key, value) = item?;
         report.index_entries += 1;
         let Ok(hash) = <[u8; 32]>::try_from(key.as_ref()) else {
@@ -172,9 +267,9 @@ pub fn check_store(path: &Path) -> Result<Report, CheckError> {
     }
 
     let mut grace_keys: HashSet<Vec<u8>> = HashSet::new();
-    for item in grace.iter() {
+    for item in raw.pairs(GRACE) {
         let (key, _) = item?;
-        grace_keys.insert(key.to_vec());
+        grace_keys.insert(key);
     }
 
     let mut referenced: HashSet<[u8; 32]> = HashSet::new();
@@ -272,8 +367,10 @@ mod tests {
         tokens
     }
 
-    fn raw(path: &Path) -> sled::Db {
-        open_current(path, 8).unwrap().0
+    /// The store's keyspaces, for damaging them by hand; persisted when dropped.
+    fn raw(path: &Path) -> (Keyspaces, crate::store::Opened) {
+        let opened = crate::store::open_current(path, 8).unwrap();
+        (Keyspaces::open(&opened.db).unwrap(), opened)
     }
 
     #[tokio::test]
@@ -296,24 +393,19 @@ mod tests {
         let path = dir.path().join("db");
         let tokens = store_with_users(&path, 3600).await;
         {
-            let db = raw(&path);
-            let index = db.open_tree(INDEX_TREE).unwrap();
+            let (k, opened) = raw(&path);
             // alice's current token (the second one issued) vanishes from the index.
-            index.remove(tokens[1].hash().as_bytes()).unwrap();
+            k.index.remove(tokens[1].hash().as_bytes()).unwrap();
             // An index entry nobody owns.
-            let stray = index.get(tokens[3].hash().as_bytes()).unwrap().unwrap();
-            index.insert([9u8; 32], stray).unwrap();
+            let stray = k.index.get(tokens[3].hash().as_bytes()).unwrap().unwrap();
+            k.index.insert([9u8; 32], stray).unwrap();
             // bob's record cannot be decoded.
-            db.open_tree(USER_TREE)
-                .unwrap()
-                .insert("bob", &b"\x02garbage"[..])
-                .unwrap();
+            k.users.insert("bob", &b"\x02garbage"[..]).unwrap();
             // carol's grace-expiry entry is lost.
-            let grace = db.open_tree(GRACE_TREE).unwrap();
             let carol_prev = tokens[4].hash();
             let key = crate::store::grace_key(1_000 + 3600, carol_prev.as_bytes());
-            grace.remove(&key[..]).unwrap();
-            db.flush().unwrap();
+            k.grace.remove(&key[..]).unwrap();
+            opened.db.persist(fjall::PersistMode::SyncAll).unwrap();
         }
         let report = check_store(&path).unwrap();
         assert!(!report.is_consistent());
@@ -337,12 +429,11 @@ mod tests {
         let path = dir.path().join("db");
         store_with_users(&path, 0).await;
         {
-            let db = raw(&path);
-            db.open_tree(META_TREE)
-                .unwrap()
-                .insert("schema_version", &99u32.to_be_bytes())
+            let (k, opened) = raw(&path);
+            k.meta
+                .insert("schema_version", 99u32.to_be_bytes())
                 .unwrap();
-            db.flush().unwrap();
+            opened.db.persist(fjall::PersistMode::SyncAll).unwrap();
         }
         let report = check_store(&path).unwrap();
         assert!(

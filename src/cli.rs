@@ -51,7 +51,7 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         config: PathBuf,
     },
-    /// Rewrite the store into a fresh, dense copy and delete the old one (the server also does this on its own as the store grows; see storage.compact_growth_percent). Stop the server first.
+    /// Compact the store fully now: rewrite its tables into one sorted run per keyspace, dropping removed and overwritten records (the server compacts on its own as it writes; this is for the smallest store at once). Stop the server first.
     Compact {
         #[arg(long, value_name = "PATH")]
         config: PathBuf,
@@ -71,7 +71,12 @@ const EXIT_CONFIG: u8 = 78;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // The storage engine's own info lines (each recovery, flush and
+    // compaction) would drown ours; its warnings and errors still show.
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("info,fjall=warn,lsm_tree=warn"),
+    )
+    .init();
     match cli.command {
         Command::CheckConfig { config } => check_config(config),
         Command::Serve { config, dev } => serve(config, dev),
@@ -85,6 +90,12 @@ pub fn main() -> ExitCode {
 fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
     eprintln!("agent-tokens: {message}");
     ExitCode::from(code)
+}
+
+fn warn_obsolete(settings: &Settings) {
+    for key in settings.obsolete_keys() {
+        log::warn!("{key} no longer has an effect (the store compacts itself since 0.2); remove it from the configuration");
+    }
 }
 
 fn check_config(path: PathBuf) -> ExitCode {
@@ -102,6 +113,7 @@ fn check_config(path: PathBuf) -> ExitCode {
         Ok(j) => j,
         Err(e) => return fail(EXIT_CONFIG, e),
     };
+    warn_obsolete(&settings);
     println!(
         "config OK: listen {}, storage {} (cache {} MiB), JWT {} with {}, user claim {:?}",
         settings.server.bind,
@@ -131,6 +143,7 @@ fn serve(config: Option<PathBuf>, dev: bool) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(EXIT_CONFIG, e),
     };
+    warn_obsolete(&settings);
     let result = actix_web::rt::System::new().block_on(async move {
         let app = Application::build(&settings)?;
         app.run_until_signalled(|port| match &dev_mode {
@@ -248,13 +261,12 @@ fn compact(config: PathBuf) -> ExitCode {
     };
     let path = &settings.storage.path;
     let cache_mb = settings.storage.cache_mb;
-    let result = backup::open_offline(path, cache_mb, true).and_then(|store| {
-        crate::compact::compact_offline(store, cache_mb).map_err(BackupError::Store)
-    });
+    let result = backup::open_offline(path, cache_mb, true)
+        .and_then(|store| crate::compact::compact_offline(store).map_err(BackupError::Store));
     match result {
         Ok((before, after)) => {
             eprintln!(
-                "agent-tokens: compacted {}: data file {before} -> {after} bytes",
+                "agent-tokens: compacted {}: {before} -> {after} bytes on disk",
                 path.display()
             );
             ExitCode::SUCCESS

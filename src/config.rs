@@ -115,18 +115,16 @@ impl Default for ServerSettings {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSettings {
-    /// The sled directory.
+    /// The data directory (see [`crate::layout`]).
     pub path: PathBuf,
-    /// sled's page cache in MiB (sled's own default of 1 GiB is far too much here).
+    /// The store's block cache in MiB.
     pub cache_mb: u64,
-    /// Compact the store online once its data file has grown by this many
-    /// percent over its size after the last compaction (or at start);
-    /// 0 turns compaction off. See [`crate::compact`].
-    pub compact_growth_percent: u64,
-    /// ...and by at least this many MiB, so small stores are left alone.
-    pub compact_min_growth_mb: u64,
-    /// How often the data file's growth is looked at, in seconds.
-    pub compact_check_secs: u64,
+    /// Settings of the online compaction of releases before 0.2 (on sled),
+    /// still accepted so their config files load; the store compacts itself
+    /// now, and [`Settings::obsolete_keys`] names them for a warning.
+    pub compact_growth_percent: Option<u64>,
+    pub compact_min_growth_mb: Option<u64>,
+    pub compact_check_secs: Option<u64>,
 }
 
 impl Default for StorageSettings {
@@ -134,9 +132,9 @@ impl Default for StorageSettings {
         Self {
             path: PathBuf::from("/var/lib/agent-tokens/db"),
             cache_mb: 4,
-            compact_growth_percent: 40,
-            compact_min_growth_mb: 32,
-            compact_check_secs: 10,
+            compact_growth_percent: None,
+            compact_min_growth_mb: None,
+            compact_check_secs: None,
         }
     }
 }
@@ -227,6 +225,25 @@ pub struct Overlay {
 }
 
 impl Settings {
+    /// Keys that are accepted but no longer do anything.
+    pub fn obsolete_keys(&self) -> Vec<&'static str> {
+        let storage = &self.storage;
+        [
+            (
+                "storage.compact_growth_percent",
+                storage.compact_growth_percent,
+            ),
+            (
+                "storage.compact_min_growth_mb",
+                storage.compact_min_growth_mb,
+            ),
+            ("storage.compact_check_secs", storage.compact_check_secs),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| value.map(|_| key))
+        .collect()
+    }
+
     /// Loads and type-checks settings. Semantic checks are in [`Settings::validate`].
     pub fn load(sources: Sources<'_>) -> Result<Self, ConfigError> {
         let mut builder = config::Config::builder();
@@ -308,21 +325,6 @@ impl Settings {
         if self.storage.cache_mb == 0 || self.storage.cache_mb > 64 * 1024 {
             return Err(ConfigError::new(
                 "storage.cache_mb must be between 1 and 65536.",
-            ));
-        }
-        if self.storage.compact_growth_percent > 10_000 {
-            return Err(ConfigError::new(
-                "storage.compact_growth_percent must be at most 10000 (0 turns compaction off).",
-            ));
-        }
-        if self.storage.compact_min_growth_mb > 1024 * 1024 {
-            return Err(ConfigError::new(
-                "storage.compact_min_growth_mb must be at most 1048576.",
-            ));
-        }
-        if !(1..=3600).contains(&self.storage.compact_check_secs) {
-            return Err(ConfigError::new(
-                "storage.compact_check_secs must be between 1 and 3600.",
             ));
         }
         if self.jwt.algorithms.is_empty() {
@@ -552,9 +554,7 @@ mod tests {
         assert!(s.server.access_log);
         assert_eq!(s.storage.path, PathBuf::from("/var/lib/agent-tokens/db"));
         assert_eq!(s.storage.cache_mb, 4);
-        assert_eq!(s.storage.compact_growth_percent, 40);
-        assert_eq!(s.storage.compact_min_growth_mb, 32);
-        assert_eq!(s.storage.compact_check_secs, 10);
+        assert!(s.obsolete_keys().is_empty());
         assert_eq!(s.jwt.algorithms, vec!["HS256"]);
         assert_eq!(s.jwt.leeway_secs, 30);
         assert_eq!(s.jwt.user_claim, "sub");
@@ -720,14 +720,6 @@ mod tests {
                 "server.shutdown_timeout_secs must be at most 300.",
             ),
             ("[storage]\ncache_mb = 0\n", "storage.cache_mb must be between 1 and 65536."),
-            (
-                "[storage]\ncompact_growth_percent = 10001\n",
-                "storage.compact_growth_percent must be at most 10000 (0 turns compaction off).",
-            ),
-            (
-                "[storage]\ncompact_check_secs = 0\n",
-                "storage.compact_check_secs must be between 1 and 3600.",
-            ),
             ("[jwt]\nalgorithms = []\n", "jwt.algorithms must list at least one algorithm."),
             ("[jwt]\nuser_claim = \" \"\n", "jwt.user_claim must not be empty."),
             ("[jwt]\nleeway_secs = 3600\n", "jwt.leeway_secs must be at most 600 seconds."),

@@ -1,31 +1,23 @@
 //! Group commit: one thread applies queued mutations and makes them durable.
 //!
-//! sled 0.34.7's `flush()` ends in `sync_file_range`, which survives a
-//! process crash but not a power cut (no device cache flush, no metadata),
-//! and concurrent `flush_async` calls deadlock it. So a single thread calls
-//! the blocking `flush()` followed by `fdatasync` on sled's data file, and
-//! every request waiting at that moment shares the result.
+//! Requests queue their mutations; each cycle the flusher thread applies
+//! everything queued ([`Committer::apply`]) and writes the result as one
+//! fjall write batch, fdatasynced into the journal before the memtables
+//! take it. Every request of the cycle shares that one sync: measured, the
+//! sync dominates a rotation's cost, so sharing it is what lets concurrent
+//! rotations outrun the disk's own sync rate.
 //!
-//! The same thread also applies the API's mutations: requests queue them
-//! and each cycle applies everything queued in *one* sled transaction
-//! ([`Committer::apply`]), then flushes. Measured on sled 0.34.7, every
-//! transaction seals and writes the log buffer twice (`pin_log` rolls it
-//! before and after its batch marker), and each write wakes sled's whole
-//! I/O thread pool: about 150 µs of CPU per transaction, more than the rest
-//! of a rotation. One transaction per cycle pays that once for the batch.
-//!
-//! Ordering: a writer applies its change, then bumps `written`; the flusher
-//! reads `written` *before* flushing, so a completed flush covers every
+//! Writes made outside a batch (the readiness probe's key) bump `written`
+//! after they are in the journal; the flusher reads `written` *before* a
+//! batch's sync or its own `persist`, so a completed sync covers every
 //! write counted at that point. Waiters are only woken after the sync.
 
-use std::fs::File;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use sled::Db;
+use fjall::{Database, PersistMode};
 use tokio::sync::oneshot;
 
 /// A flush or sync failed; every request waiting on it gets this.
@@ -33,8 +25,6 @@ use tokio::sync::oneshot;
 pub enum DurabilityError {
     #[error("flushing the store to disk failed: {0}")]
     Flush(Arc<str>),
-    #[error("cannot open the store's data file for syncing: {0}")]
-    DataFile(Arc<str>),
     #[error("the flusher thread has stopped")]
     Stopped,
 }
@@ -42,7 +32,7 @@ pub enum DurabilityError {
 /// How long a write that nobody waits for may stay unflushed.
 pub const IDLE_FLUSH: Duration = Duration::from_secs(1);
 
-/// Most operations applied in one transaction; the rest wait for the next cycle.
+/// Most operations applied in one batch; the rest wait for the next cycle.
 const MAX_BATCH: usize = 4096;
 
 type Waiter = oneshot::Sender<Result<(), DurabilityError>>;
@@ -51,15 +41,19 @@ type Waiter = oneshot::Sender<Result<(), DurabilityError>>;
 pub type Completion = Box<dyn FnOnce(Result<(), DurabilityError>) + Send>;
 
 /// What [`Committer::apply`] did with a batch.
+#[derive(Default)]
 pub struct Applied {
-    /// Whether anything was written (so a flush is owed).
-    pub wrote: bool,
+    /// Whether the batch wrote and synced (so everything written before it
+    /// is durable too).
+    pub synced: bool,
+    /// How long that write and sync took.
+    pub sync_took: Duration,
     /// One per operation that answers only once it is durable.
     pub completions: Vec<Completion>,
 }
 
 /// Applies queued operations on the flusher thread, all of one cycle's
-/// operations in one storage transaction.
+/// operations in one write batch.
 pub trait Committer: Send + 'static {
     type Op: Send + 'static;
     fn apply(&mut self, ops: Vec<Self::Op>) -> Applied;
@@ -101,29 +95,20 @@ fn lock<O>(m: &Mutex<State<O>>) -> MutexGuard<'_, State<O>> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn flush_and_sync(db: &Db, data_file: &File) -> Result<(), DurabilityError> {
-    db.flush()
-        .map_err(|e| DurabilityError::Flush(e.to_string().into()))?;
-    data_file
-        .sync_data()
+fn sync(db: &Database) -> Result<(), DurabilityError> {
+    db.persist(PersistMode::SyncData)
         .map_err(|e| DurabilityError::Flush(e.to_string().into()))
 }
 
 impl<O: Send + 'static> Flusher<O> {
-    /// Starts the flusher thread for the sled database at `path`.
+    /// Starts the flusher thread for `db`.
     pub fn start<C: Committer<Op = O>>(
-        db: Db,
-        path: &Path,
+        db: Database,
         committer: C,
     ) -> Result<Self, DurabilityError> {
-        let data_file = File::open(path.join("db"))
-            .map_err(|e| DurabilityError::DataFile(e.to_string().into()))?;
-        // What open wrote (schema key, sled's own metadata) is durable before
-        // we serve, and new files are reachable after a power cut.
-        flush_and_sync(&db, &data_file)?;
-        if let Ok(dir) = File::open(path) {
-            let _ = dir.sync_all();
-        }
+        // What open wrote (the schema key of a new store) is durable before we serve.
+        db.persist(PersistMode::SyncAll)
+            .map_err(|e| DurabilityError::Flush(e.to_string().into()))?;
         let shared = Arc::new(Shared {
             written: AtomicU64::new(0),
             state: Mutex::new(State {
@@ -139,7 +124,7 @@ impl<O: Send + 'static> Flusher<O> {
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("agent-tokens-flusher".into())
-            .spawn(move || run(thread_shared, db, data_file, committer))
+            .spawn(move || run(thread_shared, db, committer))
             .map_err(|e| DurabilityError::Flush(e.to_string().into()))?;
         Ok(Self {
             shared,
@@ -159,12 +144,6 @@ impl<O: Send + 'static> Flusher<O> {
     pub async fn wrote_and_wait(&self) -> Result<(), DurabilityError> {
         let seq = self.shared.written.fetch_add(1, Ordering::SeqCst) + 1;
         self.wait_for(seq).await
-    }
-
-    /// Records a mutation that need not be waited for (last-used stamps,
-    /// clean-up); the flusher makes it durable within [`IDLE_FLUSH`].
-    pub fn wrote(&self) {
-        self.shared.written.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Waits until every mutation applied so far is durable.
@@ -217,7 +196,7 @@ impl<O> Drop for Flusher<O> {
     }
 }
 
-fn run<C: Committer>(shared: Arc<Shared<C::Op>>, db: Db, data_file: File, mut committer: C) {
+fn run<C: Committer>(shared: Arc<Shared<C::Op>>, db: Database, mut committer: C) {
     loop {
         let (waiters, ops, shutdown) = {
             let mut state = lock(&shared.state);
@@ -227,7 +206,7 @@ fn run<C: Committer>(shared: Arc<Shared<C::Op>>, db: Db, data_file: File, mut co
                     .wait_timeout(state, IDLE_FLUSH)
                     .unwrap_or_else(PoisonError::into_inner);
                 state = next;
-                // Unwaited writes (grace clean-up) still reach the disk.
+                // Unwaited writes still reach the disk.
                 if timeout.timed_out() && shared.written.load(Ordering::SeqCst) > state.durable {
                     break;
                 }
@@ -244,9 +223,18 @@ fn run<C: Committer>(shared: Arc<Shared<C::Op>>, db: Db, data_file: File, mut co
         let completions = if ops.is_empty() {
             Vec::new()
         } else {
+            let before = shared.written.load(Ordering::SeqCst);
             let applied = committer.apply(ops);
-            if applied.wrote {
-                shared.written.fetch_add(1, Ordering::SeqCst);
+            if applied.synced {
+                record(
+                    &shared.stats,
+                    applied.sync_took,
+                    waiters.len() + applied.completions.len(),
+                );
+                // The batch's sync covered the journal up to its own end,
+                // so every write counted before it too.
+                let mut state = lock(&shared.state);
+                state.durable = state.durable.max(before);
             }
             applied.completions
         };
@@ -256,7 +244,7 @@ fn run<C: Committer>(shared: Arc<Shared<C::Op>>, db: Db, data_file: File, mut co
             Ok(())
         } else {
             let started = Instant::now();
-            let result = flush_and_sync(&db, &data_file);
+            let result = sync(&db);
             record(
                 &shared.stats,
                 started.elapsed(),

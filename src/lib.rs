@@ -15,6 +15,7 @@ pub mod durability;
 pub mod error;
 pub mod jwt;
 pub mod layout;
+pub mod legacy;
 pub mod limits;
 pub mod live;
 pub mod metrics;

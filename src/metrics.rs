@@ -12,9 +12,8 @@ use std::time::Duration;
 use actix_web::http::Method;
 use prometheus::{
     register_histogram_vec_with_registry, register_histogram_with_registry,
-    register_int_counter_vec_with_registry, register_int_counter_with_registry,
-    register_int_gauge_with_registry, Encoder, Histogram, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, Registry, TextEncoder,
+    register_int_counter_vec_with_registry, register_int_gauge_with_registry, Encoder, Histogram,
+    HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -34,8 +33,7 @@ pub struct Metrics {
     pub token_operations: IntCounterVec,
     pub flush_duration: Histogram,
     pub flush_batch: Histogram,
-    pub compactions: IntCounter,
-    pub compacting: IntGauge,
+    pub storage_bytes: IntGauge,
 }
 
 /// Token operations counted in `agent_tokens_token_operations_total{operation}`.
@@ -137,15 +135,9 @@ impl Metrics {
                 registry
             )
             .expect("metric registers"),
-            compactions: register_int_counter_with_registry!(
-                "storage_compactions_total",
-                "Online compactions of the store (a fresh copy swapped in).",
-                registry
-            )
-            .expect("metric registers"),
-            compacting: register_int_gauge_with_registry!(
-                "storage_compacting",
-                "1 while an online compaction is copying the store, else 0.",
+            storage_bytes: register_int_gauge_with_registry!(
+                "storage_disk_bytes",
+                "What the store takes on disk (tables and journal), in bytes.",
                 registry
             )
             .expect("metric registers"),
@@ -187,12 +179,9 @@ impl Metrics {
         }
     }
 
-    pub fn compacted(&self) {
-        self.compactions.inc();
-    }
-
-    pub fn compacting(&self, now: bool) {
-        self.compacting.set(i64::from(now));
+    pub fn storage_size(&self, bytes: u64) {
+        self.storage_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     pub fn observe_flush(&self, took: Duration, waiters: usize) {

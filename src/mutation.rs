@@ -1,22 +1,24 @@
 //! The API's mutations as queued operations, applied by the flusher thread
-//! in batches: every operation queued during one flush cycle runs in one
-//! sled transaction (see [`crate::durability`] for why that matters).
+//! in batches: every operation queued during one flush cycle is applied in
+//! order, and what they wrote goes to disk as one fjall write batch (see
+//! [`crate::durability`] for why that matters).
 //!
 //! Each operation is a small struct implementing [`Apply`]: its arguments,
 //! prepared by the request (encoding happens there, not on the one thread
-//! every write goes through), and a function that applies it inside the
-//! batch's transaction. Later operations in a batch see earlier ones'
+//! every write goes through), and a function that applies it to the
+//! batch's [`TxTrees`]. Later operations in a batch read earlier ones'
 //! writes, so two rotations of one user in the same batch behave exactly as
-//! they would one after the other.
+//! they would one after the other. An operation that fails (a damaged
+//! record) leaves nothing of itself in the batch.
+//!
+//! The flusher thread is the only writer of the user, index and grace
+//! keyspaces, so what an operation reads cannot change under it.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use sled::transaction::{
-    ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
-};
-use sled::{IVec, Transactional, Tree};
+use fjall::{Database, Keyspace, PersistMode};
 use tokio::sync::oneshot;
 
 use crate::durability::{Applied, Committer, Completion, DurabilityError};
@@ -25,107 +27,131 @@ use crate::store::{
     GetOrCreate, GraceToken, IndexEntry, StoreError, UserRecord,
 };
 
-type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+type TxResult<T> = Result<T, StoreError>;
 
-/// Decodes inside a transaction, aborting it on damaged bytes.
-pub(crate) fn tx_decode<T>(result: Result<T, StoreError>) -> TxResult<T> {
-    result.map_err(ConflictableTransactionError::Abort)
+/// A key's value as the batch will leave it: `None` removes it.
+type Pending = HashMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// One keyspace as a batch sees it: the stored state, under what earlier
+/// operations of the batch wrote, under what the running operation wrote.
+pub(crate) struct Tracked<'a> {
+    base: &'a Keyspace,
+    batch: RefCell<Pending>,
+    op: RefCell<Pending>,
 }
 
-/// The trees a batch's transaction spans. Every write is recorded, so
-/// whoever remembers answers (or copies the store) hears what changed.
+impl<'a> Tracked<'a> {
+    fn new(base: &'a Keyspace) -> Self {
+        Self {
+            base,
+            batch: RefCell::default(),
+            op: RefCell::default(),
+        }
+    }
+
+    pub fn get(&self, key: &[u8]) -> TxResult<Option<Vec<u8>>> {
+        if let Some(value) = self.op.borrow().get(key) {
+            return Ok(value.clone());
+        }
+        if let Some(value) = self.batch.borrow().get(key) {
+            return Ok(value.clone());
+        }
+        Ok(self.base.get(key)?.map(|v| v.to_vec()))
+    }
+
+    pub fn insert(&self, key: &[u8], value: impl Into<Vec<u8>>) {
+        self.op
+            .borrow_mut()
+            .insert(key.to_vec(), Some(value.into()));
+    }
+
+    /// Removes `key`; returns what it held.
+    pub fn remove(&self, key: &[u8]) -> TxResult<Option<Vec<u8>>> {
+        let old = self.get(key)?;
+        if old.is_some() {
+            self.op.borrow_mut().insert(key.to_vec(), None);
+        }
+        Ok(old)
+    }
+
+    /// The stored keys up to and including `end`, in order (not the batch's).
+    pub fn stored_keys_through(&self, end: &[u8]) -> TxResult<Vec<Vec<u8>>> {
+        self.base
+            .range(..=end)
+            .map(|item| Ok(item.key()?.to_vec()))
+            .collect()
+    }
+
+    /// The running operation succeeded: its writes join the batch.
+    fn keep(&self) {
+        let op = std::mem::take(&mut *self.op.borrow_mut());
+        self.batch.borrow_mut().extend(op);
+    }
+
+    /// The running operation failed: its writes are dropped.
+    fn discard(&self) {
+        self.op.borrow_mut().clear();
+    }
+
+    /// Adds the batch's writes to `batch`; returns the keys written.
+    fn write_into(&self, batch: &mut fjall::OwnedWriteBatch) -> Vec<Vec<u8>> {
+        let pending = std::mem::take(&mut *self.batch.borrow_mut());
+        let mut keys = Vec::with_capacity(pending.len());
+        for (key, value) in pending {
+            match value {
+                Some(value) => batch.insert(self.base, key.as_slice(), value),
+                None => batch.remove(self.base, key.as_slice()),
+            }
+            keys.push(key);
+        }
+        keys
+    }
+
+    fn is_empty(&self) -> bool {
+        self.batch.borrow().is_empty()
+    }
+}
+
+/// The keyspaces a batch writes.
 pub(crate) struct TxTrees<'a> {
     pub users: Tracked<'a>,
     pub index: Tracked<'a>,
     pub grace: Tracked<'a>,
 }
 
-/// A tree inside a transaction that records the keys written to it.
-pub(crate) struct Tracked<'a> {
-    tree: &'a TransactionalTree,
-    written: &'a RefCell<Vec<Vec<u8>>>,
-}
-
-type TxOutcome<T> = Result<T, UnabortableTransactionError>;
-
-impl<'a> Tracked<'a> {
-    pub fn new(tree: &'a TransactionalTree, written: &'a RefCell<Vec<Vec<u8>>>) -> Self {
-        Self { tree, written }
-    }
-
-    pub fn get<K: AsRef<[u8]>>(&self, key: K) -> TxOutcome<Option<IVec>> {
-        self.tree.get(key)
-    }
-
-    pub fn insert<K, V>(&self, key: K, value: V) -> TxOutcome<Option<IVec>>
-    where
-        K: AsRef<[u8]> + Into<IVec>,
-        V: Into<IVec>,
-    {
-        self.written.borrow_mut().push(key.as_ref().to_vec());
-        self.tree.insert(key, value)
-    }
-
-    pub fn remove<K>(&self, key: K) -> TxOutcome<Option<IVec>>
-    where
-        K: AsRef<[u8]> + Into<IVec>,
-    {
-        self.written.borrow_mut().push(key.as_ref().to_vec());
-        self.tree.remove(key)
-    }
-}
-
-/// The keys a transaction attempt wrote, as [`Changes`] once it commits.
-#[derive(Default)]
-pub(crate) struct Written {
-    pub users: RefCell<Vec<Vec<u8>>>,
-    pub index: RefCell<Vec<Vec<u8>>>,
-    pub grace: RefCell<Vec<Vec<u8>>>,
-}
-
-impl Written {
-    /// Starts an attempt over (a transaction closure may run more than once).
-    pub fn restart(&self) {
-        self.users.borrow_mut().clear();
-        self.index.borrow_mut().clear();
-        self.grace.borrow_mut().clear();
-    }
-
-    pub fn trees<'a>(
-        &'a self,
-        users: &'a TransactionalTree,
-        index: &'a TransactionalTree,
-        grace: &'a TransactionalTree,
-    ) -> TxTrees<'a> {
-        TxTrees {
-            users: Tracked::new(users, &self.users),
-            index: Tracked::new(index, &self.index),
-            grace: Tracked::new(grace, &self.grace),
+impl<'a> TxTrees<'a> {
+    fn new(users: &'a Keyspace, index: &'a Keyspace, grace: &'a Keyspace) -> Self {
+        Self {
+            users: Tracked::new(users),
+            index: Tracked::new(index),
+            grace: Tracked::new(grace),
         }
     }
 
-    /// Tells `listener` what was written, if anything.
-    pub fn report(&self, listener: &dyn ChangeListener) {
-        let changes = Changes {
-            users: self.users.take(),
-            tokens: self.index.take(),
-            grace: self.grace.take(),
-        };
-        if !changes.is_empty() {
-            listener.committed(&changes);
-        }
+    fn keep(&self) {
+        self.users.keep();
+        self.index.keep();
+        self.grace.keep();
+    }
+
+    fn discard(&self) {
+        self.users.discard();
+        self.index.discard();
+        self.grace.discard();
+    }
+
+    fn is_empty(&self) -> bool {
+        self.users.is_empty() && self.index.is_empty() && self.grace.is_empty()
     }
 }
 
 /// One kind of mutation.
 pub(crate) trait Apply: Send + 'static {
     type Output: Send + 'static;
-    /// Applies the operation inside the batch's transaction.
+    /// Applies the operation to the batch; on an error nothing of it stays.
     fn apply(&self, trees: &TxTrees<'_>) -> TxResult<Self::Output>;
-    /// Whether this outcome changed anything (and so is owed a flush).
-    fn wrote(output: &Self::Output) -> bool;
-    /// Whether the answer waits for the flush; `false` answers as soon as
-    /// the change is visible to readers.
+    /// Whether the answer waits until everything before it is durable;
+    /// `false` answers as soon as the change is visible to readers.
     fn durable(&self) -> bool {
         true
     }
@@ -136,7 +162,6 @@ pub(crate) trait Apply: Send + 'static {
 /// A queued operation as the flusher thread sees it.
 pub(crate) trait Mutation: Send {
     fn apply(&self, trees: &TxTrees<'_>) -> TxResult<()>;
-    fn wrote(&self) -> bool;
     /// Answers now, or returns what answers once the flush is done.
     fn answer(self: Box<Self>) -> Option<Completion>;
     fn fail(self: Box<Self>, err: StoreError);
@@ -147,7 +172,7 @@ pub(crate) type Answer<T> = oneshot::Receiver<Result<T, StoreError>>;
 
 pub(crate) struct Queued<A: Apply> {
     args: A,
-    // Set by the latest run of the transaction closure (it may be retried).
+    // Set once the operation is applied.
     output: RefCell<Option<A::Output>>,
     reply: Reply<A::Output>,
 }
@@ -170,10 +195,6 @@ impl<A: Apply> Mutation for Queued<A> {
         let output = self.args.apply(trees)?;
         *self.output.borrow_mut() = Some(output);
         Ok(())
-    }
-
-    fn wrote(&self) -> bool {
-        self.output.borrow().as_ref().is_some_and(A::wrote)
     }
 
     fn answer(self: Box<Self>) -> Option<Completion> {
@@ -202,11 +223,12 @@ impl<A: Apply> Mutation for Queued<A> {
     }
 }
 
-/// Applies batches to the store's trees on the flusher thread.
+/// Applies batches to the store's keyspaces on the flusher thread.
 pub(crate) struct TreeCommitter {
-    pub users: Tree,
-    pub index: Tree,
-    pub grace: Tree,
+    pub db: Database,
+    pub users: Keyspace,
+    pub index: Keyspace,
+    pub grace: Keyspace,
     /// Hears every committed batch's changes before any answer goes out.
     pub listener: Arc<dyn ChangeListener>,
 }
@@ -214,61 +236,63 @@ pub(crate) struct TreeCommitter {
 impl Committer for TreeCommitter {
     type Op = Box<dyn Mutation>;
 
-    fn apply(&mut self, mut ops: Vec<Box<dyn Mutation>>) -> Applied {
-        let mut completions = Vec::with_capacity(ops.len());
-        let mut wrote = false;
-        let written = Written::default();
-        while !ops.is_empty() {
-            let result =
-                (&self.users, &self.index, &self.grace).transaction(|(users, index, grace)| {
-                    written.restart();
-                    let trees = written.trees(users, index, grace);
-                    for (n, op) in ops.iter().enumerate() {
-                        op.apply(&trees).map_err(|e| match e {
-                            ConflictableTransactionError::Abort(err) => {
-                                ConflictableTransactionError::Abort((n, err))
-                            }
-                            ConflictableTransactionError::Conflict => {
-                                ConflictableTransactionError::Conflict
-                            }
-                            ConflictableTransactionError::Storage(err) => {
-                                ConflictableTransactionError::Storage(err)
-                            }
-                        })?;
-                    }
-                    Ok(())
-                });
-            match result {
+    fn apply(&mut self, ops: Vec<Box<dyn Mutation>>) -> Applied {
+        let trees = TxTrees::new(&self.users, &self.index, &self.grace);
+        let mut kept = Vec::with_capacity(ops.len());
+        for op in ops {
+            match op.apply(&trees) {
                 Ok(()) => {
-                    // Before any answer: a client told "done" must never be
-                    // served an answer remembered from before its change.
-                    written.report(&*self.listener);
-                    for op in ops.drain(..) {
-                        wrote |= op.wrote();
-                        completions.extend(op.answer());
-                    }
+                    trees.keep();
+                    kept.push(op);
                 }
-                // Nothing of the aborted transaction was written: the
-                // operation that refused gets its error, the rest run again.
-                Err(TransactionError::Abort((n, err))) => ops.remove(n).fail(err),
-                Err(TransactionError::Storage(err)) => {
-                    // Whatever part of it readers may see is forgotten too.
-                    written.report(&*self.listener);
-                    for op in ops.drain(..) {
-                        op.fail(StoreError::Sled(err.clone()));
-                    }
+                // Nothing of it is in the batch: it alone gets the error.
+                Err(err) => {
+                    trees.discard();
+                    op.fail(err);
                 }
             }
         }
-        Applied { wrote, completions }
+        if !trees.is_empty() {
+            // Synced into the journal before the memtables take it: no
+            // reader sees a change a crash could undo.
+            let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+            let changes = Changes {
+                users: trees.users.write_into(&mut batch),
+                tokens: trees.index.write_into(&mut batch),
+                grace: trees.grace.write_into(&mut batch),
+            };
+            let started = std::time::Instant::now();
+            if let Err(e) = batch.commit() {
+                log::error!("writing a batch of changes to the store failed: {e}");
+                let failure = DurabilityError::Flush(e.to_string().into());
+                for op in kept {
+                    op.fail(StoreError::Durability(failure.clone()));
+                }
+                return Applied::default();
+            }
+            let sync_took = started.elapsed();
+            // Before any answer: a client told "done" must never be
+            // served an answer remembered from before its change.
+            self.listener.committed(&changes);
+            let completions = kept.into_iter().filter_map(|op| op.answer()).collect();
+            return Applied {
+                synced: true,
+                sync_took,
+                completions,
+            };
+        }
+        Applied {
+            completions: kept.into_iter().filter_map(|op| op.answer()).collect(),
+            ..Applied::default()
+        }
     }
 }
 
 /// Ends a rotated-out token's grace window now.
 fn end_grace(trees: &TxTrees<'_>, previous: Option<&GraceToken>) -> TxResult<()> {
     if let Some(prev) = previous {
-        trees.index.remove(&prev.hash[..])?;
-        trees.grace.remove(&grace_key(prev.until, &prev.hash)[..])?;
+        trees.index.remove(&prev.hash)?;
+        trees.grace.remove(&grace_key(prev.until, &prev.hash))?;
     }
     Ok(())
 }
@@ -293,21 +317,20 @@ impl Apply for Rotate {
         let old = t.users.get(key)?;
         let replaced = old.is_some();
         if let Some(old) = old {
-            let old = tx_decode(decode_user(&old))?;
+            let old = decode_user(&old)?;
             end_grace(t, old.previous.as_ref())?;
             if self.grace_secs == 0 {
-                t.index.remove(&old.hash[..])?;
-            } else if let Some(bytes) = t.index.get(&old.hash[..])? {
+                t.index.remove(&old.hash)?;
+            } else if let Some(bytes) = t.index.get(&old.hash)? {
                 // (A token without an index entry was not verifiable: there
                 // is nothing to keep alive.)
                 let until = self.now.saturating_add(self.grace_secs);
                 let entry = IndexEntry {
                     grace_until: Some(until),
-                    ..tx_decode(decode_index(&bytes))?
+                    ..decode_index(&bytes)?
                 };
-                t.index
-                    .insert(&old.hash[..], tx_decode(encode_index(&entry))?)?;
-                t.grace.insert(&grace_key(until, &old.hash)[..], key)?;
+                t.index.insert(&old.hash, encode_index(&entry)?);
+                t.grace.insert(&grace_key(until, &old.hash), key);
                 previous = Some(GraceToken {
                     hash: old.hash,
                     prefix: old.prefix,
@@ -322,18 +345,16 @@ impl Apply for Rotate {
             last_used_at: None,
             previous,
         };
-        t.users.insert(key, tx_decode(encode_user(&record))?)?;
-        t.index
-            .insert(&self.hash[..], self.fresh_index.as_slice())?;
+        t.users.insert(key, encode_user(&record)?);
+        t.index.insert(&self.hash, self.fresh_index.as_slice());
         Ok((record, replaced))
-    }
-
-    fn wrote(_: &(UserRecord, bool)) -> bool {
-        true
     }
 }
 
 /// Creates a user's token unless one exists; see [`crate::store::Store::get_or_create`].
+/// An existing record still waits for everything before it to be durable:
+/// it may come from a request whose change has not reached the disk yet,
+/// and we never report what a crash could undo.
 pub(crate) struct Create {
     pub user: String,
     pub record: UserRecord,
@@ -347,19 +368,12 @@ impl Apply for Create {
     fn apply(&self, t: &TxTrees<'_>) -> TxResult<GetOrCreate> {
         let key = self.user.as_bytes();
         if let Some(existing) = t.users.get(key)? {
-            return Ok(GetOrCreate::Existing(tx_decode(decode_user(&existing))?));
+            return Ok(GetOrCreate::Existing(decode_user(&existing)?));
         }
-        t.users.insert(key, self.record_bytes.as_slice())?;
+        t.users.insert(key, self.record_bytes.as_slice());
         t.index
-            .insert(&self.record.hash[..], self.index_bytes.as_slice())?;
+            .insert(&self.record.hash, self.index_bytes.as_slice());
         Ok(GetOrCreate::Created(self.record.clone()))
-    }
-
-    /// An existing record still waits for the flush: it may come from a
-    /// request whose change has not reached the disk yet, and we never
-    /// report what a crash could undo.
-    fn wrote(output: &GetOrCreate) -> bool {
-        matches!(output, GetOrCreate::Created(_))
     }
 }
 
@@ -374,17 +388,13 @@ impl Apply for Revoke {
     fn apply(&self, t: &TxTrees<'_>) -> TxResult<bool> {
         match t.users.remove(self.user.as_bytes())? {
             Some(old) => {
-                let old = tx_decode(decode_user(&old))?;
-                t.index.remove(&old.hash[..])?;
+                let old = decode_user(&old)?;
+                t.index.remove(&old.hash)?;
                 end_grace(t, old.previous.as_ref())?;
                 Ok(true)
             }
             None => Ok(false),
         }
-    }
-
-    fn wrote(removed: &bool) -> bool {
-        *removed
     }
 }
 
@@ -403,34 +413,29 @@ impl Apply for Touch {
     type Output = bool;
 
     fn apply(&self, t: &TxTrees<'_>) -> TxResult<bool> {
-        let Some(bytes) = t.index.get(&self.hash[..])? else {
+        let Some(bytes) = t.index.get(&self.hash)? else {
             return Ok(false);
         };
         let entry = IndexEntry {
             last_used_at: Some(self.now),
-            ..tx_decode(decode_index(&bytes))?
+            ..decode_index(&bytes)?
         };
-        t.index
-            .insert(&self.hash[..], tx_decode(encode_index(&entry))?)?;
+        t.index.insert(&self.hash, encode_index(&entry)?);
         let user_key = entry.user_id.as_bytes();
         if let Some(bytes) = t.users.get(user_key)? {
-            let record = tx_decode(decode_user(&bytes))?;
+            let record = decode_user(&bytes)?;
             if record.hash == self.hash {
                 let record = UserRecord {
                     last_used_at: Some(self.now),
                     ..record
                 };
-                t.users.insert(user_key, tx_decode(encode_user(&record))?)?;
+                t.users.insert(user_key, encode_user(&record)?);
             }
         }
         Ok(true)
     }
 
-    fn wrote(touched: &bool) -> bool {
-        *touched
-    }
-
-    /// A stamp is answered once readers see it; the flush follows.
+    /// A stamp is answered once readers see it.
     fn durable(&self) -> bool {
         false
     }
@@ -443,22 +448,68 @@ impl Apply for Touch {
     }
 }
 
+/// Removes rotated-out tokens whose grace window ended; see
+/// [`crate::store::Store::expire_grace`].
+pub(crate) struct ExpireGrace {
+    pub now: u64,
+}
+
+impl Apply for ExpireGrace {
+    type Output = usize;
+
+    fn apply(&self, t: &TxTrees<'_>) -> TxResult<usize> {
+        let end = grace_key(self.now, &[0xff; 32]);
+        let mut removed = 0;
+        for key in t.grace.stored_keys_through(&end)? {
+            let Ok(hash) = <[u8; 32]>::try_from(&key[8..]) else {
+                return Err(StoreError::Corrupt {
+                    what: "grace expiry key",
+                });
+            };
+            // An earlier operation of this batch may have ended it already.
+            let Some(user) = t.grace.remove(&key)? else {
+                continue;
+            };
+            if let Some(bytes) = t.index.get(&hash)? {
+                // Only a grace entry: a current token is never removed here.
+                if decode_index(&bytes)?.grace_until.is_some() {
+                    t.index.remove(&hash)?;
+                }
+            }
+            if let Some(bytes) = t.users.get(&user)? {
+                let record = decode_user(&bytes)?;
+                if record.previous.as_ref().is_some_and(|p| p.hash == hash) {
+                    let record = UserRecord {
+                        previous: None,
+                        ..record
+                    };
+                    t.users.insert(&user, encode_user(&record)?);
+                }
+            }
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Verify refuses these by time already: nothing waits for the disk.
+    fn durable(&self) -> bool {
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{GRACE_TREE, INDEX_TREE, USER_TREE};
 
     fn trees() -> (tempfile::TempDir, TreeCommitter) {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new()
-            .path(dir.path())
-            .flush_every_ms(None)
-            .open()
-            .unwrap();
+        let db = fjall::Database::builder(dir.path()).open().unwrap();
+        let keyspaces = crate::store::Keyspaces::open(&db).unwrap();
         let committer = TreeCommitter {
-            users: db.open_tree(USER_TREE).unwrap(),
-            index: db.open_tree(INDEX_TREE).unwrap(),
-            grace: db.open_tree(GRACE_TREE).unwrap(),
+            db,
+            users: keyspaces.users,
+            index: keyspaces.index,
+            grace: keyspaces.grace,
             listener: Arc::new(crate::store::NoListener),
         };
         (dir, committer)
@@ -488,7 +539,7 @@ mod tests {
         let (b, mut b_rx) = Queued::queue(rotate("bob", 2, 10));
         let (a2, mut a2_rx) = Queued::queue(rotate("alice", 3, 11));
         let applied = committer.apply(vec![a1, b, a2]);
-        assert!(applied.wrote);
+        assert!(applied.synced);
         // bob's damaged record refused his rotation at once; nothing of his was written.
         assert!(matches!(
             b_rx.try_recv(),
@@ -504,7 +555,7 @@ mod tests {
         let (first, replaced_first) = a1_rx.try_recv().unwrap().unwrap();
         let (second, replaced_second) = a2_rx.try_recv().unwrap().unwrap();
         assert_eq!((first.hash, replaced_first), ([1; 32], false));
-        // The second rotation saw the first one's write in the same transaction.
+        // The second rotation saw the first one's write in the same batch.
         assert_eq!((second.hash, replaced_second), ([3; 32], true));
         assert!(committer.index.get([1u8; 32]).unwrap().is_none());
         let stored = decode_user(&committer.users.get("alice").unwrap().unwrap()).unwrap();
@@ -518,7 +569,7 @@ mod tests {
             user: "nobody".into(),
         });
         let applied = committer.apply(vec![r]);
-        assert!(!applied.wrote);
+        assert!(!applied.synced);
         assert_eq!(applied.completions.len(), 1);
         for complete in applied.completions {
             complete(Err(DurabilityError::Flush("disk on fire".into())));
@@ -544,7 +595,7 @@ mod tests {
             pending: Arc::clone(&pending),
         });
         let applied = committer.apply(vec![t]);
-        assert!(applied.wrote && applied.completions.is_empty());
+        assert!(applied.synced && applied.completions.is_empty());
         assert!(t_rx.try_recv().unwrap().unwrap());
         assert!(pending.lock().unwrap().is_empty());
         let entry = decode_index(&committer.index.get([1u8; 32]).unwrap().unwrap()).unwrap();

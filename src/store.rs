@@ -1,6 +1,7 @@
-//! The token store, on sled.
+//! The token store, on fjall (an LSM tree; see [`crate::layout`] for where
+//! its files are and [`crate::legacy`] for stores of earlier releases).
 //!
-//! Trees (named `key_value`):
+//! Keyspaces:
 //! - `user_token`: user id → [`UserRecord`] (current token hash, prefix,
 //!   timestamps, and the rotated-out token still in its grace window);
 //! - `tokenhash_user`: SHA-256 of a token → [`IndexEntry`] (what verify needs,
@@ -9,42 +10,40 @@
 //!   grace entries are found without scanning every user;
 //! - `meta`: `schema_version` → u32 BE.
 //!
-//! Guarantees: get-or-create, rotate and revoke are each applied inside one
-//! sled transaction over the trees (the flusher thread applies everything
-//! queued in a cycle in one transaction, in order; see [`crate::mutation`]),
-//! so the trees never disagree and a user has at most one current token
-//! (plus at most one rotated-out token in its grace window). Those methods
-//! return only once the change is on stable storage (see
-//! [`crate::durability`]). Last-used stamps return once visible and grace
-//! clean-up without waiting; the flusher makes them durable within a second.
-//! Values are bincode with a leading format-version byte. Raw tokens never
-//! reach this module: it sees only [`TokenHash`]es and display prefixes.
+//! Guarantees: every change to the first three goes through the flusher
+//! thread, which applies everything queued in a cycle in order and writes
+//! the result as *one* fjall write batch, fdatasynced into the journal
+//! before any of it becomes visible (see [`crate::mutation`] and
+//! [`crate::durability`]). So the keyspaces never disagree, a user has at
+//! most one current token (plus at most one rotated-out token in its grace
+//! window), and no reader ever sees a change a crash could undo. Values are
+//! bincode with a leading format-version byte. Raw tokens never reach this
+//! module: it sees only [`TokenHash`]es and display prefixes.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use serde::{Deserialize, Serialize};
-use sled::transaction::TransactionError;
-use sled::{Db, Transactional, Tree};
 
 use crate::durability::{DurabilityError, FlushStats, Flusher};
-use crate::layout;
+use crate::layout::{self, Current};
 use crate::mutation::{
-    tx_decode, Apply, Create, Mutation, PendingTouches, Queued, Revoke, Rotate, Touch,
-    TreeCommitter, Written,
+    Apply, Create, ExpireGrace, Mutation, PendingTouches, Queued, Revoke, Rotate, Touch,
+    TreeCommitter,
 };
 use crate::token::TokenHash;
 use crate::user::UserId;
 
-/// The on-disk layout this binary writes. Older layouts are migrated in
-/// [`Store::open`]; newer ones are refused.
+/// The record formats this binary writes. Older ones are migrated when a
+/// store of an earlier release is opened; newer ones are refused.
 pub const SCHEMA_VERSION: u32 = 3;
 pub(crate) const SCHEMA_KEY: &[u8] = b"schema_version";
 /// Rewritten by every readiness probe.
-const PROBE_KEY: &[u8] = b"readyz_probe";
+pub(crate) const PROBE_KEY: &[u8] = b"readyz_probe";
 /// Format bytes of user records and index entries written by schemas 1 and 2.
-const FORMAT_V1: u8 = 1;
-const FORMAT_V2: u8 = 2;
+pub(crate) const FORMAT_V1: u8 = 1;
+pub(crate) const FORMAT_V2: u8 = 2;
 const RECORD_FORMAT: u8 = 3;
 const INDEX_FORMAT: u8 = 3;
 
@@ -53,10 +52,23 @@ pub const INDEX_TREE: &str = "tokenhash_user";
 pub const GRACE_TREE: &str = "grace_expiry";
 pub const META_TREE: &str = "meta";
 
+const MIB: u64 = 1024 * 1024;
+/// Memtable of the user records and of the token index each: a rotation
+/// writes both. Measured (tools/engine-compare) against the 128 MiB RSS
+/// budget at a million tokens; see README's "Memory".
+const MEMTABLE_BYTES: u64 = 8 * MIB;
+/// The grace and meta keyspaces see a few writes.
+const SMALL_MEMTABLE_BYTES: u64 = MIB;
+/// Journal kept before memtables are flushed to tables: bounds the disk
+/// it takes and what a restart replays (fjall's smallest).
+const JOURNAL_BYTES: u64 = 64 * MIB;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("storage error: {0}")]
-    Sled(#[from] sled::Error),
+    Engine(#[from] fjall::Error),
+    #[error("cannot read the store of an earlier release (sled): {0}")]
+    Legacy(#[from] sled::Error),
     #[error("stored data cannot be decoded ({what}); the database may be damaged")]
     Corrupt { what: &'static str },
     #[error("the store at {path} has schema version {found}, but this binary knows versions up to {SCHEMA_VERSION}; use a newer release")]
@@ -71,14 +83,14 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    /// Another process (or handle) holds sled's directory lock.
+    /// Another process (or another open in this one) holds the store's lock.
     #[error("the store at {} is in use by another process", path.display())]
     InUse { path: PathBuf },
     #[error("cannot open the store at {path}: {source}")]
     Open {
         path: PathBuf,
         #[source]
-        source: sled::Error,
+        source: fjall::Error,
     },
     #[error(transparent)]
     Durability(#[from] DurabilityError),
@@ -90,43 +102,6 @@ pub enum StoreError {
     /// Writes are refused while the store reopens after an I/O failure.
     #[error("the store is recovering from an I/O failure and refuses writes for now")]
     Recovering,
-}
-
-/// Whether opening failed because another process (or handle) holds sled's
-/// directory lock. sled wraps the `WouldBlock` from `flock` in its own error.
-pub fn is_lock_error(err: &sled::Error) -> bool {
-    match err {
-        sled::Error::Io(e) => {
-            e.kind() == std::io::ErrorKind::WouldBlock
-                || e.to_string().contains("could not acquire lock")
-                || e.get_ref()
-                    .and_then(|inner| inner.downcast_ref::<std::io::Error>())
-                    .is_some_and(|inner| inner.kind() == std::io::ErrorKind::WouldBlock)
-        }
-        _ => false,
-    }
-}
-
-/// How long an open waits for a lock that the same process just let go of.
-const LOCK_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
-
-/// Opens a sled database, waiting briefly while its directory lock is held.
-///
-/// sled 0.34.7 releases the lock only when its background I/O threads finish
-/// the last segment writes of a dropped database, so a reopen in the same
-/// process right after a drop (a test, the disk-full recovery) can find it
-/// still held for a moment. Another live process holding it still fails,
-/// after the wait, with the lock error.
-pub fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
-    let deadline = std::time::Instant::now() + LOCK_RELEASE_WAIT;
-    loop {
-        match config.open() {
-            Err(e) if is_lock_error(&e) && std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            other => return other,
-        }
-    }
 }
 
 /// A rotated-out token that keeps verifying until `until`.
@@ -213,83 +188,6 @@ mod compact_prefix {
     }
 }
 
-/// Schema 2 layouts (prefixes as text), kept only to migrate them.
-mod v2 {
-    use serde::{Deserialize, Serialize};
-
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-    pub struct GraceToken {
-        pub hash: [u8; 32],
-        pub prefix: String,
-        pub until: u64,
-    }
-
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-    pub struct UserRecord {
-        pub hash: [u8; 32],
-        pub prefix: String,
-        pub created_at: u64,
-        pub last_used_at: Option<u64>,
-        pub previous: Option<GraceToken>,
-    }
-
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-    pub struct IndexEntry {
-        pub user_id: String,
-        pub prefix: String,
-        pub created_at: u64,
-        pub last_used_at: Option<u64>,
-        pub grace_until: Option<u64>,
-    }
-
-    impl From<UserRecord> for super::UserRecord {
-        fn from(old: UserRecord) -> Self {
-            Self {
-                hash: old.hash,
-                prefix: old.prefix,
-                created_at: old.created_at,
-                last_used_at: old.last_used_at,
-                previous: old.previous.map(|p| super::GraceToken {
-                    hash: p.hash,
-                    prefix: p.prefix,
-                    until: p.until,
-                }),
-            }
-        }
-    }
-
-    impl From<IndexEntry> for super::IndexEntry {
-        fn from(old: IndexEntry) -> Self {
-            Self {
-                user_id: old.user_id,
-                prefix: old.prefix,
-                created_at: old.created_at,
-                last_used_at: old.last_used_at,
-                grace_until: old.grace_until,
-            }
-        }
-    }
-}
-
-/// Schema 1 layouts, kept only to migrate them.
-mod v1 {
-    use serde::{Deserialize, Serialize};
-
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-    pub struct UserRecord {
-        pub hash: [u8; 32],
-        pub prefix: String,
-        pub created_at: u64,
-    }
-
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-    pub struct IndexEntry {
-        pub user_id: String,
-        pub prefix: String,
-        pub created_at: u64,
-    }
-}
-
 /// What one committed write changed: the keys it wrote or removed in the
 /// user records, the token index (token hashes) and the grace expiries.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -348,18 +246,19 @@ impl NewToken {
 }
 
 pub struct Store {
-    pub(crate) users: Tree,
-    pub(crate) index: Tree,
-    pub(crate) grace: Tree,
-    pub(crate) meta: Tree,
+    // Dropped first: the flusher thread holds the database and is joined.
     pub(crate) flusher: Flusher<Box<dyn Mutation>>,
+    pub(crate) users: Keyspace,
+    pub(crate) index: Keyspace,
+    pub(crate) grace: Keyspace,
+    pub(crate) meta: Keyspace,
     pending_touches: PendingTouches,
-    listener: Arc<dyn ChangeListener>,
     path: PathBuf,
-    /// Where sled's files are: `path` or one of its generations.
-    pub(crate) dir: PathBuf,
-    // Dropped last: the flusher holds its own handle and is joined first.
-    _db: Db,
+    /// Where fjall's files are: a generation inside `path`.
+    dir: PathBuf,
+    pub(crate) db: Database,
+    // Dropped last: no other process may open the store before it is closed.
+    _lock: layout::Lock,
 }
 
 impl std::fmt::Debug for Store {
@@ -380,7 +279,7 @@ fn encode<T: Serialize>(format: u8, value: &T) -> Result<Vec<u8>, StoreError> {
     Ok(out)
 }
 
-fn decode_body<T: for<'de> Deserialize<'de>>(
+pub(crate) fn decode_body<T: for<'de> Deserialize<'de>>(
     body: &[u8],
     what: &'static str,
 ) -> Result<T, StoreError> {
@@ -437,57 +336,140 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-fn from_tx(err: TransactionError<StoreError>) -> StoreError {
-    match err {
-        TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => StoreError::Sled(e),
+/// The store's keyspaces in one database.
+pub(crate) struct Keyspaces {
+    pub users: Keyspace,
+    pub index: Keyspace,
+    pub grace: Keyspace,
+    pub meta: Keyspace,
+}
+
+impl Keyspaces {
+    pub fn open(db: &Database) -> Result<Self, StoreError> {
+        let sized = |bytes: u64| move || KeyspaceCreateOptions::default().max_memtable_size(bytes);
+        Ok(Self {
+            users: db.keyspace(USER_TREE, sized(MEMTABLE_BYTES))?,
+            index: db.keyspace(INDEX_TREE, sized(MEMTABLE_BYTES))?,
+            grace: db.keyspace(GRACE_TREE, sized(SMALL_MEMTABLE_BYTES))?,
+            meta: db.keyspace(META_TREE, sized(SMALL_MEMTABLE_BYTES))?,
+        })
     }
 }
 
-/// sled's settings for a store at `dir`.
-pub(crate) fn sled_config(dir: &Path, cache_mb: u64) -> sled::Config {
-    sled::Config::new()
-        .path(dir)
-        .cache_capacity(cache_mb.saturating_mul(1024 * 1024))
-        // Our flusher is the only one: sled's own background flush would
-        // race it (and concurrent flushes deadlock sled 0.34.7).
-        .flush_every_ms(None)
+/// Opens (or creates) the fjall database in `dir`, with its memory sized
+/// from `cache_mb` (the block cache) and the constants above.
+pub(crate) fn open_db(path: &Path, dir: &Path, cache_mb: u64) -> Result<Database, StoreError> {
+    Database::builder(dir)
+        .cache_size(cache_mb.saturating_mul(MIB))
+        .max_journaling_size(JOURNAL_BYTES)
+        .open()
+        .map_err(|source| match source {
+            fjall::Error::Locked => StoreError::InUse {
+                path: path.to_owned(),
+            },
+            source => StoreError::Open {
+                path: path.to_owned(),
+                source,
+            },
+        })
 }
 
-/// Opens the store's current copy (see [`crate::layout`]). Should a
-/// compaction in another process switch copies between reading the pointer
-/// and taking the lock, the pointer is read again: a stale copy is never
-/// served.
-pub(crate) fn open_current(path: &Path, cache_mb: u64) -> Result<(Db, PathBuf), StoreError> {
+/// An open database of the current format, and the lock that makes it ours.
+pub(crate) struct Opened {
+    pub db: Database,
+    pub dir: PathBuf,
+    pub lock: layout::Lock,
+}
+
+/// Takes the store's lock and opens its current copy: creates a new store
+/// in an empty place, migrates one of an earlier release (sled). Copies
+/// that are not current (an interrupted creation or migration, a migrated
+/// sled store) are removed.
+pub(crate) fn open_current(path: &Path, cache_mb: u64) -> Result<Opened, StoreError> {
     let layout_error = |source| StoreError::Layout {
         path: path.to_owned(),
         source,
     };
-    for _ in 0..3 {
-        let dir = layout::sled_dir(path).map_err(layout_error)?;
-        let db = open_sled(&sled_config(&dir, cache_mb)).map_err(|source| {
-            if is_lock_error(&source) {
-                StoreError::InUse {
-                    path: path.to_owned(),
-                }
-            } else {
-                StoreError::Open {
-                    path: path.to_owned(),
-                    source,
-                }
-            }
+    std::fs::create_dir_all(path).map_err(layout_error)?;
+    let lock = layout::lock(path)
+        .map_err(layout_error)?
+        .ok_or_else(|| StoreError::InUse {
+            path: path.to_owned(),
         })?;
-        if layout::sled_dir(path).map_err(layout_error)? == dir {
-            return Ok((db, dir));
-        }
+    let current = layout::current(path).map_err(layout_error)?;
+    // Ours alone now (the lock): what is not current can go, before a new
+    // copy is written where an interrupted one may have been.
+    if let Err(e) = layout::remove_stale(path) {
+        log::warn!(
+            "cannot remove old copies of the store in {}: {e}",
+            path.display()
+        );
     }
-    Err(layout_error(std::io::Error::other(
-        "its current copy changed while opening it three times; is another process compacting it?",
-    )))
+    let (db, dir) = match current {
+        Current::Lsm(dir) => (open_db(path, &dir, cache_mb)?, dir),
+        Current::Sled(old) => crate::legacy::migrate(path, &old, cache_mb)?,
+        Current::Empty => create(path, cache_mb)?,
+    };
+    if let Err(e) = layout::remove_stale(path) {
+        log::warn!(
+            "cannot remove old copies of the store in {}: {e}",
+            path.display()
+        );
+    }
+    Ok(Opened { db, dir, lock })
+}
+
+/// Writes a new, empty store into the next generation and makes it current.
+fn create(path: &Path, cache_mb: u64) -> Result<(Database, PathBuf), StoreError> {
+    let layout_error = |source| StoreError::Layout {
+        path: path.to_owned(),
+        source,
+    };
+    let generation = layout::next_generation(path).map_err(layout_error)?;
+    let dir = layout::generation_dir(path, generation);
+    let db = open_db(path, &dir, cache_mb)?;
+    let keyspaces = Keyspaces::open(&db)?;
+    keyspaces
+        .meta
+        .insert(SCHEMA_KEY, SCHEMA_VERSION.to_be_bytes())?;
+    db.persist(PersistMode::SyncAll)?;
+    layout::sync_dir(&dir).map_err(layout_error)?;
+    layout::commit(path, generation).map_err(layout_error)?;
+    Ok((db, dir))
+}
+
+/// Reads and checks the schema version of an open store.
+fn check_schema(path: &Path, keyspaces: &Keyspaces) -> Result<(), StoreError> {
+    match keyspaces.meta.get(SCHEMA_KEY)? {
+        Some(v) => {
+            let found = <[u8; 4]>::try_from(v.as_ref())
+                .map(u32::from_be_bytes)
+                .map_err(|_| StoreError::Corrupt {
+                    what: "schema version",
+                })?;
+            if found == SCHEMA_VERSION {
+                Ok(())
+            } else {
+                Err(StoreError::UnknownSchema {
+                    path: path.to_owned(),
+                    found,
+                })
+            }
+        }
+        None if keyspaces.users.is_empty()? && keyspaces.index.is_empty()? => {
+            keyspaces
+                .meta
+                .insert(SCHEMA_KEY, SCHEMA_VERSION.to_be_bytes())?;
+            Ok(())
+        }
+        None => Err(StoreError::MissingSchema {
+            path: path.to_owned(),
+        }),
+    }
 }
 
 impl Store {
-    /// Opens (or creates) the store, migrates older schemas, and starts the flusher.
+    /// Opens (or creates) the store, migrates older ones, and starts the flusher.
     pub fn open(path: &Path, cache_mb: u64) -> Result<Self, StoreError> {
         Self::open_with_listener(path, cache_mb, Arc::new(NoListener))
     }
@@ -498,89 +480,54 @@ impl Store {
         cache_mb: u64,
         listener: Arc<dyn ChangeListener>,
     ) -> Result<Self, StoreError> {
-        let (db, dir) = open_current(path, cache_mb)?;
-        // This process holds the current copy's lock now, so no other one
-        // uses this store: copies a compaction left behind can go.
-        if let Err(e) = layout::remove_stale(path) {
-            log::warn!(
-                "cannot remove old copies of the store in {}: {e}",
-                path.display()
-            );
-        }
-        let users = db.open_tree(USER_TREE)?;
-        let index = db.open_tree(INDEX_TREE)?;
-        let meta = db.open_tree(META_TREE)?;
-        match meta.get(SCHEMA_KEY)? {
-            Some(v) => {
-                let found = <[u8; 4]>::try_from(v.as_ref())
-                    .map(u32::from_be_bytes)
-                    .map_err(|_| StoreError::Corrupt {
-                        what: "schema version",
-                    })?;
-                match found {
-                    SCHEMA_VERSION => {}
-                    1 | 2 => migrate(&users, &index, &meta, found)?,
-                    _ => {
-                        return Err(StoreError::UnknownSchema {
-                            path: path.to_owned(),
-                            found,
-                        })
-                    }
-                }
-            }
-            None if users.is_empty() && index.is_empty() => {
-                meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
-            }
-            None => {
-                return Err(StoreError::MissingSchema {
-                    path: path.to_owned(),
-                })
-            }
-        }
-        Self::from_db(db, path, dir, listener)
-    }
-
-    /// Serves an open, current-schema database whose files are in `dir`;
-    /// its start-up writes are durable when this returns.
-    pub(crate) fn from_db(
-        db: Db,
-        path: &Path,
-        dir: PathBuf,
-        listener: Arc<dyn ChangeListener>,
-    ) -> Result<Self, StoreError> {
-        let users = db.open_tree(USER_TREE)?;
-        let index = db.open_tree(INDEX_TREE)?;
-        let grace = db.open_tree(GRACE_TREE)?;
-        let meta = db.open_tree(META_TREE)?;
+        let Opened { db, dir, lock } = open_current(path, cache_mb)?;
+        let keyspaces = Keyspaces::open(&db)?;
+        check_schema(path, &keyspaces)?;
         let committer = TreeCommitter {
-            users: users.clone(),
-            index: index.clone(),
-            grace: grace.clone(),
-            listener: Arc::clone(&listener),
-        };
-        let flusher = Flusher::start(db.clone(), &dir, committer)?;
-        Ok(Self {
-            pending_touches: PendingTouches::default(),
+            db: db.clone(),
+            users: keyspaces.users.clone(),
+            index: keyspaces.index.clone(),
+            grace: keyspaces.grace.clone(),
             listener,
-            users,
-            index,
-            grace,
-            meta,
+        };
+        let flusher = Flusher::start(db.clone(), committer)?;
+        Ok(Self {
             flusher,
+            users: keyspaces.users,
+            index: keyspaces.index,
+            grace: keyspaces.grace,
+            meta: keyspaces.meta,
+            pending_touches: PendingTouches::default(),
             path: path.to_owned(),
             dir,
-            _db: db,
+            db,
+            _lock: lock,
         })
     }
 
-    /// The storage path (`storage.path`), not necessarily sled's directory.
+    /// The storage path (`storage.path`), not necessarily fjall's directory.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// The size of sled's data file (the log, which compaction shrinks).
-    pub fn data_file_bytes(&self) -> std::io::Result<u64> {
-        Ok(std::fs::metadata(self.dir.join("db"))?.len())
+    /// Call after a failed write, before the store is dropped: makes sure
+    /// the failed batch never reaches the journal.
+    ///
+    /// fjall's journal writer keeps what it could not write (a disk-full
+    /// short write) in its user-space buffer, and writes that buffer out
+    /// when the database is dropped; once space is free again, that would
+    /// complete the refused batch on disk and the next open would replay
+    /// it: a rotation answered with 500 would take effect after all (seen
+    /// in tests/diskfull.rs). The writer's descriptor is pointed at
+    /// /dev/null instead, so the journal ends with the torn batch, which
+    /// recovery cuts off. Returns how many descriptors were redirected.
+    pub fn abandon_journal_buffer(&self) -> std::io::Result<usize> {
+        abandon_journal_buffer(&self.dir)
+    }
+
+    /// What the store takes on disk: its tables and journals.
+    pub fn disk_bytes(&self) -> u64 {
+        self.db.disk_space().unwrap_or(0)
     }
 
     pub fn flush_stats(&self) -> &FlushStats {
@@ -611,10 +558,11 @@ impl Store {
     }
 
     /// Replaces the user's token with `new` (or creates it): atomic across the
-    /// trees, durable when it returns. With `grace_secs` 0 the previous token
-    /// stops verifying at once; otherwise it verifies until `now + grace_secs`.
-    /// A token already in its grace window ends when the next rotation happens.
-    /// Returns the new record and whether it replaced a token.
+    /// keyspaces, durable when it returns. With `grace_secs` 0 the previous
+    /// token stops verifying at once; otherwise it verifies until
+    /// `now + grace_secs`. A token already in its grace window ends when the
+    /// next rotation happens. Returns the new record and whether it replaced
+    /// a token.
     pub async fn rotate(
         &self,
         user: &UserId,
@@ -636,8 +584,7 @@ impl Store {
 
     /// Returns the user's record, creating it from `candidate` if there is
     /// none: atomic (concurrent callers see exactly one `Created`), and the
-    /// answer is durable when it returns (an existing record too: it may
-    /// come from a concurrent call that has not reached the disk yet).
+    /// answer is durable when it returns.
     pub async fn get_or_create(
         &self,
         user: &UserId,
@@ -664,9 +611,10 @@ impl Store {
 
     /// Removes the user's token, and any rotated-out token still in grace:
     /// atomic, durable when it returns. Returns whether a token existed.
-    /// Idempotent; "nothing to remove" also waits for the flush, since a
-    /// concurrent revoke may still be on its way to disk and answering
-    /// "gone" before it lands could let a crash resurrect the token.
+    /// Idempotent; "nothing to remove" also waits until everything before
+    /// it is durable, since a concurrent revoke may still be on its way to
+    /// disk and answering "gone" before it lands could let a crash
+    /// resurrect the token.
     pub async fn revoke(&self, user: &UserId) -> Result<bool, StoreError> {
         self.run(Revoke {
             user: user.as_str().to_owned(),
@@ -676,9 +624,8 @@ impl Store {
 
     /// Stamps a token as used at `now` (the index entry, and the user record
     /// when it is the current token). Changes nothing if the token is gone.
-    /// Returns once readers see the stamp; it is durable within the
-    /// flusher's cycle (at most its idle interval). A token whose stamp is
-    /// already queued is not queued again.
+    /// Returns once readers see the stamp. A token whose stamp is already
+    /// queued is not queued again.
     pub async fn touch(&self, hash: &TokenHash, now: u64) -> Result<(), StoreError> {
         let hash = *hash.as_bytes();
         let queued = self
@@ -698,71 +645,23 @@ impl Store {
     }
 
     /// Removes every rotated-out token whose grace window ended at or before
-    /// `now`. Returns how many were removed. Not waited on: verify already
-    /// refuses them by time, so a crash before the flush changes nothing visible.
-    pub fn expire_grace(&self, now: u64) -> Result<usize, StoreError> {
-        let mut removed = 0;
-        let end = grace_key(now, &[0xff; 32]);
-        let expired: Vec<sled::IVec> = self
-            .grace
-            .range(..=&end[..])
-            .keys()
-            .collect::<Result<_, _>>()?;
-        for key in expired {
-            let Ok(hash) = <[u8; 32]>::try_from(&key[8..]) else {
-                return Err(StoreError::Corrupt {
-                    what: "grace expiry key",
-                });
-            };
-            let written = Written::default();
-            let result =
-                (&self.users, &self.index, &self.grace).transaction(|(users, index, grace)| {
-                    written.restart();
-                    let t = written.trees(users, index, grace);
-                    let Some(user) = t.grace.remove(&key)? else {
-                        return Ok(());
-                    };
-                    if let Some(bytes) = t.index.get(&hash[..])? {
-                        // Only a grace entry: a current token is never removed here.
-                        if tx_decode(decode_index(&bytes))?.grace_until.is_some() {
-                            t.index.remove(&hash[..])?;
-                        }
-                    }
-                    if let Some(bytes) = t.users.get(&user)? {
-                        let record = tx_decode(decode_user(&bytes))?;
-                        if record.previous.as_ref().is_some_and(|p| p.hash == hash) {
-                            let record = UserRecord {
-                                previous: None,
-                                ..record
-                            };
-                            t.users.insert(&user, tx_decode(encode_user(&record))?)?;
-                        }
-                    }
-                    Ok(())
-                });
-            if !matches!(result, Err(TransactionError::Abort(_))) {
-                written.report(&*self.listener);
-            }
-            result.map_err(from_tx)?;
-            removed += 1;
-        }
-        if removed > 0 {
-            self.flusher.wrote();
-        }
-        Ok(removed)
+    /// `now`, through the flusher like every other change. Returns how many
+    /// were removed. Verify already refuses them by time.
+    pub async fn expire_grace(&self, now: u64) -> Result<usize, StoreError> {
+        self.run(ExpireGrace { now }).await
     }
 
     /// Writes a probe key and waits for it to be durable: proves the store
-    /// accepts a write and a flush right now (for `/readyz`).
+    /// accepts a write and a sync right now (for `/readyz`).
     pub async fn probe_write(&self, now: u64) -> Result<(), StoreError> {
-        self.meta.insert(PROBE_KEY, &now.to_be_bytes())?;
+        self.meta.insert(PROBE_KEY, now.to_be_bytes())?;
         self.flusher.wrote_and_wait().await?;
         Ok(())
     }
 
     /// [`Store::probe_write`] for plain threads (not on an async runtime).
     pub fn probe_write_blocking(&self) -> Result<(), StoreError> {
-        self.meta.insert(PROBE_KEY, &now_secs().to_be_bytes())?;
+        self.meta.insert(PROBE_KEY, now_secs().to_be_bytes())?;
         self.flusher.wrote_and_wait_blocking()?;
         Ok(())
     }
@@ -773,10 +672,10 @@ impl Store {
         Ok(self.flusher.wait_for_all_writes().await?)
     }
 
-    /// Every user record, for checks and tests. Reads only.
+    /// Every user record, in key order, for checks, exports and tests.
     pub fn users(&self) -> impl Iterator<Item = Result<(String, UserRecord), StoreError>> + '_ {
         self.users.iter().map(|item| {
-            let (k, v) = item?;
+            let (k, v) = item.into_inner()?;
             let user = String::from_utf8(k.to_vec())
                 .map_err(|_| StoreError::Corrupt { what: "user key" })?;
             Ok((user, decode_user(&v)?))
@@ -788,7 +687,7 @@ impl Store {
         &self,
     ) -> impl Iterator<Item = Result<(TokenHash, IndexEntry), StoreError>> + '_ {
         self.index.iter().map(|item| {
-            let (k, v) = item?;
+            let (k, v) = item.into_inner()?;
             let hash = <[u8; 32]>::try_from(k.as_ref())
                 .map(TokenHash::from_bytes)
                 .map_err(|_| StoreError::Corrupt { what: "index key" })?;
@@ -797,77 +696,89 @@ impl Store {
     }
 
     /// How many grace-expiry entries exist; for checks and tests.
-    pub fn grace_entries(&self) -> usize {
-        self.grace.len()
+    pub fn grace_entries(&self) -> Result<usize, StoreError> {
+        Ok(self.grace.len()?)
     }
 }
 
-/// Migrates schema 1 or 2 to the current one. Schema 1 → 2 added last-used
-/// and grace fields; 2 → 3 stores prefixes compactly. Each record is
-/// rewritten by its own format byte, so a migration interrupted by a crash
-/// simply continues at the next start; the version is bumped last.
-fn migrate(users: &Tree, index: &Tree, meta: &Tree, from: u32) -> Result<(), StoreError> {
-    log::info!("migrating the store from schema {from} to {SCHEMA_VERSION}");
-    let migrated = migrate_tree(users, |value| {
-        let record = match value.first() {
-            Some(&FORMAT_V1) => {
-                let old: v1::UserRecord = decode_body(&value[1..], "schema 1 user record")?;
-                UserRecord {
-                    hash: old.hash,
-                    prefix: old.prefix,
-                    created_at: old.created_at,
-                    last_used_at: None,
-                    previous: None,
-                }
-            }
-            Some(&FORMAT_V2) => {
-                decode_body::<v2::UserRecord>(&value[1..], "schema 2 user record")?.into()
-            }
-            _ => return decode_user(value).map(|_| None),
+#[cfg(target_os = "linux")]
+fn abandon_journal_buffer(dir: &Path) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+    let mut redirected = 0;
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let entry = entry?;
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue; // closed meanwhile (the read_dir's own descriptor, say)
         };
-        encode_user(&record).map(Some)
-    })?;
-    migrate_tree(index, |value| {
-        let entry = match value.first() {
-            Some(&FORMAT_V1) => {
-                let old: v1::IndexEntry = decode_body(&value[1..], "schema 1 index entry")?;
-                IndexEntry {
-                    user_id: old.user_id,
-                    prefix: old.prefix,
-                    created_at: old.created_at,
-                    last_used_at: None,
-                    grace_until: None,
-                }
-            }
-            Some(&FORMAT_V2) => {
-                decode_body::<v2::IndexEntry>(&value[1..], "schema 2 index entry")?.into()
-            }
-            _ => return decode_index(value).map(|_| None),
+        let journal =
+            target.parent() == Some(dir) && target.extension().is_some_and(|ext| ext == "jnl");
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
         };
-        encode_index(&entry).map(Some)
-    })?;
-    meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
-    log::info!(
-        "migrated the store from schema {from} to {SCHEMA_VERSION} ({migrated} user records)"
-    );
-    Ok(())
-}
-
-/// Rewrites every value `upgrade` returns a new encoding for (`None`: the
-/// value is current, and checked). Returns how many were rewritten.
-fn migrate_tree(
-    tree: &Tree,
-    upgrade: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, StoreError>,
-) -> Result<usize, StoreError> {
-    let mut rewritten = 0;
-    for item in tree.iter() {
-        let (key, value) = item?;
-        if let Some(new) = upgrade(&value)? {
-            tree.insert(key, new)?;
-            rewritten += 1;
+        if journal {
+            // SAFETY: dup2 atomically replaces descriptor `fd`, which the
+            // journal writer's File owns, with another open one; the File
+            // stays valid (it now writes to /dev/null) and closes it later.
+            if unsafe { libc::dup2(null.as_raw_fd(), fd) } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            redirected += 1;
         }
     }
-    Ok(rewritten)
+    Ok(redirected)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn abandon_journal_buffer(_dir: &Path) -> std::io::Result<usize> {
+    Err(std::io::Error::other(
+        "cannot detach the journal writer on this platform",
+    ))
+}
+
+/// Stored values as they are, around every rule of [`Store`]: for tests
+/// that fabricate damage and for looking at a stopped store by hand.
+pub mod raw {
+    use super::*;
+
+    fn keyspace<'a>(k: &'a Keyspaces, name: &str) -> Option<&'a Keyspace> {
+        [&k.users, &k.index, &k.grace, &k.meta]
+            .into_iter()
+            .find(|ks| ks.name().as_ref() == name)
+    }
+
+    /// Runs `f` on keyspace `name` of the stopped store at `path`.
+    fn with<T>(
+        path: &Path,
+        name: &str,
+        f: impl FnOnce(&Keyspace) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let opened = open_current(path, 8)?;
+        let keyspaces = Keyspaces::open(&opened.db)?;
+        let ks = keyspace(&keyspaces, name).ok_or(StoreError::Corrupt {
+            what: "keyspace name",
+        })?;
+        let out = f(ks)?;
+        opened.db.persist(PersistMode::SyncAll)?;
+        Ok(out)
+    }
+
+    pub fn get(path: &Path, name: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        with(path, name, |ks| Ok(ks.get(key)?.map(|v| v.to_vec())))
+    }
+
+    /// Writes `value` under `key`, durably.
+    pub fn put(path: &Path, name: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        with(path, name, |ks| Ok(ks.insert(key, value)?))
+    }
+
+    pub fn len(path: &Path, name: &str) -> Result<usize, StoreError> {
+        with(path, name, |ks| Ok(ks.len()?))
+    }
 }
 
 #[cfg(test)]

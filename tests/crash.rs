@@ -2,7 +2,8 @@
 //! killed with SIGKILL at random moments. After every restart each user's
 //! token is the last rotation acknowledged with 200, or the one in flight at
 //! the kill; never an older one and never none. The offline checker runs
-//! after every kill. A second run kills the server in its compactions.
+//! after every kill. A second run, on a larger store, also kills the
+//! offline `compact` command midway after each of the server's kills.
 
 mod common;
 
@@ -64,9 +65,9 @@ async fn verify_status(client: &reqwest::Client, base: &str, token: &str) -> u16
 enum Kill {
     /// 80–680 ms into the load.
     AnyMoment,
-    /// 0–60 ms after the server logs that it started a compaction (or
-    /// after 8 s without one).
-    DuringCompaction,
+    /// As `AnyMoment`; then `agent-tokens compact` runs on the stopped
+    /// store and is killed 0–150 ms into its work.
+    AlsoTheCompactCommand,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -74,17 +75,11 @@ async fn sigkill_at_random_moments_never_loses_or_resurrects_a_token() {
     sigkill_cycles(&[], 0, Kill::AnyMoment, 12).await;
 }
 
-/// The same, with the server compacting all the time (any growth, looked at
-/// every second) and every kill landing in or just after a compaction: the
-/// copy, the switch, or the removal of the old copy.
+/// The same on a larger store, and the offline compaction killed midway
+/// (its memtable flush, its table rewrite, or its sync) after every kill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sigkill_during_compactions_never_loses_or_resurrects_a_token() {
-    let env = [
-        ("AGENT_TOKENS__STORAGE__COMPACT_GROWTH_PERCENT", "1"),
-        ("AGENT_TOKENS__STORAGE__COMPACT_MIN_GROWTH_MB", "0"),
-        ("AGENT_TOKENS__STORAGE__COMPACT_CHECK_SECS", "1"),
-    ];
-    sigkill_cycles(&env, 1500, Kill::DuringCompaction, 10).await;
+async fn sigkill_during_the_compact_command_never_loses_or_resurrects_a_token() {
+    sigkill_cycles(&[], 1500, Kill::AlsoTheCompactCommand, 10).await;
 }
 
 async fn sigkill_cycles(env: &[(&str, &str)], bystanders: usize, kill: Kill, cycles: usize) {
@@ -213,34 +208,30 @@ async fn sigkill_cycles(env: &[(&str, &str)], bystanders: usize, kill: Kill, cyc
                 .await
                 .unwrap();
             }
-            Kill::DuringCompaction => {
-                let delay = Duration::from_millis(rng.next() % 60);
-                let started = tokio::task::spawn_blocking(move || {
-                    // A store that was killed mid-copy may reuse its free log
-                    // space for a while and not grow: then kill at the deadline.
-                    let deadline = std::time::Instant::now() + Duration::from_secs(8);
-                    let mut started = false;
-                    let mut seen = Vec::new();
-                    while !started && std::time::Instant::now() < deadline {
-                        if let Ok(line) = server.log.recv_timeout(Duration::from_millis(100)) {
-                            started = line.contains("compacting the store");
-                            if !line.contains("HTTP/1.1") && !line.contains("rotated the") {
-                                seen.push(line);
-                            }
-                        }
-                    }
-                    std::thread::sleep(delay);
-                    server.signal("KILL");
+            Kill::AlsoTheCompactCommand => {
+                let delay = 80 + rng.next() % 600;
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                server.signal("KILL");
+                let compact_after = Duration::from_millis(rng.next() % 150);
+                let config = config.clone();
+                let cut_short = tokio::task::spawn_blocking(move || {
                     server.wait_exit(10);
-                    (started, seen)
+                    let mut compact = Command::new(BIN)
+                        .args(["compact", "--config"])
+                        .arg(&config)
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null())
+                        .spawn()
+                        .unwrap();
+                    std::thread::sleep(compact_after);
+                    let running = compact.try_wait().unwrap().is_none();
+                    let _ = compact.kill();
+                    let _ = compact.wait();
+                    running
                 })
                 .await
                 .unwrap();
-                if started.0 {
-                    killed_compacting += 1;
-                } else {
-                    eprintln!("cycle {cycle}: no compaction within 8 s: {:#?}", started.1);
-                }
+                killed_compacting += usize::from(cut_short);
             }
         }
         for c in clients {
@@ -261,8 +252,8 @@ async fn sigkill_cycles(env: &[(&str, &str)], bystanders: usize, kill: Kill, cyc
     }
     eprintln!("crash test: {cycles} SIGKILL cycles, {total_acked} rotations acknowledged");
     assert!(total_acked > cycles * 10, "too little load: {total_acked}");
-    if matches!(kill, Kill::DuringCompaction) {
-        eprintln!("crash test: {killed_compacting} kills in or just after a compaction");
+    if matches!(kill, Kill::AlsoTheCompactCommand) {
+        eprintln!("crash test: {killed_compacting} compact commands killed midway");
         assert!(killed_compacting >= 2, "too few kills hit a compaction");
     }
 

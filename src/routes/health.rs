@@ -77,7 +77,8 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         (status = 500, description = "Internal server error.", body = crate::error::ErrorBody),
     ),
 )]
-pub async fn metrics() -> Result<HttpResponse, ApiError> {
+pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    METRICS.storage_size(state.store.disk_bytes());
     let body = METRICS
         .render()
         .map_err(|_| ApiError::Internal("cannot render metrics"))?;

@@ -10,14 +10,13 @@ async fn app_with_a_damaged_record(victim: &str) -> TestApp {
     let app = spawn_app().await;
     app.rotate(&user_jwt(victim)).await;
     let (dir, config) = app.stop().await;
-    {
-        let db = raw_db(&dir.path().join("db"));
-        db.open_tree("user_token")
-            .unwrap()
-            .insert(victim.as_bytes(), &b"\x07garbage"[..])
-            .unwrap();
-        db.flush().unwrap();
-    }
+    agent_tokens::store::raw::put(
+        &dir.path().join("db"),
+        "user_token",
+        victim.as_bytes(),
+        b"\x07garbage",
+    )
+    .unwrap();
     TestApp::start_in(config, dir, agent_tokens::clock::Clock::manual()).await
 }
 
@@ -56,11 +55,8 @@ async fn each_route_answers_its_page_message_when_storage_fails_and_nothing_chan
     assert_eq!(resp.status().as_u16(), 200);
 
     let (dir, _) = app.stop().await;
-    let db = raw_db(&dir.path().join("db"));
-    let value = db
-        .open_tree("user_token")
-        .unwrap()
-        .get("victim")
+    let path = dir.path().join("db");
+    let value = agent_tokens::store::raw::get(&path, "user_token", b"victim")
         .unwrap()
         .unwrap();
     assert_eq!(
@@ -68,5 +64,8 @@ async fn each_route_answers_its_page_message_when_storage_fails_and_nothing_chan
         b"\x07garbage",
         "the failed requests changed nothing"
     );
-    assert_eq!(db.open_tree("tokenhash_user").unwrap().len(), 2);
+    assert_eq!(
+        agent_tokens::store::raw::len(&path, "tokenhash_user").unwrap(),
+        2
+    );
 }

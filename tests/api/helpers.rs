@@ -164,7 +164,7 @@ impl TestApp {
         let stored = Stored {
             users: store.users().map(Result::unwrap).collect(),
             index: store.index_entries().map(Result::unwrap).collect(),
-            grace_entries: store.grace_entries(),
+            grace_entries: store.grace_entries().unwrap(),
         };
         drop(store);
         (stored, dir)
@@ -333,8 +333,11 @@ pub async fn assert_invalid_jwt(resp: reqwest::Response) {
     assert_eq!(body["message"], "Missing or invalid JWT.");
 }
 
-/// Opens a sled directory directly, as the tests' stand-in for an older
-/// release or a damaged store.
-pub fn raw_db(path: &Path) -> sled::Db {
-    agent_tokens::store::open_sled(&sled::Config::new().path(path).flush_every_ms(None)).unwrap()
+/// Writes a sled directory directly: a store as releases before 0.2 left it.
+pub fn legacy_db(path: &Path) -> sled::Db {
+    sled::Config::new()
+        .path(path)
+        .flush_every_ms(None)
+        .open()
+        .unwrap()
 }

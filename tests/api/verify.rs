@@ -376,7 +376,7 @@ async fn concurrent_verifies_during_rotations_accept_only_tokens_live_at_that_mo
                     continue;
                 }
                 // Mostly recent tokens, sometimes old ones.
-                let k = if n % 3 == 0 {
+                let k = if n.is_multiple_of(3) {
                     (n * 7 + v) % known.len()
                 } else {
                     known.len() - 1
@@ -441,7 +441,7 @@ async fn a_store_written_by_schema_1_is_migrated_and_its_tokens_still_verify() {
 
     let dir = tempfile::tempdir().unwrap();
     {
-        let db = raw_db(&dir.path().join("db"));
+        let db = legacy_db(&dir.path().join("db"));
         db.open_tree("meta")
             .unwrap()
             .insert("schema_version", &1u32.to_be_bytes())
@@ -496,11 +496,7 @@ async fn a_store_written_by_schema_1_is_migrated_and_its_tokens_still_verify() {
     assert_eq!(app.verify_status(&fresh).await, 200);
 
     let (dir, _) = app.stop().await;
-    let db = raw_db(&dir.path().join("db"));
-    let version = db
-        .open_tree("meta")
-        .unwrap()
-        .get("schema_version")
+    let version = agent_tokens::store::raw::get(&dir.path().join("db"), "meta", b"schema_version")
         .unwrap()
         .unwrap();
     assert_eq!(&version[..], &3u32.to_be_bytes());
@@ -564,7 +560,7 @@ async fn a_store_written_by_schema_2_is_migrated_with_its_grace_token_and_last_u
 
     let dir = tempfile::tempdir().unwrap();
     {
-        let db = raw_db(&dir.path().join("db"));
+        let db = legacy_db(&dir.path().join("db"));
         db.open_tree("meta")
             .unwrap()
             .insert("schema_version", &2u32.to_be_bytes())
@@ -611,10 +607,10 @@ async fn a_store_written_by_schema_2_is_migrated_with_its_grace_token_and_last_u
     let (_, record) = &stored.users[0];
     assert_eq!(record.prefix, current_prefix);
     assert_eq!(record.previous.as_ref().unwrap().prefix, previous_prefix);
-    let db = raw_db(&dir.path().join("db"));
-    let version = db.open_tree("meta").unwrap().get("schema_version").unwrap();
+    let path = dir.path().join("db");
+    let version = agent_tokens::store::raw::get(&path, "meta", b"schema_version").unwrap();
     assert_eq!(&version.unwrap()[..], &3u32.to_be_bytes());
-    let migrated = db.open_tree("user_token").unwrap().get("v2-user").unwrap();
+    let migrated = agent_tokens::store::raw::get(&path, "user_token", b"v2-user").unwrap();
     let migrated = migrated.unwrap();
     assert!(
         migrated.len() + 2 * 14 <= user_bytes.len(),
