@@ -57,7 +57,12 @@ pub struct Applied {
 pub trait Committer: Send + 'static {
     type Op: Send + 'static;
     fn apply(&mut self, ops: Vec<Self::Op>) -> Applied;
+    /// Storage upkeep, run on the flusher thread about every [`UPKEEP`].
+    fn upkeep(&mut self) {}
 }
+
+/// How often [`Committer::upkeep`] runs (at most; an idle flusher waits).
+pub const UPKEEP: Duration = Duration::from_secs(1);
 
 struct State<O> {
     /// Highest write sequence known to be on stable storage.
@@ -197,7 +202,12 @@ impl<O> Drop for Flusher<O> {
 }
 
 fn run<C: Committer>(shared: Arc<Shared<C::Op>>, db: Database, mut committer: C) {
+    let mut last_upkeep = Instant::now();
     loop {
+        if last_upkeep.elapsed() >= UPKEEP {
+            committer.upkeep();
+            last_upkeep = Instant::now();
+        }
         let (waiters, ops, shutdown) = {
             let mut state = lock(&shared.state);
             while state.waiters.is_empty() && !state.urgent && !state.shutdown {

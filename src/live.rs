@@ -228,6 +228,9 @@ impl Drop for LiveStore {
         if let Some(store) = self.shared.current.swap(None) {
             if self.is_failed() {
                 abandon_failed_writes(&store);
+            } else if let Err(e) = store.flush_memtables() {
+                // Only the next start's speed depends on it: the journal has it all.
+                log::warn!("cannot flush the store's memtables before stopping: {e}");
             }
             drop(store);
         }

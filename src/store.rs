@@ -488,6 +488,7 @@ impl Store {
             users: keyspaces.users.clone(),
             index: keyspaces.index.clone(),
             grace: keyspaces.grace.clone(),
+            meta: keyspaces.meta.clone(),
             listener,
         };
         let flusher = Flusher::start(db.clone(), committer)?;
@@ -523,6 +524,15 @@ impl Store {
     /// recovery cuts off. Returns how many descriptors were redirected.
     pub fn abandon_journal_buffer(&self) -> std::io::Result<usize> {
         abandon_journal_buffer(&self.dir)
+    }
+
+    /// Writes every memtable out as a table and waits for it, so the journal
+    /// holds nothing the next start must replay (a graceful stop).
+    pub fn flush_memtables(&self) -> Result<(), StoreError> {
+        for keyspace in [&self.users, &self.index, &self.grace, &self.meta] {
+            keyspace.rotate_memtable_and_wait()?;
+        }
+        Ok(())
     }
 
     /// What the store takes on disk: its tables and journals.
