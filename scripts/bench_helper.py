@@ -331,6 +331,22 @@ def metric_values(port):
     return values
 
 
+def cmd_settle(a):
+    """Waits until the store's background work (memtable flushes, table
+    merges after the rotation phase) is done, seen idle twice in a row;
+    records how long that took."""
+    started = time.monotonic()
+    idle = 0
+    while idle < 2:
+        values = metric_values(a.port)
+        idle = idle + 1 if values.get("agent_tokens_storage_background_jobs", 0) == 0 else 0
+        if time.monotonic() - started > a.timeout:
+            sys.exit(f"the store was still busy in the background after {a.timeout} s")
+        time.sleep(0.25)
+    with open(a.out, "w") as f:
+        json.dump({"waited_s": round(time.monotonic() - started, 1)}, f)
+
+
 def cmd_proc(a):
     result = {}
     with open(f"/proc/{a.pid}/status") as f:
@@ -681,6 +697,16 @@ def cmd_report(a):
                     "-",
                 )
             )
+    settled = os.path.join(work, "results", "settle.json")
+    if os.path.exists(settled):
+        extras.append(
+            (
+                "background merges after rotations",
+                f"the gateway runs waited {load(settled).get('waited_s', 0)} s for them",
+                "-",
+                "-",
+            )
+        )
     ew = [max(len(r[i]) for r in extras) for i in range(4)] if extras else []
     for r in extras:
         out.append("  ".join(f"{c:<{w}}" for c, w in zip(r, ew)).rstrip())
@@ -752,6 +778,12 @@ def main():
     s.add_argument("--port", type=int, required=True)
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_metrics)
+
+    s = sub.add_parser("settle")
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--timeout", type=float, default=300)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_settle)
 
     s = sub.add_parser("proc")
     s.add_argument("pid", type=int)

@@ -98,6 +98,15 @@ impl LiveStore {
         })
     }
 
+    /// Memtable flushes waiting and table merges running (0 while it reopens).
+    pub fn background_jobs(&self) -> usize {
+        self.shared
+            .current
+            .load()
+            .as_ref()
+            .map_or(0, |store| store.background_jobs())
+    }
+
     /// What the store takes on disk, in bytes (0 while it reopens).
     pub fn disk_bytes(&self) -> u64 {
         self.shared

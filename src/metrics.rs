@@ -34,6 +34,7 @@ pub struct Metrics {
     pub flush_duration: Histogram,
     pub flush_batch: Histogram,
     pub storage_bytes: IntGauge,
+    pub storage_background: IntGauge,
 }
 
 /// Token operations counted in `agent_tokens_token_operations_total{operation}`.
@@ -141,6 +142,12 @@ impl Metrics {
                 registry
             )
             .expect("metric registers"),
+            storage_background: register_int_gauge_with_registry!(
+                "storage_background_jobs",
+                "Memtable flushes waiting and table merges running in the store's background.",
+                registry
+            )
+            .expect("metric registers"),
             registry,
         };
         // Present from the start, so rate() works before the first event.
@@ -179,9 +186,11 @@ impl Metrics {
         }
     }
 
-    pub fn storage_size(&self, bytes: u64) {
+    pub fn storage_state(&self, bytes: u64, background_jobs: usize) {
         self.storage_bytes
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self.storage_background
+            .set(i64::try_from(background_jobs).unwrap_or(i64::MAX));
     }
 
     pub fn observe_flush(&self, took: Duration, waiters: usize) {

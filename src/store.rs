@@ -535,6 +535,11 @@ impl Store {
         Ok(())
     }
 
+    /// Memtable flushes waiting and table merges running.
+    pub fn background_jobs(&self) -> usize {
+        self.db.outstanding_flushes() + self.db.active_compactions()
+    }
+
     /// What the store takes on disk: its tables and journals.
     pub fn disk_bytes(&self) -> u64 {
         self.db.disk_space().unwrap_or(0)
