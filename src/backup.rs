@@ -82,7 +82,7 @@ impl BackupError {
 }
 
 /// Opens a store for export or import, saying plainly when the server holds it.
-/// With `must_exist`, a path without a sled data file is refused instead of
+/// With `must_exist`, a path that holds no store is refused instead of
 /// being turned into a new, empty store.
 pub fn open_offline(path: &Path, cache_mb: u64, must_exist: bool) -> Result<Store, BackupError> {
     if must_exist && !crate::layout::holds_store(path) {

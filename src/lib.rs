@@ -1,5 +1,5 @@
 //! agent-tokens: one agent API token per user, managed with the user's JWT,
-//! verified by gateways and APIs. One binary, sled storage, no database.
+//! verified by gateways and APIs. One binary, embedded storage (fjall), no database.
 
 pub mod answers;
 pub mod app;

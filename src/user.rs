@@ -1,6 +1,6 @@
 //! The user id: the one identity a token belongs to, taken from a verified
 //! user JWT. Parse, don't validate: holding a `UserId` means it is non-empty,
-//! at most 255 bytes and free of control characters, so it is safe as a sled
+//! at most 255 bytes and free of control characters, so it is safe as a store
 //! key, in a log line and in an HTTP header (`X-Agent-User-Id`).
 
 use std::fmt;
