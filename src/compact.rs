@@ -14,9 +14,11 @@ use crate::store::{Store, StoreError};
 /// before and after, in bytes.
 pub fn compact_offline(store: Store) -> Result<(u64, u64), StoreError> {
     let before = store.disk_bytes();
+    // Memtables first, so what only the journal held is compacted too.
+    if !store.flush_memtables(std::time::Duration::from_secs(600))? {
+        log::warn!("the memtables were not flushed within 10 minutes; compacting the tables only");
+    }
     for keyspace in [&store.users, &store.index, &store.grace, &store.meta] {
-        // Memtables first, so what only the journal held is compacted too.
-        keyspace.rotate_memtable_and_wait()?;
         keyspace.major_compact()?;
     }
     store.db.persist(fjall::PersistMode::SyncAll)?;

@@ -31,6 +31,8 @@ use crate::user::UserId;
 const MIN_FREE_BYTES: u64 = 4 * 1024 * 1024;
 const FIRST_RETRY: Duration = Duration::from_millis(250);
 const MAX_RETRY: Duration = Duration::from_secs(10);
+/// How long a stop waits for the memtables to be written out.
+const STOP_FLUSH_WAIT: Duration = Duration::from_secs(5);
 /// How long a reopen waits for in-flight operations to let go of the old database.
 const DRAIN_WAIT: Duration = Duration::from_secs(10);
 
@@ -237,9 +239,15 @@ impl Drop for LiveStore {
         if let Some(store) = self.shared.current.swap(None) {
             if self.is_failed() {
                 abandon_failed_writes(&store);
-            } else if let Err(e) = store.flush_memtables() {
+            } else {
                 // Only the next start's speed depends on it: the journal has it all.
-                log::warn!("cannot flush the store's memtables before stopping: {e}");
+                match store.flush_memtables(STOP_FLUSH_WAIT) {
+                    Ok(true) => {}
+                    Ok(false) => log::warn!(
+                        "the store's memtables were not flushed within {STOP_FLUSH_WAIT:?}; the next start replays the journal"
+                    ),
+                    Err(e) => log::warn!("cannot flush the store's memtables before stopping: {e}"),
+                }
             }
             drop(store);
         }

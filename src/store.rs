@@ -526,13 +526,28 @@ impl Store {
         abandon_journal_buffer(&self.dir)
     }
 
-    /// Writes every memtable out as a table and waits for it, so the journal
-    /// holds nothing the next start must replay (a graceful stop).
-    pub fn flush_memtables(&self) -> Result<(), StoreError> {
-        for keyspace in [&self.users, &self.index, &self.grace, &self.meta] {
-            keyspace.rotate_memtable_and_wait()?;
+    /// Writes every memtable out as a table and waits (up to `timeout`)
+    /// until that is done, so the journal holds nothing the next start
+    /// must replay. Returns whether it finished in time; if not, the
+    /// journal still holds everything and the next start replays it.
+    ///
+    /// (fjall's own `rotate_memtable_and_wait`, a test helper, was seen
+    /// waiting forever at a stop: this polls with a deadline instead.)
+    pub fn flush_memtables(&self, timeout: std::time::Duration) -> Result<bool, StoreError> {
+        let keyspaces = [&self.users, &self.index, &self.grace, &self.meta];
+        for keyspace in keyspaces {
+            keyspace.rotate_memtable()?;
         }
-        Ok(())
+        let deadline = std::time::Instant::now() + timeout;
+        while self.db.outstanding_flushes() > 0
+            || keyspaces.iter().any(|k| k.sealed_memtable_count() > 0)
+        {
+            if std::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        Ok(true)
     }
 
     /// Memtable flushes waiting and table merges running.
