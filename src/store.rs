@@ -539,8 +539,11 @@ impl Store {
             keyspace.rotate_memtable()?;
         }
         let deadline = std::time::Instant::now() + timeout;
+        // Flushed journals are deleted after their flush: wait for that too,
+        // or the next start still reads them.
         while self.db.outstanding_flushes() > 0
             || keyspaces.iter().any(|k| k.sealed_memtable_count() > 0)
+            || self.db.journal_count() > 1
         {
             if std::time::Instant::now() >= deadline {
                 return Ok(false);
