@@ -22,9 +22,9 @@ use sled::Tree;
 
 use crate::layout;
 use crate::store::{
-    decode_body, decode_index, decode_user, encode_index, encode_user, open_db, IndexEntry,
-    Keyspaces, StoreError, UserRecord, FORMAT_V1, FORMAT_V2, GRACE_TREE, INDEX_TREE, META_TREE,
-    SCHEMA_KEY, SCHEMA_VERSION, USER_TREE,
+    decode_body, decode_index, decode_schema, decode_user, encode_index, encode_user, open_db,
+    IndexEntry, Keyspaces, StoreError, UserRecord, FORMAT_V1, FORMAT_V2, GRACE_TREE, INDEX_TREE,
+    META_TREE, SCHEMA_KEY, SCHEMA_VERSION, USER_TREE,
 };
 
 /// Whether opening failed because another process (or handle) holds sled's
@@ -84,11 +84,7 @@ pub(crate) fn migrate(
     let meta = sled_db.open_tree(META_TREE)?;
     match meta.get(SCHEMA_KEY)? {
         Some(v) => {
-            let found = <[u8; 4]>::try_from(v.as_ref())
-                .map(u32::from_be_bytes)
-                .map_err(|_| StoreError::Corrupt {
-                    what: "schema version",
-                })?;
+            let found = decode_schema(&v)?;
             match found {
                 SCHEMA_VERSION => {}
                 1 | 2 => migrate_schema(&users, &index, &meta, found)?,

@@ -100,22 +100,12 @@ impl LiveStore {
         })
     }
 
-    /// Memtable flushes waiting and table merges running (0 while it reopens).
-    pub fn background_jobs(&self) -> usize {
-        self.shared
-            .current
-            .load()
-            .as_ref()
-            .map_or(0, |store| store.background_jobs())
-    }
-
-    /// What the store takes on disk, in bytes (0 while it reopens).
-    pub fn disk_bytes(&self) -> u64 {
-        self.shared
-            .current
-            .load()
-            .as_ref()
-            .map_or(0, |store| store.disk_bytes())
+    /// What the store takes on disk in bytes, and its background jobs
+    /// (memtable flushes waiting, table merges running); zeros while it reopens.
+    pub fn storage_state(&self) -> (u64, usize) {
+        self.shared.current.load().as_ref().map_or((0, 0), |store| {
+            (store.disk_bytes(), store.background_jobs())
+        })
     }
 
     /// Whether writes are currently refused while the store recovers.

@@ -407,15 +407,21 @@ pub(crate) fn open_current(path: &Path, cache_mb: u64) -> Result<Opened, StoreEr
     }
     let (db, dir) = match current {
         Current::Lsm(dir) => (open_db(path, &dir, cache_mb)?, dir),
-        Current::Sled(old) => crate::legacy::migrate(path, &old, cache_mb)?,
-        Current::Empty => create(path, cache_mb)?,
+        new_copy => {
+            let made = match new_copy {
+                Current::Sled(old) => crate::legacy::migrate(path, &old, cache_mb)?,
+                _ => create(path, cache_mb)?,
+            };
+            // The copy it replaced (a migrated sled store) goes now.
+            if let Err(e) = layout::remove_stale(path) {
+                log::warn!(
+                    "cannot remove old copies of the store in {}: {e}",
+                    path.display()
+                );
+            }
+            made
+        }
     };
-    if let Err(e) = layout::remove_stale(path) {
-        log::warn!(
-            "cannot remove old copies of the store in {}: {e}",
-            path.display()
-        );
-    }
     Ok(Opened { db, dir, lock })
 }
 
@@ -438,30 +444,28 @@ fn create(path: &Path, cache_mb: u64) -> Result<(Database, PathBuf), StoreError>
     Ok((db, dir))
 }
 
-/// Reads and checks the schema version of an open store.
+/// A stored schema version (4 bytes, big-endian).
+pub(crate) fn decode_schema(bytes: &[u8]) -> Result<u32, StoreError> {
+    <[u8; 4]>::try_from(bytes)
+        .map(u32::from_be_bytes)
+        .map_err(|_| StoreError::Corrupt {
+            what: "schema version",
+        })
+}
+
+/// Checks the schema version of an open store. Every store this release
+/// creates or migrates has one; an empty store without one has nothing to
+/// misread.
 fn check_schema(path: &Path, keyspaces: &Keyspaces) -> Result<(), StoreError> {
     match keyspaces.meta.get(SCHEMA_KEY)? {
-        Some(v) => {
-            let found = <[u8; 4]>::try_from(v.as_ref())
-                .map(u32::from_be_bytes)
-                .map_err(|_| StoreError::Corrupt {
-                    what: "schema version",
-                })?;
-            if found == SCHEMA_VERSION {
-                Ok(())
-            } else {
-                Err(StoreError::UnknownSchema {
-                    path: path.to_owned(),
-                    found,
-                })
-            }
-        }
-        None if keyspaces.users.is_empty()? && keyspaces.index.is_empty()? => {
-            keyspaces
-                .meta
-                .insert(SCHEMA_KEY, SCHEMA_VERSION.to_be_bytes())?;
-            Ok(())
-        }
+        Some(v) => match decode_schema(&v)? {
+            SCHEMA_VERSION => Ok(()),
+            found => Err(StoreError::UnknownSchema {
+                path: path.to_owned(),
+                found,
+            }),
+        },
+        None if keyspaces.users.is_empty()? && keyspaces.index.is_empty()? => Ok(()),
         None => Err(StoreError::MissingSchema {
             path: path.to_owned(),
         }),

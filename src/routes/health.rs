@@ -78,7 +78,8 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     ),
 )]
 pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    METRICS.storage_state(state.store.disk_bytes(), state.store.background_jobs());
+    let (bytes, background_jobs) = state.store.storage_state();
+    METRICS.storage_state(bytes, background_jobs);
     let body = METRICS
         .render()
         .map_err(|_| ApiError::Internal("cannot render metrics"))?;
