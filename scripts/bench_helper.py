@@ -18,12 +18,14 @@ Subcommands:
 """
 
 import argparse
+import math
 import base64
 import hashlib
 import hmac
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import statistics
@@ -262,6 +264,8 @@ def cmd_check(a):
             headers["Authorization"] = "Bearer " + f.readline().strip()
     if a.bearer:
         headers["Authorization"] = "Bearer " + a.bearer
+    if a.host:
+        headers["Host"] = a.host
     try:
         status, body = http_status("127.0.0.1", a.port, a.path, a.method, headers)
     except OSError as e:
@@ -373,39 +377,42 @@ def cmd_du(a):
 
 
 def cmd_nginx_conf(a):
-    """The README recipe (gateway/nginx.conf) with its addresses substituted,
-    as tests/api/gateway.rs does, in front of a static file. With
-    --ceiling, the recipe's agent_tokens upstream points at an nginx server
-    that answers every auth subrequest with `return 204` (same keepalive
-    pool, same HEAD subrequest): the gateway mechanism's own ceiling."""
+    """One nginx in front of a static file with two virtual hosts on the same
+    port, both the README recipe (gateway/nginx.conf) with its addresses
+    substituted, as tests/api/gateway.rs does:
+      recipe.bench   its auth subrequests go to agent-tokens (--auth-port);
+      ceiling.bench  its auth subrequests go to an nginx server that answers
+                     every one with `return 204` (same keepalive pool, same
+                     HEAD subrequest): the gateway mechanism's own ceiling.
+    One nginx serves both, so the interleaved load (bench_wrk.lua, by Host
+    header) compares the auth target alone: same workers, same connections."""
     with open(a.recipe) as f:
         recipe = f.read()
-    for needle in ("127.0.0.1:8080", "127.0.0.1:3000", "listen 80;"):
+    for needle in ("127.0.0.1:8080", "127.0.0.1:3000", "listen 80;", "agent_tokens", "app_backend"):
         if needle not in recipe:
             sys.exit(f"{a.recipe} no longer has {needle!r}; update bench_helper.py")
-    recipe = (
-        recipe.replace("127.0.0.1:8080", f"127.0.0.1:{a.auth_port}")
-        .replace("127.0.0.1:3000", f"127.0.0.1:{a.backend_port}")
-        .replace("listen 80;", f"listen 127.0.0.1:{a.front_port} backlog=4096;")
-    )
+
+    def vhost(name, auth_port, listen_options, suffix):
+        text = (
+            recipe.replace("127.0.0.1:8080", f"127.0.0.1:{auth_port}")
+            .replace("127.0.0.1:3000", f"127.0.0.1:{a.backend_port}")
+            .replace(
+                "listen 80;",
+                f"listen 127.0.0.1:{a.front_port}{listen_options};\n    server_name {name};",
+            )
+        )
+        # Each copy has its own upstream pools (nginx wants unique names).
+        return re.sub(r"\b(agent_tokens|app_backend)\b", lambda m: m.group(1) + suffix, text)
+
     d = a.dir
     os.makedirs(os.path.join(d, "static", "api"), exist_ok=True)
     with open(os.path.join(d, "static", "api", "bench.txt"), "w") as f:
         f.write("backend static file\n")
+    # Listen options may be given once per address, so only the first has them.
     with open(os.path.join(d, "recipe.conf"), "w") as f:
-        f.write(recipe)
-    ceiling = ""
-    if a.ceiling:
-        ceiling = f"""
-    # Stands in for agent-tokens: every auth subrequest is allowed at once.
-    server {{
-        listen 127.0.0.1:{a.auth_port} backlog=4096;
-        location / {{
-            add_header X-Agent-User-Id bench-user always;
-            return 204;
-        }}
-    }}
-"""
+        f.write(vhost(RECIPE_HOST, a.auth_port, " backlog=4096", ""))
+    with open(os.path.join(d, "ceiling.conf"), "w") as f:
+        f.write(vhost(CEILING_HOST, a.ceiling_auth_port, "", "_ceiling"))
     user = "user root;" if os.geteuid() == 0 else ""
     conf = f"""{user}
 daemon off;
@@ -425,12 +432,25 @@ http {{
         listen 127.0.0.1:{a.backend_port} backlog=4096;
         root {d}/static;
     }}
-{ceiling}
+    # Stands in for agent-tokens behind ceiling.bench: every auth subrequest
+    # is allowed at once.
+    server {{
+        listen 127.0.0.1:{a.ceiling_auth_port} backlog=4096;
+        location / {{
+            add_header X-Agent-User-Id bench-user always;
+            return 204;
+        }}
+    }}
     include {d}/recipe.conf;
+    include {d}/ceiling.conf;
 }}
 """
     with open(os.path.join(d, "nginx.conf"), "w") as f:
         f.write(conf)
+
+
+RECIPE_HOST = "recipe.bench"
+CEILING_HOST = "ceiling.bench"
 
 
 # ---------------------------------------------------------------- report
@@ -446,12 +466,71 @@ def cmd_show(a):
         )
         return
     errors = {k: v for k, v in r["errors"].items() if v}
+    if "slices" in r:
+        ab = ab_summary(r, a.warmup)
+        if ab is None:
+            print(f"  {a.name:<18} no complete slice pairs" + (f"  ERRORS {errors}" if errors else ""))
+            return
+        print(
+            f"  {a.name:<18} A {ab['rate_a']:>8,.0f} req/s  B {ab['rate_b']:>8,.0f} req/s"
+            f"  B/A {ab['median']:.3f} (95% CI {ab['ci'][0]:.3f}-{ab['ci'][1]:.3f}, {ab['pairs']} pairs)"
+            + (f"  ERRORS {errors}" if errors else "")
+        )
+        return
     print(
         f"  {a.name:<18} {r['requests'] / (r['duration_us'] / 1e6):>10,.0f} req/s"
         f"  p50 {r['latency_us']['p50'] / 1000:.2f} ms  p99 {r['latency_us']['p99'] / 1000:.2f} ms"
         + (f"  ERRORS {errors}" if errors else "")
     )
 
+
+
+def ab_summary(run, warmup_s):
+    """The pairs of an interleaved run (bench_wrk.lua with BENCH_B_PATH):
+    pair k is slices 2k and 2k+1, one A and one B; the slices of the first
+    warmup_s seconds and the last (partial) one are dropped. Returns the
+    median of the per-pair B/A ratios with a distribution-free 95%
+    confidence interval (order statistics), and each side's rate over its
+    counted time; None without a complete pair."""
+    slices = run.get("slices") or []
+    if not slices:
+        return None
+    slice_ms, guard_ms = run["slice_ms"], run["guard_ms"]
+    counts = {index: n for index, _side, n in slices}
+    first, last = slices[0][0], slices[-1][0]
+    skip = first + 1 + math.ceil(warmup_s * 1000 / slice_ms)
+
+    def is_b(index):
+        return (index + index // 2) % 2 == 1
+
+    ratios, total_a, total_b = [], 0, 0
+    for k in range(math.ceil(skip / 2), last // 2):
+        a = b = 0
+        for index in (2 * k, 2 * k + 1):
+            # A slice without a single request sent counts 0 (a stall).
+            if is_b(index):
+                b = counts.get(index, 0)
+            else:
+                a = counts.get(index, 0)
+        total_a += a
+        total_b += b
+        ratios.append(b / a if a > 0 else math.inf)
+    if not ratios:
+        return None
+    ratios.sort()
+    n = len(ratios)
+    half_width = 0.98 * math.sqrt(n)  # 1.96 standard deviations of Binomial(n, 1/2)
+    lo = max(0, math.floor(n / 2 - half_width) - 1)
+    hi = min(n - 1, math.ceil(n / 2 + half_width))
+    counted_s = n * (slice_ms - guard_ms) / 1000
+    return {
+        "pairs": n,
+        "median": statistics.median(ratios),
+        "ci": (ratios[lo], ratios[hi]),
+        "rate_a": total_a / counted_s,
+        "rate_b": total_b / counted_s,
+        "slice_ms": slice_ms,
+    }
 
 
 def load(path):
@@ -507,57 +586,75 @@ def cmd_report(a):
         values = [v for v in values if v is not None]
         return statistics.median(values) if values else None
 
-    def wrk_row(name, runs, ratio=None, target=None, floor=None):
-        errors = errors_of(runs)
+    warmup = float(env["warmup"])
+
+    def one(kind):
+        path = os.path.join(work, "results", f"{kind}.json")
+        if not os.path.exists(path):
+            return None
+        r = load(path)
+        r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+        return r
+
+    def ab(kind):
+        r = one(kind)
+        if r is None:
+            return None, None
+        return r, ab_summary(r, warmup)
+
+    intervals = []
+
+    def row(name, rate, latency_run, errors_from, ratio=None, target=None, floor=None):
+        errors = errors_of([r for r in errors_from if r is not None])
         if errors:
             notes.append(f"{name}: errors {errors} (non-2xx or socket errors)")
             name += " (!)"
         met = "-"
         if ratio is not None and floor is not None:
             met = "yes" if ratio >= floor else "NO"
+        lat = latency_run["latency_us"] if latency_run else {}
         rows.append(
             (
                 name,
-                fmt_rate(med([r["rps"] for r in runs])),
+                fmt_rate(rate),
                 "-" if ratio is None else f"{ratio:.2f}x",
                 target or "-",
                 met,
-                fmt_ms(med([r["latency_us"]["p50"] for r in runs])),
-                fmt_ms(med([r["latency_us"]["p99"] for r in runs])),
+                fmt_ms(lat.get("p50")),
+                fmt_ms(lat.get("p99")),
             )
         )
 
-    def ratios(num, den):
-        return med([n["rps"] / d["rps"] for n, d in zip(num, den) if d["rps"] > 0])
+    def interleaved(name, summary):
+        if summary is not None:
+            lo, hi = summary["ci"]
+            intervals.append(f"  {name:<40} {lo:.3f}-{hi:.3f} (median {summary['median']:.3f}, {summary['pairs']} pairs)")
+            return summary["median"], summary["rate_b"]
+        notes.append(f"{name}: the interleaved run has no complete slice pair")
+        return None, None
 
-    hz_me = wrk_runs(work, "healthz_me", pairs)
-    hz_v = wrk_runs(work, "healthz_verify", pairs)
-    me = wrk_runs(work, "me", pairs)
-    verify = wrk_runs(work, "verify", pairs)
+    hz_me_run, hz_me = ab("ab_healthz_me")
+    hz_v_run, hz_v = ab("ab_healthz_verify")
+    ngx_run, ngx = ab("ab_nginx")
+    lat = {k: one(f"lat_{k}") for k in ("healthz", "me", "verify", "nginx_ceiling", "nginx_verify")}
     rot = wrk_runs(work, "rotate", pairs)
-    ngx_ceiling = wrk_runs(work, "nginx_ceiling", pairs)
-    ngx = wrk_runs(work, "nginx_verify", pairs)
     fsyncs = []
     for p in range(1, pairs + 1):
         path = os.path.join(work, "results", f"fsync.{p}.json")
         if os.path.exists(path):
             fsyncs.append(load(path))
 
-    wrk_row("GET /healthz (ceiling)", hz_me + hz_v)
-    wrk_row(
-        "GET /api/agent-tokens/me (JWT)",
-        me,
-        ratios(me, hz_me),
-        ">= 0.85x healthz",
-        0.85,
+    healthz_rates = [x["rate_a"] for x in (hz_me, hz_v) if x]
+    row(
+        "GET /healthz (ceiling)",
+        statistics.mean(healthz_rates) if healthz_rates else None,
+        lat["healthz"],
+        [lat["healthz"]],
     )
-    wrk_row(
-        "GET /api/agent-tokens/verify",
-        verify,
-        ratios(verify, hz_v),
-        ">= 0.90x healthz",
-        0.90,
-    )
+    ratio, rate = interleaved("GET /api/agent-tokens/me / healthz", hz_me)
+    row("GET /api/agent-tokens/me (JWT)", rate, lat["me"], [hz_me_run, lat["me"]], ratio, ">= 0.85x healthz", 0.85)
+    ratio, rate = interleaved("GET /api/agent-tokens/verify / healthz", hz_v)
+    row("GET /api/agent-tokens/verify", rate, lat["verify"], [hz_v_run, lat["verify"]], ratio, ">= 0.90x healthz", 0.90)
     if fsyncs:
         rows.append(
             (
@@ -570,22 +667,38 @@ def cmd_report(a):
                 fmt_ms(med([f["p99_us"] for f in fsyncs])),
             )
         )
-    rot_ratio = med(
-        [r["rps"] / f["rate"] for r, f in zip(rot, fsyncs) if f["rate"] > 0]
-    )
-    wrk_row(
-        f"POST /api/agent-tokens/me ({env.get('rotate_users', '?')} users)",
-        rot,
-        rot_ratio,
-        ">= 1.5x fdatasync",
-        1.5,
-    )
-    if ngx_ceiling or ngx:
-        wrk_row("nginx auth_request -> return 204", ngx_ceiling)
-        wrk_row(
+    if rot:
+        rot_ratio = med([r["rps"] / f["rate"] for r, f in zip(rot, fsyncs) if f["rate"] > 0])
+        name = f"POST /api/agent-tokens/me ({env.get('rotate_users', '?')} users)"
+        errors = errors_of(rot)
+        if errors:
+            notes.append(f"{name}: errors {errors} (non-2xx or socket errors)")
+            name += " (!)"
+        rows.append(
+            (
+                name,
+                fmt_rate(med([r["rps"] for r in rot])),
+                "-" if rot_ratio is None else f"{rot_ratio:.2f}x",
+                ">= 1.5x fdatasync",
+                "-" if rot_ratio is None else ("yes" if rot_ratio >= 1.5 else "NO"),
+                fmt_ms(med([r["latency_us"]["p50"] for r in rot])),
+                fmt_ms(med([r["latency_us"]["p99"] for r in rot])),
+            )
+        )
+    if ngx_run is not None:
+        row(
+            "nginx auth_request -> return 204",
+            ngx["rate_a"] if ngx else None,
+            lat["nginx_ceiling"],
+            [lat["nginx_ceiling"]],
+        )
+        ratio, rate = interleaved("nginx -> agent-tokens / nginx -> 204", ngx)
+        row(
             "nginx auth_request -> agent-tokens",
-            ngx,
-            ratios(ngx, ngx_ceiling),
+            rate,
+            lat["nginx_verify"],
+            [ngx_run, lat["nginx_verify"]],
+            ratio,
             ">= 0.90x nginx 204",
             0.90,
         )
@@ -599,14 +712,19 @@ def cmd_report(a):
 
     out = []
     out.append(
-        f"agent-tokens benchmark: {int(env['tokens']):,} tokens, "
-        f"wrk -t{env['threads']} -c{env['connections']}, {env['duration']} s runs "
-        f"after {env['warmup']} s warmup, median of {pairs} pairs (A B B A ...); "
+        f"agent-tokens benchmark: {int(env['tokens']):,} tokens, wrk -t{env['threads']} -c{env['connections']}; "
         f"verify and GET /me cycle over {env.get('sample', '?')} tokens/users"
+    )
+    out.append(
+        f"ratios to /healthz and to nginx -> 204: one wrk run per pair of routes, the two taking turns in "
+        f"{env.get('slice_ms', '?')} ms slices (A B B A ...) on the same connections for {env.get('ab_seconds', '?')} s "
+        f"after {env['warmup']} s, median of the per-pair ratios; rotations: median of {pairs} "
+        f"pairs of {env['duration']} s runs; p50/p99: one {env['duration']} s run per route"
     )
     out.append(
         f"host: {env.get('cpus', '?')} CPUs, load average at start {env.get('loadavg', '?')}; "
         f"data dir {env.get('data_fs', '?')}; storage.cache_mb={env.get('cache_mb', '?')}; "
+        f"server.workers={env.get('workers', '0')}{' (one per CPU)' if env.get('workers', '0') == '0' else ''}; "
         f"nginx worker_processes={env.get('nginx_workers', '?')}"
     )
     if env.get("busy"):
@@ -616,6 +734,10 @@ def cmd_report(a):
     out.append(line(["-" * w for w in widths]))
     out.extend(line(r) for r in rows)
     out.append("")
+    if intervals:
+        out.append("95% confidence intervals of the interleaved ratios (distribution-free, for the median):")
+        out.extend(intervals)
+        out.append("")
 
     def mib(kb):
         return int(kb) / 1024.0
@@ -764,6 +886,7 @@ def main():
     s.add_argument("--path", required=True)
     s.add_argument("--bearer-file")
     s.add_argument("--bearer")
+    s.add_argument("--host")
     s.add_argument("--expect", type=int, default=200)
     s.add_argument("--contains")
     s.set_defaults(func=cmd_check)
@@ -801,13 +924,14 @@ def main():
     s.add_argument("--front-port", type=int, required=True)
     s.add_argument("--backend-port", type=int, required=True)
     s.add_argument("--auth-port", type=int, required=True)
+    s.add_argument("--ceiling-auth-port", type=int, required=True)
     s.add_argument("--workers", default="1")
-    s.add_argument("--ceiling", action="store_true")
     s.set_defaults(func=cmd_nginx_conf)
 
     s = sub.add_parser("show")
     s.add_argument("file")
     s.add_argument("name")
+    s.add_argument("--warmup", type=float, default=0, help="seconds of an interleaved run not counted")
     s.set_defaults(func=cmd_show)
 
     s = sub.add_parser("report")

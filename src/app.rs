@@ -108,7 +108,7 @@ impl Application {
         let data = web::Data::from(Arc::clone(&state));
         let access_log = server_settings.access_log;
         LazyLock::force(&METRICS);
-        let server = HttpServer::new(move || {
+        let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
                 // Outermost, so it times everything and sees the final status.
@@ -151,10 +151,11 @@ impl Application {
         .shutdown_timeout(server_settings.shutdown_timeout_secs)
         .client_request_timeout(Duration::from_millis(limits.client_request_timeout_ms))
         .keep_alive(Duration::from_secs(limits.keep_alive_secs))
-        .max_connections(limits.max_connections)
-        .listen(listener)
-        .map_err(StartupError::Server)?
-        .run();
+        .max_connections(limits.max_connections);
+        if server_settings.workers > 0 {
+            server = server.workers(server_settings.workers);
+        }
+        let server = server.listen(listener).map_err(StartupError::Server)?.run();
         Ok(Self {
             port,
             server,

@@ -26,6 +26,9 @@ impl ConfigError {
     }
 }
 
+/// More HTTP workers than this is a typo (actix-server refuses above 512).
+pub const MAX_WORKERS: usize = 256;
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
@@ -100,6 +103,8 @@ pub struct ServerSettings {
     pub access_log: bool,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     pub shutdown_timeout_secs: u64,
+    /// HTTP worker threads; 0: one per CPU the process may use.
+    pub workers: usize,
 }
 
 impl Default for ServerSettings {
@@ -108,6 +113,7 @@ impl Default for ServerSettings {
             bind: "127.0.0.1:8080".to_owned(),
             access_log: true,
             shutdown_timeout_secs: 10,
+            workers: 0,
         }
     }
 }
@@ -298,6 +304,11 @@ impl Settings {
             return Err(ConfigError::new(
                 "server.shutdown_timeout_secs must be at most 300.",
             ));
+        }
+        if self.server.workers > MAX_WORKERS {
+            return Err(ConfigError::new(format!(
+                "server.workers must be at most {MAX_WORKERS} (0: one per CPU)."
+            )));
         }
         if !(1024..=128 * 1024).contains(&self.limits.max_header_bytes) {
             return Err(ConfigError::new(
@@ -719,6 +730,10 @@ mod tests {
                 "[server]\nshutdown_timeout_secs = 301\n",
                 "server.shutdown_timeout_secs must be at most 300.",
             ),
+            (
+                "[server]\nworkers = 257\n",
+                "server.workers must be at most 256 (0: one per CPU).",
+            ),
             ("[storage]\ncache_mb = 0\n", "storage.cache_mb must be between 1 and 65536."),
             ("[jwt]\nalgorithms = []\n", "jwt.algorithms must list at least one algorithm."),
             ("[jwt]\nuser_claim = \" \"\n", "jwt.user_claim must not be empty."),
@@ -744,6 +759,19 @@ mod tests {
             let err = load_toml(toml).unwrap().validate().unwrap_err();
             assert_eq!(&err.to_string(), expected, "for config {toml:?}");
         }
+    }
+
+    #[test]
+    fn workers_default_to_one_per_cpu_and_refuse_negative_counts() {
+        assert_eq!(load_toml("").unwrap().server.workers, 0);
+        assert_eq!(
+            load_toml("[server]\nworkers = 3\n").unwrap().server.workers,
+            3
+        );
+        let err = load_toml("[server]\nworkers = -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.workers"), "{err}");
     }
 
     #[test]

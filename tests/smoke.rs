@@ -346,3 +346,45 @@ fn under_systemd_it_notifies_ready_once_serving_and_stopping_on_sigterm() {
     let message = String::from_utf8_lossy(&buf[..n]).to_string();
     assert!(message.contains("STOPPING=1"), "{message}");
 }
+
+/// The HTTP worker threads `server.workers` asks for, and one per CPU
+/// without it (actix names every worker thread `actix-rt|system:…`).
+#[test]
+fn server_workers_sets_the_number_of_http_worker_threads() {
+    let http_workers = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter(|task| {
+                let comm = task.as_ref().unwrap().path().join("comm");
+                std::fs::read_to_string(comm)
+                    .unwrap_or_default()
+                    .starts_with("actix-rt|system")
+            })
+            .count()
+    };
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    for (setting, expected) in [("3", 3), ("0", cpus)] {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--dev"])
+            .env("AGENT_TOKENS__SERVER__BIND", "127.0.0.1:0")
+            .env("AGENT_TOKENS__SERVER__WORKERS", setting)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = lines_of(child.stdout.take().unwrap());
+        wait_for_line(&stdout, "Listening on:", &mut Vec::new());
+        // Workers start before the banner; give a slow machine a moment more.
+        let mut seen = 0;
+        for _ in 0..50 {
+            seen = http_workers(child.id());
+            if seen == expected {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(seen, expected, "server.workers = {setting}");
+        assert!(terminate(&mut child).success());
+    }
+}
