@@ -115,10 +115,11 @@ async fn last_used_survives_sigkill_once_the_flush_interval_has_passed() {
 
 /// `serve --dev` with extra arguments: the child, the base URL, the
 /// printed JWT and everything printed up to the curl line.
-fn start_dev(extra: &[&str]) -> (Child, String, String, String) {
+fn start_dev(extra: &[&str], envs: &[(&str, &str)]) -> (Child, String, String, String) {
     let mut child = Command::new(BIN)
         .args(["serve", "--dev"])
         .args(extra)
+        .envs(envs.iter().copied())
         .env("AGENT_TOKENS__SERVER__BIND", "127.0.0.1:0")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -147,7 +148,7 @@ fn start_dev(extra: &[&str]) -> (Child, String, String, String) {
 
 #[tokio::test]
 async fn dev_mode_prints_a_working_jwt_and_curl_line_and_honours_the_environment() {
-    let (mut child, base, jwt, text) = start_dev(&[]);
+    let (mut child, base, jwt, text) = start_dev(&[], &[]);
     assert!(text.contains("DEV MODE"), "{text}");
     assert!(text.contains("Do not use it in production"), "{text}");
 
@@ -191,7 +192,7 @@ async fn dev_mode_takes_over_the_key_of_a_real_config_file() {
         ),
     )
     .unwrap();
-    let (mut child, base, jwt, _) = start_dev(&["--config", config.to_str().unwrap()]);
+    let (mut child, base, jwt, _) = start_dev(&["--config", config.to_str().unwrap()], &[]);
     let client = reqwest::Client::new();
     let (status, created) = call(
         &client,
@@ -364,18 +365,8 @@ fn server_workers_sets_the_number_of_http_worker_threads() {
     };
     let cpus = std::thread::available_parallelism().unwrap().get();
     for (setting, expected) in [("3", 3), ("0", cpus)] {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--dev"])
-            .env("AGENT_TOKENS__SERVER__BIND", "127.0.0.1:0")
-            .env("AGENT_TOKENS__SERVER__WORKERS", setting)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = lines_of(child.stdout.take().unwrap());
-        wait_for_line(&stdout, "Listening on:", &mut Vec::new());
-        // Workers start before the banner; give a slow machine a moment more.
+        let (mut child, ..) = start_dev(&[], &[("AGENT_TOKENS__SERVER__WORKERS", setting)]);
+        // Worker threads may still be starting when the banner is printed.
         let mut seen = 0;
         for _ in 0..50 {
             seen = http_workers(child.id());
