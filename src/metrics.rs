@@ -124,7 +124,7 @@ impl Metrics {
             .expect("metric registers"),
             flush_duration: register_histogram_with_registry!(
                 "storage_flush_duration_seconds",
-                "Time of one durable flush (sled flush plus fdatasync).",
+                "Time of one durable flush (the batch written to the journal plus fdatasync).",
                 latency,
                 registry
             )
