@@ -842,6 +842,75 @@ def cmd_report(a):
             f.write(text)
 
 
+# ---------------------------------------------------------------- selftest
+
+
+def cmd_selftest(a):
+    """Checks the analysis and the generated nginx config (run by scripts/test.sh)."""
+    import tempfile
+
+    def run_of(counts, first=1000, slice_ms=50, guard_ms=5):
+        def side(i):
+            return "b" if (i + i // 2) % 2 == 1 else "a"
+
+        return {
+            "slice_ms": slice_ms,
+            "guard_ms": guard_ms,
+            "slices": [[first + k, side(first + k), n(first + k)] for k, n in enumerate(counts)],
+        }
+
+    # B always 90% of A: the median and both interval ends are 0.9; the
+    # partial first and last slices and 1 s of warmup (20 slices) are dropped.
+    steady = run_of([lambda i: 900 if (i + i // 2) % 2 else 1000] * 242)
+    r = ab_summary(steady, 1)
+    assert r is not None and abs(r["median"] - 0.9) < 1e-9, r
+    assert r["ci"] == (0.9, 0.9), r
+    # Slices 1000-1241: 1000 and 1001-1020 (warmup) dropped, pair 510 (1020,
+    # 1021) straddles the warmup's end, 1241 is the last, partial one: 511-619.
+    assert r["pairs"] == 109, r
+    assert abs(r["rate_a"] - 1000 / 0.045) < 1e-6, r
+    # Drift cancels: the host slows by half over the run, B/A stays 0.9.
+    drift = run_of([lambda i, k=k: (900 if (i + i // 2) % 2 else 1000) * (1 - k / 484) for k in range(242)])
+    assert abs(ab_summary(drift, 1)["median"] - 0.9) < 0.01
+    # A stalled A slice (nothing sent) counts as an unbounded ratio, not an error.
+    stalled = run_of([lambda i: 0 if (i + i // 2) % 2 == 0 and i == 1100 else 500] * 242)
+    r = ab_summary(stalled, 1)
+    assert r["ci"][1] <= 1.0 + 1e-9 and r["median"] == 1.0, r
+    assert ab_summary({"slice_ms": 50, "guard_ms": 5, "slices": []}, 1) is None
+
+    # The nginx config: both virtual hosts, separate upstream pools, and
+    # nginx itself accepts it.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with tempfile.TemporaryDirectory() as d:
+        cmd_nginx_conf(
+            argparse.Namespace(
+                recipe=os.path.join(root, "gateway", "nginx.conf"),
+                dir=d,
+                front_port=18080,
+                backend_port=18081,
+                auth_port=18082,
+                ceiling_auth_port=18083,
+                workers="1",
+            )
+        )
+        recipe = open(os.path.join(d, "recipe.conf")).read()
+        ceiling = open(os.path.join(d, "ceiling.conf")).read()
+        assert "server_name recipe.bench;" in recipe and "127.0.0.1:18082" in recipe, recipe
+        assert "server_name ceiling.bench;" in ceiling and "127.0.0.1:18083" in ceiling, ceiling
+        assert "upstream agent_tokens_ceiling" in ceiling and "http://agent_tokens_ceiling/" in ceiling
+        assert "backlog=" in recipe and "backlog=" not in ceiling
+        nginx = "/usr/sbin/nginx"
+        if not os.path.exists(nginx):
+            sys.exit("selftest: /usr/sbin/nginx is missing (scripts/test.sh installs nginx-light)")
+        check = subprocess.run(
+            [nginx, "-t", "-q", "-p", d, "-c", os.path.join(d, "nginx.conf")],
+            capture_output=True,
+            text=True,
+        )
+        assert check.returncode == 0, check.stderr
+    print("bench_helper selftest: ok")
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -933,6 +1002,9 @@ def main():
     s.add_argument("name")
     s.add_argument("--warmup", type=float, default=0, help="seconds of an interleaved run not counted")
     s.set_defaults(func=cmd_show)
+
+    s = sub.add_parser("selftest")
+    s.set_defaults(func=cmd_selftest)
 
     s = sub.add_parser("report")
     s.add_argument("--work", required=True)

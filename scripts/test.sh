@@ -22,6 +22,9 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
     || { as_root apt-get update && as_root apt-get install -y --no-install-recommends systemd; }
 fi
 
+# The benchmark's own analysis (interleaved-run ratios) and its nginx config.
+python3 scripts/bench_helper.py selftest
+
 cargo test --all-targets "$@"
 
 # API conformance of the running server against its own /openapi.json
