@@ -18,7 +18,7 @@
 # scripts/bench_wrk.lua): this host's speed moves by 15% from one 100 ms to
 # the next and stays correlated for about a second, so separate runs seconds
 # apart measured the host as much as the routes (per-pair ratios of 5 s runs
-# spread over +-10%; a median of 600 slice pairs repeats within about 2%).
+# spread over +-10%; a median of 300 slice pairs repeats within about 2%).
 # The table gives the median of the per-pair ratios and a 95% confidence
 # interval for it. Latency percentiles come from one run per route. It reports; it never fails on a missed target (the exit
 # status is non-zero only when something in the benchmark itself broke).
