@@ -388,11 +388,10 @@ if [ "$NGINX" -eq 1 ]; then
     echo "bench.sh: nginx auth_request: return 204 ceiling and agent-tokens, interleaved" >&2
     # One nginx, two virtual hosts on one port: the recipe asking
     # agent-tokens, and the same recipe asking a `return 204` server.
-    "${HELPER[@]}" nginx-conf --recipe "$ROOT/gateway/nginx.conf" --dir "$WORK/nginx" \
-        --front-port "$NGX_FRONT" --backend-port "$NGX_BACK" --auth-port "$PORT" \
-        --ceiling-auth-port "$CEIL_AUTH" --workers "$NGINX_WORKERS"
-    RECIPE_HOST=recipe.bench
-    CEILING_HOST=ceiling.bench
+    read -r RECIPE_HOST CEILING_HOST < <("${HELPER[@]}" nginx-conf --recipe "$ROOT/gateway/nginx.conf" \
+        --dir "$WORK/nginx" --front-port "$NGX_FRONT" --backend-port "$NGX_BACK" --auth-port "$PORT" \
+        --ceiling-auth-port "$CEIL_AUTH" --workers "$NGINX_WORKERS")
+    [ -n "$CEILING_HOST" ] || die "bench_helper.py nginx-conf failed"
     start_nginx "$WORK/nginx"
     "${HELPER[@]}" wait-port "$NGX_FRONT" || die "nginx did not start: $(cat "$WORK/nginx/stderr.log" "$WORK/nginx/error.log" 2>/dev/null)"
     for host in "$RECIPE_HOST" "$CEILING_HOST"; do
