@@ -7,9 +7,16 @@
 # through `agent-tokens import` (timed), starts the server (timed to the first
 # 200 from /readyz), loads it with wrk over loopback, measures the raw
 # 4 KiB append + fdatasync rate of the data directory's filesystem, runs the
-# README's nginx auth_request recipe against an nginx-only ceiling, reads the
+# README's nginx auth_request recipe against nginx-only ceilings, reads the
 # server's peak RSS and the data directory size, restarts it (timed), and
 # prints the table.
+#
+# The gateway ceiling: the same front nginx whose auth subrequests go to a
+# second nginx, in its own processes (as many workers as the server), that
+# answers `return 204`: the cheapest separate auth service there can be, so
+# the ratio is what checking an agent token costs. For context the table
+# also gives the ratio to a `return 204` server inside the front nginx
+# itself, which pays no hop to another process at all.
 #
 # Each ratio with a route as its baseline (GET /me and verify to /healthz,
 # the nginx recipe to the same nginx whose auth subrequest goes to
@@ -206,7 +213,7 @@ meta() { echo "$1=$2" >>"$WORK/meta.env"; }
 now_ns() { date +%s%N; }
 elapsed_s() { python3 -c "print(round(($2 - $1) / 1e9, 3))"; }
 
-read -r PORT NGX_FRONT NGX_BACK CEIL_AUTH < <("${HELPER[@]}" ports 4)
+read -r PORT NGX_FRONT NGX_BACK CEIL_AUTH EXT_AUTH < <("${HELPER[@]}" ports 5)
 
 busy=$("${HELPER[@]}" busy --seconds 2)
 meta tokens "$TOKENS"
@@ -385,21 +392,34 @@ start_nginx() { # dir: starts nginx in the background, appends its pid
 }
 
 if [ "$NGINX" -eq 1 ]; then
-    echo "bench.sh: nginx auth_request: return 204 ceiling and agent-tokens, interleaved" >&2
-    # One nginx, two virtual hosts on one port: the recipe asking
-    # agent-tokens, and the same recipe asking a `return 204` server.
-    read -r RECIPE_HOST CEILING_HOST < <("${HELPER[@]}" nginx-conf --recipe "$ROOT/gateway/nginx.conf" \
+    echo "bench.sh: nginx auth_request: agent-tokens against return 204 in its own nginx and in the same nginx, interleaved" >&2
+    # The 204 stand-in runs as many workers as the server does (actix names
+    # each worker thread `actix-rt|system:...`).
+    EXT_WORKERS=$(cat /proc/"$SERVER_PID"/task/*/comm 2>/dev/null | grep -c '^actix-rt|system' || true)
+    [ "${EXT_WORKERS:-0}" -ge 1 ] || die "cannot count the server's worker threads"
+    meta external_workers "$EXT_WORKERS"
+    # One front nginx, three virtual hosts on one port: the recipe asking
+    # agent-tokens, a second nginx that answers 204, or itself (204).
+    read -r RECIPE_HOST EXTERNAL_HOST CEILING_HOST < <("${HELPER[@]}" nginx-conf --recipe "$ROOT/gateway/nginx.conf" \
         --dir "$WORK/nginx" --front-port "$NGX_FRONT" --backend-port "$NGX_BACK" --auth-port "$PORT" \
-        --ceiling-auth-port "$CEIL_AUTH" --workers "$NGINX_WORKERS")
+        --ceiling-auth-port "$CEIL_AUTH" --external-auth-port "$EXT_AUTH" \
+        --workers "$NGINX_WORKERS" --external-workers "$EXT_WORKERS")
     [ -n "$CEILING_HOST" ] || die "bench_helper.py nginx-conf failed"
-    start_nginx "$WORK/nginx"
-    "${HELPER[@]}" wait-port "$NGX_FRONT" || die "nginx did not start: $(cat "$WORK/nginx/stderr.log" "$WORK/nginx/error.log" 2>/dev/null)"
-    for host in "$RECIPE_HOST" "$CEILING_HOST"; do
+    for dir in "$WORK/nginx/auth204" "$WORK/nginx"; do
+        start_nginx "$dir"
+    done
+    for port in "$EXT_AUTH" "$NGX_FRONT"; do
+        "${HELPER[@]}" wait-port "$port" || die "nginx did not start: $(cat "$WORK"/nginx/{,auth204/}{stderr,error}.log 2>/dev/null)"
+    done
+    for host in "$RECIPE_HOST" "$EXTERNAL_HOST" "$CEILING_HOST"; do
         check --port "$NGX_FRONT" --host "$host" --path /api/bench.txt --bearer-file "$WORK/verify_tokens.txt" --contains "backend static file"
     done
     check --port "$NGX_FRONT" --host "$RECIPE_HOST" --path /api/bench.txt --bearer sk_agt_bad --expect 401
+    run_ab ab_nginx_external "$NGX_FRONT" /api/bench.txt "$WORK/verify_tokens.txt" "$EXTERNAL_HOST" \
+        /api/bench.txt "$WORK/verify_tokens.txt" "$RECIPE_HOST"
     run_ab ab_nginx "$NGX_FRONT" /api/bench.txt "$WORK/verify_tokens.txt" "$CEILING_HOST" \
         /api/bench.txt "$WORK/verify_tokens.txt" "$RECIPE_HOST"
+    run_wrk lat_nginx_external "$NGX_FRONT" GET /api/bench.txt "$WORK/verify_tokens.txt" "$EXTERNAL_HOST"
     run_wrk lat_nginx_ceiling "$NGX_FRONT" GET /api/bench.txt "$WORK/verify_tokens.txt" "$CEILING_HOST"
     run_wrk lat_nginx_verify "$NGX_FRONT" GET /api/bench.txt "$WORK/verify_tokens.txt" "$RECIPE_HOST"
     if grep -q "unexpected status" "$WORK/nginx/error.log" 2>/dev/null; then

@@ -377,15 +377,24 @@ def cmd_du(a):
 
 
 def cmd_nginx_conf(a):
-    """One nginx in front of a static file with two virtual hosts on the same
-    port, both the README recipe (gateway/nginx.conf) with its addresses
-    substituted, as tests/api/gateway.rs does:
-      recipe.bench   its auth subrequests go to agent-tokens (--auth-port);
-      ceiling.bench  its auth subrequests go to an nginx server that answers
-                     every one with `return 204` (same keepalive pool, same
-                     HEAD subrequest): the gateway mechanism's own ceiling.
-    One nginx serves both, so the interleaved load (bench_wrk.lua, by Host
-    header) compares the auth target alone: same workers, same connections."""
+    """The gateway under test: one nginx in front of a static file with three
+    virtual hosts on the same port, each the README recipe
+    (gateway/nginx.conf) with its addresses substituted, as
+    tests/api/gateway.rs does:
+      recipe.bench    its auth subrequests go to agent-tokens (--auth-port);
+      external.bench  they go to a second nginx, in its own processes, that
+                      answers every one with `return 204` (--external-auth-port,
+                      as many workers as agent-tokens has): the cheapest auth
+                      service there can be, the ceiling the gateway target
+                      is measured against;
+      ceiling.bench   they go to a `return 204` server inside the front nginx
+                      itself (--ceiling-auth-port): no process hop at all, so
+                      external.bench vs ceiling.bench is what the hop to any
+                      separate auth service costs.
+    Same keepalive pools and HEAD subrequests everywhere. One front nginx
+    serves all three, so an interleaved load (bench_wrk.lua, by Host header)
+    compares the auth targets alone: same workers, same connections. The
+    stand-in's config goes to DIR/auth204/nginx.conf."""
     with open(a.recipe) as f:
         recipe = f.read()
     for needle in ("127.0.0.1:8080", "127.0.0.1:3000", "listen 80;", "agent_tokens", "app_backend"):
@@ -404,19 +413,21 @@ def cmd_nginx_conf(a):
         # Each copy has its own upstream pools (nginx wants unique names).
         return re.sub(r"\b(agent_tokens|app_backend)\b", lambda m: m.group(1) + suffix, text)
 
-    d = a.dir
-    os.makedirs(os.path.join(d, "static", "api"), exist_ok=True)
-    with open(os.path.join(d, "static", "api", "bench.txt"), "w") as f:
-        f.write("backend static file\n")
-    # Listen options may be given once per address, so only the first has them.
-    with open(os.path.join(d, "recipe.conf"), "w") as f:
-        f.write(vhost(RECIPE_HOST, a.auth_port, " backlog=4096", ""))
-    with open(os.path.join(d, "ceiling.conf"), "w") as f:
-        f.write(vhost(CEILING_HOST, a.ceiling_auth_port, "", "_ceiling"))
-    user = "user root;" if os.geteuid() == 0 else ""
-    conf = f"""{user}
+    def allow_all(port):
+        # The stand-in for agent-tokens: every auth subrequest is allowed at once.
+        return f"""    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            add_header X-Agent-User-Id bench-user always;
+            return 204;
+        }}
+    }}"""
+
+    def main_conf(d, workers, servers):
+        user = "user root;" if os.geteuid() == 0 else ""
+        return f"""{user}
 daemon off;
-worker_processes {a.workers};
+worker_processes {workers};
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 events {{ worker_connections 4096; }}
@@ -427,31 +438,42 @@ http {{
     fastcgi_temp_path {d}/fastcgi;
     uwsgi_temp_path {d}/uwsgi;
     scgi_temp_path {d}/scgi;
-    # The application behind the gateway: a static file.
+{servers}
+}}
+"""
+
+    d = a.dir
+    os.makedirs(os.path.join(d, "static", "api"), exist_ok=True)
+    with open(os.path.join(d, "static", "api", "bench.txt"), "w") as f:
+        f.write("backend static file\n")
+    # Listen options may be given once per address, so only the first has them.
+    with open(os.path.join(d, "recipe.conf"), "w") as f:
+        f.write(vhost(RECIPE_HOST, a.auth_port, " backlog=4096", ""))
+    with open(os.path.join(d, "ceiling.conf"), "w") as f:
+        f.write(vhost(CEILING_HOST, a.ceiling_auth_port, "", "_ceiling"))
+    with open(os.path.join(d, "external.conf"), "w") as f:
+        f.write(vhost(EXTERNAL_HOST, a.external_auth_port, "", "_external"))
+    servers = f"""    # The application behind the gateway: a static file.
     server {{
         listen 127.0.0.1:{a.backend_port} backlog=4096;
         root {d}/static;
     }}
-    # Stands in for agent-tokens behind ceiling.bench: every auth subrequest
-    # is allowed at once.
-    server {{
-        listen 127.0.0.1:{a.ceiling_auth_port} backlog=4096;
-        location / {{
-            add_header X-Agent-User-Id bench-user always;
-            return 204;
-        }}
-    }}
+{allow_all(a.ceiling_auth_port)}
     include {d}/recipe.conf;
     include {d}/ceiling.conf;
-}}
-"""
+    include {d}/external.conf;"""
     with open(os.path.join(d, "nginx.conf"), "w") as f:
-        f.write(conf)
-    # The Host headers that pick the two virtual hosts, for the caller.
-    print(RECIPE_HOST, CEILING_HOST)
+        f.write(main_conf(d, a.workers, servers))
+    stand_in = os.path.join(d, "auth204")
+    os.makedirs(stand_in, exist_ok=True)
+    with open(os.path.join(stand_in, "nginx.conf"), "w") as f:
+        f.write(main_conf(stand_in, a.external_workers, allow_all(a.external_auth_port)))
+    # The Host headers that pick the virtual hosts, for the caller.
+    print(RECIPE_HOST, EXTERNAL_HOST, CEILING_HOST)
 
 
 RECIPE_HOST = "recipe.bench"
+EXTERNAL_HOST = "external.bench"
 CEILING_HOST = "ceiling.bench"
 
 
@@ -638,7 +660,11 @@ def cmd_report(a):
     hz_me_run, hz_me = ab("ab_healthz_me")
     hz_v_run, hz_v = ab("ab_healthz_verify")
     ngx_run, ngx = ab("ab_nginx")
-    lat_runs = {k: result(work, f"lat_{k}") for k in ("healthz", "me", "verify", "nginx_ceiling", "nginx_verify")}
+    ngx_ext_run, ngx_ext = ab("ab_nginx_external")
+    lat_runs = {
+        k: result(work, f"lat_{k}")
+        for k in ("healthz", "me", "verify", "nginx_external", "nginx_ceiling", "nginx_verify")
+    }
     lat = {k: r["latency_us"] if r else None for k, r in lat_runs.items()}
     rot = paired_results(work, "rotate", pairs)
     fsyncs = paired_results(work, "fsync", pairs)
@@ -676,22 +702,37 @@ def cmd_report(a):
             ">= 1.5x fdatasync",
             1.5,
         )
-    if ngx_run is not None:
+    if ngx_ext_run is not None or ngx_run is not None:
         row(
-            "nginx auth_request -> return 204",
-            ngx["rate_a"] if ngx else None,
-            lat["nginx_ceiling"],
-            [lat_runs["nginx_ceiling"]],
+            "nginx auth_request -> 204, own nginx",
+            ngx_ext["rate_a"] if ngx_ext else None,
+            lat["nginx_external"],
+            [lat_runs["nginx_external"]],
         )
-        ratio, rate = interleaved("nginx -> agent-tokens / nginx -> 204", ngx)
+        ratio, rate = interleaved("nginx -> agent-tokens / 204, own nginx", ngx_ext)
         row(
             "nginx auth_request -> agent-tokens",
             rate,
             lat["nginx_verify"],
-            [ngx_run, lat_runs["nginx_verify"]],
+            [ngx_ext_run, lat_runs["nginx_verify"]],
             ratio,
-            ">= 0.90x nginx 204",
+            ">= 0.90x 204, own nginx",
             0.90,
+        )
+        row(
+            "nginx auth_request -> 204, same nginx",
+            ngx["rate_a"] if ngx else None,
+            lat["nginx_ceiling"],
+            [lat_runs["nginx_ceiling"]],
+        )
+        ratio, rate = interleaved("nginx -> agent-tokens / 204, same nginx", ngx)
+        row(
+            "  agent-tokens vs 204 in the same nginx",
+            None,
+            None,
+            [ngx_run],
+            ratio,
+            "(no hop: context)",
         )
 
     header = ("name", "req/s", "ratio", "target", "met", "p50", "p99")
@@ -716,7 +757,8 @@ def cmd_report(a):
         f"host: {env.get('cpus', '?')} CPUs, load average at start {env.get('loadavg', '?')}; "
         f"data dir {env.get('data_fs', '?')}; storage.cache_mb={env.get('cache_mb', '?')}; "
         f"server.workers={env.get('workers', '0')}{' (one per CPU)' if env.get('workers', '0') == '0' else ''}; "
-        f"nginx worker_processes={env.get('nginx_workers', '?')}"
+        f"nginx worker_processes={env.get('nginx_workers', '?')} "
+        f"(the 204 stand-in in its own nginx: {env.get('external_workers', '?')}, as many as the server's workers)"
     )
     if env.get("busy"):
         out.append(f"WARNING: other busy processes during the run: {env['busy']}")
@@ -871,8 +913,8 @@ def cmd_selftest(a):
     assert r["ci"][1] <= 1.0 + 1e-9 and r["median"] == 1.0, r
     assert ab_summary({"slice_ms": 50, "guard_ms": 5, "slices": []}, 1) is None
 
-    # The nginx config: both virtual hosts, separate upstream pools, and
-    # nginx itself accepts it.
+    # The nginx configs: three virtual hosts with separate upstream pools, the
+    # 204 stand-in in its own nginx, and nginx itself accepts both.
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with tempfile.TemporaryDirectory() as d, contextlib.redirect_stdout(io.StringIO()) as printed:
         cmd_nginx_conf(
@@ -883,25 +925,38 @@ def cmd_selftest(a):
                 backend_port=18081,
                 auth_port=18082,
                 ceiling_auth_port=18083,
+                external_auth_port=18084,
                 workers="1",
+                external_workers=3,
             )
         )
-        assert printed.getvalue() == "recipe.bench ceiling.bench\n", printed.getvalue()
+        assert printed.getvalue() == "recipe.bench external.bench ceiling.bench\n", printed.getvalue()
         recipe = open(os.path.join(d, "recipe.conf")).read()
         ceiling = open(os.path.join(d, "ceiling.conf")).read()
+        external = open(os.path.join(d, "external.conf")).read()
+        front = open(os.path.join(d, "nginx.conf")).read()
+        stand_in = open(os.path.join(d, "auth204", "nginx.conf")).read()
         assert "server_name recipe.bench;" in recipe and "127.0.0.1:18082" in recipe, recipe
         assert "server_name ceiling.bench;" in ceiling and "127.0.0.1:18083" in ceiling, ceiling
+        assert "server_name external.bench;" in external and "127.0.0.1:18084" in external, external
         assert "upstream agent_tokens_ceiling" in ceiling and "http://agent_tokens_ceiling/" in ceiling
-        assert "backlog=" in recipe and "backlog=" not in ceiling
+        assert "upstream agent_tokens_external" in external and "http://agent_tokens_external/" in external
+        assert "backlog=" in recipe and "backlog=" not in ceiling and "backlog=" not in external
+        # The in-process 204 is served by the front nginx, the external one is not.
+        assert "listen 127.0.0.1:18083" in front and "listen 127.0.0.1:18084" not in front, front
+        assert "listen 127.0.0.1:18084" in stand_in and "return 204;" in stand_in, stand_in
+        assert "worker_processes 3;" in stand_in and "worker_processes 1;" in front
+        assert os.path.join(d, "auth204", "nginx.pid") in stand_in
         nginx = "/usr/sbin/nginx"
         if not os.path.exists(nginx):
             sys.exit("selftest: /usr/sbin/nginx is missing (scripts/test.sh installs nginx-light)")
-        check = subprocess.run(
-            [nginx, "-t", "-q", "-p", d, "-c", os.path.join(d, "nginx.conf")],
-            capture_output=True,
-            text=True,
-        )
-        assert check.returncode == 0, check.stderr
+        for prefix in (d, os.path.join(d, "auth204")):
+            check = subprocess.run(
+                [nginx, "-t", "-q", "-p", prefix, "-c", os.path.join(prefix, "nginx.conf")],
+                capture_output=True,
+                text=True,
+            )
+            assert check.returncode == 0, check.stderr
     print("bench_helper selftest: ok")
 
 
@@ -988,7 +1043,9 @@ def main():
     s.add_argument("--backend-port", type=int, required=True)
     s.add_argument("--auth-port", type=int, required=True)
     s.add_argument("--ceiling-auth-port", type=int, required=True)
-    s.add_argument("--workers", default="1")
+    s.add_argument("--external-auth-port", type=int, required=True)
+    s.add_argument("--workers", default="1", help="the front nginx's worker_processes")
+    s.add_argument("--external-workers", type=int, required=True, help="the 204 stand-in's worker_processes")
     s.set_defaults(func=cmd_nginx_conf)
 
     s = sub.add_parser("show")
