@@ -23,6 +23,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use fjall::compaction::Leveled;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use serde::{Deserialize, Serialize};
 
@@ -59,6 +60,15 @@ const MIB: u64 = 1024 * 1024;
 const MEMTABLE_BYTES: u64 = 8 * MIB;
 /// The grace and meta keyspaces see a few writes.
 const SMALL_MEMTABLE_BYTES: u64 = MIB;
+/// Tables in level 0 before they are merged into level 1 (fjall's default:
+/// 4). Rotations change keys spread over the whole key space (user ids,
+/// random token hashes), so every merge rewrites all of level 1: merging
+/// twice as many tables at a time halves that rewriting. Measured at a
+/// million tokens under sustained rotations: 13.7k rotations/s with 4,
+/// 15.9k with 8 (17.3k at a thousand tokens); reads probe up to 8 bloom
+/// filters there. Kept by fjall per keyspace when it is created, so it
+/// applies to stores created from this release on.
+const L0_TABLES_BEFORE_MERGE: u8 = 8;
 /// Journal kept before memtables are flushed to tables: bounds the disk
 /// it takes and what a restart replays (fjall's smallest).
 const JOURNAL_BYTES: u64 = 64 * MIB;
@@ -346,7 +356,15 @@ pub(crate) struct Keyspaces {
 
 impl Keyspaces {
     pub fn open(db: &Database) -> Result<Self, StoreError> {
-        let sized = |bytes: u64| move || KeyspaceCreateOptions::default().max_memtable_size(bytes);
+        let sized = |bytes: u64| {
+            move || {
+                KeyspaceCreateOptions::default()
+                    .max_memtable_size(bytes)
+                    .compaction_strategy(Arc::new(
+                        Leveled::default().with_l0_threshold(L0_TABLES_BEFORE_MERGE),
+                    ))
+            }
+        };
         Ok(Self {
             users: db.keyspace(USER_TREE, sized(MEMTABLE_BYTES))?,
             index: db.keyspace(INDEX_TREE, sized(MEMTABLE_BYTES))?,
