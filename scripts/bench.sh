@@ -393,9 +393,14 @@ start_nginx() { # dir: starts nginx in the background, appends its pid
 
 if [ "$NGINX" -eq 1 ]; then
     echo "bench.sh: nginx auth_request: agent-tokens against return 204 in its own nginx and in the same nginx, interleaved" >&2
-    # The 204 stand-in runs as many workers as the server does (actix names
-    # each worker thread `actix-rt|system:...`).
-    EXT_WORKERS=$(cat /proc/"$SERVER_PID"/task/*/comm 2>/dev/null | grep -c '^actix-rt|system' || true)
+    # The 204 stand-in runs as many workers as the server does: the number
+    # given, or the threads it started for `0` (actix names each worker
+    # thread `actix-rt|system:...`; tests/smoke.rs counts them the same way).
+    if [ "$WORKERS" -gt 0 ]; then
+        EXT_WORKERS=$WORKERS
+    else
+        EXT_WORKERS=$(cat /proc/"$SERVER_PID"/task/*/comm 2>/dev/null | grep -c '^actix-rt|system' || true)
+    fi
     [ "${EXT_WORKERS:-0}" -ge 1 ] || die "cannot count the server's worker threads"
     meta external_workers "$EXT_WORKERS"
     # One front nginx, three virtual hosts on one port: the recipe asking

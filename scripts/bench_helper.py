@@ -447,12 +447,13 @@ http {{
     with open(os.path.join(d, "static", "api", "bench.txt"), "w") as f:
         f.write("backend static file\n")
     # Listen options may be given once per address, so only the first has them.
-    with open(os.path.join(d, "recipe.conf"), "w") as f:
-        f.write(vhost(RECIPE_HOST, a.auth_port, " backlog=4096", ""))
-    with open(os.path.join(d, "ceiling.conf"), "w") as f:
-        f.write(vhost(CEILING_HOST, a.ceiling_auth_port, "", "_ceiling"))
-    with open(os.path.join(d, "external.conf"), "w") as f:
-        f.write(vhost(EXTERNAL_HOST, a.external_auth_port, "", "_external"))
+    for file, host, port, options, suffix in (
+        ("recipe.conf", RECIPE_HOST, a.auth_port, " backlog=4096", ""),
+        ("ceiling.conf", CEILING_HOST, a.ceiling_auth_port, "", "_ceiling"),
+        ("external.conf", EXTERNAL_HOST, a.external_auth_port, "", "_external"),
+    ):
+        with open(os.path.join(d, file), "w") as f:
+            f.write(vhost(host, port, options, suffix))
     servers = f"""    # The application behind the gateway: a static file.
     server {{
         listen 127.0.0.1:{a.backend_port} backlog=4096;
@@ -649,7 +650,10 @@ def cmd_report(a):
             )
         )
 
-    def interleaved(name, summary):
+    def interleaved(name, summary, run):
+        if run is None:
+            notes.append(f"{name}: no interleaved run in this work directory")
+            return None, None
         if summary is not None:
             lo, hi = summary["ci"]
             intervals.append(f"  {name:<40} {lo:.3f}-{hi:.3f} (median {summary['median']:.3f}, {summary['pairs']} pairs)")
@@ -676,9 +680,9 @@ def cmd_report(a):
         lat["healthz"],
         [lat_runs["healthz"]],
     )
-    ratio, rate = interleaved("GET /api/agent-tokens/me / healthz", hz_me)
+    ratio, rate = interleaved("GET /api/agent-tokens/me / healthz", hz_me, hz_me_run)
     row("GET /api/agent-tokens/me (JWT)", rate, lat["me"], [hz_me_run, lat_runs["me"]], ratio, ">= 0.85x healthz", 0.85)
-    ratio, rate = interleaved("GET /api/agent-tokens/verify / healthz", hz_v)
+    ratio, rate = interleaved("GET /api/agent-tokens/verify / healthz", hz_v, hz_v_run)
     row("GET /api/agent-tokens/verify", rate, lat["verify"], [hz_v_run, lat_runs["verify"]], ratio, ">= 0.90x healthz", 0.90)
     if fsyncs:
         rows.append(
@@ -709,7 +713,7 @@ def cmd_report(a):
             lat["nginx_external"],
             [lat_runs["nginx_external"]],
         )
-        ratio, rate = interleaved("nginx -> agent-tokens / 204, own nginx", ngx_ext)
+        ratio, rate = interleaved("nginx -> agent-tokens / 204, own nginx", ngx_ext, ngx_ext_run)
         row(
             "nginx auth_request -> agent-tokens",
             rate,
@@ -725,7 +729,7 @@ def cmd_report(a):
             lat["nginx_ceiling"],
             [lat_runs["nginx_ceiling"]],
         )
-        ratio, rate = interleaved("nginx -> agent-tokens / 204, same nginx", ngx)
+        ratio, rate = interleaved("nginx -> agent-tokens / 204, same nginx", ngx, ngx_run)
         row(
             "  agent-tokens vs 204 in the same nginx",
             None,
@@ -748,7 +752,7 @@ def cmd_report(a):
         f"verify and GET /me cycle over {env.get('sample', '?')} tokens/users"
     )
     out.append(
-        f"ratios to /healthz and to nginx -> 204: one wrk run per pair of routes, the two taking turns in "
+        f"ratios to /healthz and to the nginx -> 204 ceilings: one wrk run per pair of routes, the two taking turns in "
         f"{env.get('slice_ms', '?')} ms slices (A B B A ...) on the same connections for {env.get('ab_seconds', '?')} s "
         f"after {env['warmup']} s, median of the per-pair ratios; rotations: median of {pairs} "
         f"pairs of {env['duration']} s runs; p50/p99: one {env['duration']} s run per route"
@@ -757,8 +761,12 @@ def cmd_report(a):
         f"host: {env.get('cpus', '?')} CPUs, load average at start {env.get('loadavg', '?')}; "
         f"data dir {env.get('data_fs', '?')}; storage.cache_mb={env.get('cache_mb', '?')}; "
         f"server.workers={env.get('workers', '0')}{' (one per CPU)' if env.get('workers', '0') == '0' else ''}; "
-        f"nginx worker_processes={env.get('nginx_workers', '?')} "
-        f"(the 204 stand-in in its own nginx: {env.get('external_workers', '?')}, as many as the server's workers)"
+        f"nginx worker_processes={env.get('nginx_workers', '?')}"
+        + (
+            f" (the 204 stand-in in its own nginx: {env['external_workers']}, as many as the server's workers)"
+            if env.get("external_workers")
+            else ""
+        )
     )
     if env.get("busy"):
         out.append(f"WARNING: other busy processes during the run: {env['busy']}")

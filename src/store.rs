@@ -66,9 +66,13 @@ const SMALL_MEMTABLE_BYTES: u64 = MIB;
 /// twice as many tables at a time halves that rewriting. Measured at a
 /// million tokens under sustained rotations (three runs each): 13.7-13.8k
 /// rotations/s with 4, 14.6-15.9k with 8; the directory's peak during two
-/// minutes of them 287 vs 292 MiB. Reads probe up to 8 bloom filters in
-/// level 0. fjall keeps it per keyspace from its creation, so it applies to
-/// stores created from this release on.
+/// minutes of them 287 vs 292 MiB. Costs: reads probe up to 8 bloom
+/// filters in level 0; lsm-tree sizes level 1 as table size x this (512
+/// instead of 256 MiB, all of a million tokens fits either way); fjall
+/// stalls writers at 20 level-0 tables, so 12 flushes of headroom instead
+/// of 16 while a merge runs (none seen at a million). fjall keeps it per
+/// keyspace from its creation, so it applies to stores created from this
+/// release on.
 const L0_TABLES_BEFORE_MERGE: u8 = 8;
 /// Journal kept before memtables are flushed to tables: bounds the disk
 /// it takes and what a restart replays (fjall's smallest).
