@@ -706,14 +706,14 @@ def cmd_report(a):
             ">= 1.5x fdatasync",
             1.5,
         )
+    def ceiling(where, summary, run, latency_key):
+        """The 204 ceiling's row; the interleaved ratio of the recipe to it."""
+        row(f"nginx auth_request -> 204, {where}", summary["rate_a"] if summary else None,
+            lat[latency_key], [lat_runs[latency_key]])
+        return interleaved(f"nginx -> agent-tokens / 204, {where}", summary, run)
+
     if ngx_ext_run is not None or ngx_run is not None:
-        row(
-            "nginx auth_request -> 204, own nginx",
-            ngx_ext["rate_a"] if ngx_ext else None,
-            lat["nginx_external"],
-            [lat_runs["nginx_external"]],
-        )
-        ratio, rate = interleaved("nginx -> agent-tokens / 204, own nginx", ngx_ext, ngx_ext_run)
+        ratio, rate = ceiling("own nginx", ngx_ext, ngx_ext_run, "nginx_external")
         row(
             "nginx auth_request -> agent-tokens",
             rate,
@@ -723,21 +723,8 @@ def cmd_report(a):
             ">= 0.90x 204, own nginx",
             0.90,
         )
-        row(
-            "nginx auth_request -> 204, same nginx",
-            ngx["rate_a"] if ngx else None,
-            lat["nginx_ceiling"],
-            [lat_runs["nginx_ceiling"]],
-        )
-        ratio, rate = interleaved("nginx -> agent-tokens / 204, same nginx", ngx, ngx_run)
-        row(
-            "  agent-tokens vs 204 in the same nginx",
-            None,
-            None,
-            [ngx_run],
-            ratio,
-            "(no hop: context)",
-        )
+        ratio, _ = ceiling("same nginx", ngx, ngx_run, "nginx_ceiling")
+        row("  agent-tokens vs 204 in the same nginx", None, None, [ngx_run], ratio, "(no hop: context)")
 
     header = ("name", "req/s", "ratio", "target", "met", "p50", "p99")
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
