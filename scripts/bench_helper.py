@@ -554,7 +554,6 @@ def ab_summary(run, warmup_s):
         "ci": (ratios[lo], ratios[hi]),
         "rate_a": total_a / counted_s,
         "rate_b": total_b / counted_s,
-        "slice_ms": slice_ms,
     }
 
 
@@ -706,6 +705,7 @@ def cmd_report(a):
             ">= 1.5x fdatasync",
             1.5,
         )
+
     def ceiling(where, summary, run, latency_key):
         """The 204 ceiling's row; the interleaved ratio of the recipe to it."""
         row(f"nginx auth_request -> 204, {where}", summary["rate_a"] if summary else None,

@@ -92,30 +92,30 @@ local function build(spec)
    return list
 end
 
-local requests_a, requests_b
-local count_a, count_b = 0, 0
-local next_a, next_b = 0, 0
+-- Per shape: its prepared requests and the index of the last one sent.
+local shape_a, shape_b
 -- Global, so done() can read it from each thread (thread:get).
 slice_counts = {}
 
-function init(args)
-   requests_a = build(spec_a)
-   count_a = #requests_a
+local function prepare(spec)
+   local requests = build(spec)
    -- Spread the threads over the list (a prime stride keeps them apart).
-   next_a = ((thread_index or 0) * 7919) % count_a
+   return { requests = requests, next = ((thread_index or 0) * 7919) % #requests }
+end
+
+function init(args)
+   shape_a = prepare(spec_a)
    if spec_b then
-      requests_b = build(spec_b)
-      count_b = #requests_b
-      next_b = ((thread_index or 0) * 7919) % count_b
+      shape_b = prepare(spec_b)
    end
 end
 
-local function next_of_a()
-   next_a = next_a + 1
-   if next_a > count_a then
-      next_a = 1
+local function take(shape)
+   shape.next = shape.next + 1
+   if shape.next > #shape.requests then
+      shape.next = 1
    end
-   return requests_a[next_a]
+   return shape.requests[shape.next]
 end
 
 local function is_b(slice)
@@ -125,21 +125,14 @@ end
 
 function request()
    if not spec_b then
-      return next_of_a()
+      return take(shape_a)
    end
    local t = now_ms()
    local slice = math.floor(t / slice_ms)
    if t - slice * slice_ms >= guard_ms then
       slice_counts[slice] = (slice_counts[slice] or 0) + 1
    end
-   if is_b(slice) then
-      next_b = next_b + 1
-      if next_b > count_b then
-         next_b = 1
-      end
-      return requests_b[next_b]
-   end
-   return next_of_a()
+   return take(is_b(slice) and shape_b or shape_a)
 end
 
 local function slices_json()
