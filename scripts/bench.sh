@@ -36,9 +36,11 @@
 #   --out FILE         also write the summary table to FILE
 #   --ab-seconds S     seconds of each interleaved ratio run, after the warmup (default 30)
 #   --slice-ms MS      slice length of the interleaved runs (default 50)
-#   --duration S       seconds of each latency run and rotation run (default 5)
+#   --duration S       seconds of each latency run (default 5)
 #   --warmup S         seconds of warmup before each measured run (default 1)
-#   --pairs P          rotation / fdatasync run pairs, in A B B A order, median taken (default 5)
+#   --rotate-slice-ms MS  slice length of the rotations / fdatasync run (default 200: a
+#                      rotation's p99 is 80-210 ms, so shorter slices would count the
+#                      other side's stragglers)
 #   --threads T        wrk threads (default 1)
 #   --connections C    wrk connections (default 64)
 #   --sample K         tokens/JWTs the verify and GET /me load rotates over
@@ -81,7 +83,7 @@ AB_SECONDS=30
 SLICE_MS=50
 DURATION=5
 WARMUP=1
-PAIRS=5
+ROT_SLICE_MS=200
 THREADS=1
 CONNECTIONS=64
 SAMPLE=500
@@ -109,7 +111,7 @@ while [ $# -gt 0 ]; do
     --slice-ms) SLICE_MS=${2:?}; shift 2 ;;
     --duration) DURATION=${2:?}; shift 2 ;;
     --warmup) WARMUP=${2:?}; shift 2 ;;
-    --pairs) PAIRS=${2:?}; shift 2 ;;
+    --rotate-slice-ms) ROT_SLICE_MS=${2:?}; shift 2 ;;
     --threads) THREADS=${2:?}; shift 2 ;;
     --connections) CONNECTIONS=${2:?}; shift 2 ;;
     --sample) SAMPLE=${2:?}; shift 2 ;;
@@ -126,13 +128,13 @@ while [ $# -gt 0 ]; do
     *) die "unknown option $1 (see --help)" ;;
     esac
 done
-for v in TOKENS AB_SECONDS SLICE_MS DURATION WARMUP PAIRS THREADS CONNECTIONS SAMPLE ROTATE_USERS CACHE_MB WORKERS; do
+for v in TOKENS AB_SECONDS SLICE_MS ROT_SLICE_MS DURATION WARMUP THREADS CONNECTIONS SAMPLE ROTATE_USERS CACHE_MB WORKERS; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "--${v,,} must be a whole number"
 done
 [ "$TOKENS" -ge 1 ] || die "--tokens must be at least 1"
-[ "$PAIRS" -ge 1 ] || die "--pairs must be at least 1"
 [ "$AB_SECONDS" -ge 1 ] || die "--ab-seconds must be at least 1"
 [ "$SLICE_MS" -ge 10 ] || die "--slice-ms must be at least 10"
+[ "$ROT_SLICE_MS" -ge 10 ] || die "--rotate-slice-ms must be at least 10"
 [ "$ROTATE_USERS" -ge 256 ] || die "--rotate-users must be at least 256"
 [ "$CONNECTIONS" -ge "$THREADS" ] || die "--connections must be at least --threads"
 if [ -n "$OUT" ]; then
@@ -165,6 +167,7 @@ SUPERVISOR_PID=""
 SERVER_PID=""
 NGINX_PIDS=()
 BG_PID=""
+PROBE_PID=""
 
 stop_pid() { # pid: TERM, then KILL after 10 s
     local pid=$1
@@ -182,6 +185,7 @@ cleanup() {
     local status=$?
     trap - EXIT INT TERM
     [ -z "$BG_PID" ] || stop_pid "$BG_PID"
+    [ -z "$PROBE_PID" ] || stop_pid "$PROBE_PID"
     for pid in "${NGINX_PIDS[@]}"; do stop_pid "$pid"; done
     [ -z "$SERVER_PID" ] || stop_pid "$SERVER_PID"
     [ -z "$SUPERVISOR_PID" ] || stop_pid "$SUPERVISOR_PID"
@@ -224,7 +228,7 @@ meta duration "$DURATION"
 meta ab_seconds "$AB_SECONDS"
 meta slice_ms "$SLICE_MS"
 meta warmup "$WARMUP"
-meta pairs "$PAIRS"
+meta rotate_slice_ms "$ROT_SLICE_MS"
 meta cache_mb "$CACHE_MB"
 meta workers "$WORKERS"
 meta nginx_workers "$NGINX_WORKERS"
@@ -348,21 +352,6 @@ run_ab() {
 ME=/api/agent-tokens/me
 VERIFY=/api/agent-tokens/verify
 
-# in_order P A... -- B...: runs A then B in odd pairs and B then A in even
-# ones (A B B A A B ...), so a steady drift in the host's speed (seen here:
-# 15% within a minute) favours neither side of a ratio.
-in_order() {
-    local p=$1 a=()
-    shift
-    while [ "$1" != "--" ]; do a+=("$1"); shift; done
-    shift
-    if [ $((p % 2)) -eq 1 ]; then "${a[@]}"; "$@"; else "$@"; "${a[@]}"; fi
-}
-
-run_fsync() { # P
-    run_bg "${HELPER[@]}" fsync --dir "$WORK" --seconds 3 --out "$WORK/results/fsync.$1.json"
-    "${HELPER[@]}" show "$WORK/results/fsync.$1.json" "fsync.$1" >&2
-}
 
 echo "bench.sh: GET /healthz and GET $ME, interleaved" >&2
 run_ab ab_healthz_me "$PORT" /healthz "" "" "$ME" "$WORK/me_jwts.txt" ""
@@ -373,11 +362,26 @@ run_wrk lat_healthz "$PORT" GET /healthz ""
 run_wrk lat_me "$PORT" GET "$ME" "$WORK/me_jwts.txt"
 run_wrk lat_verify "$PORT" GET "$VERIFY" "$WORK/verify_tokens.txt"
 
-echo "bench.sh: raw append+fdatasync vs POST $ME (rotations)" >&2
+# Rotations against the raw fdatasync rate, in turns on one clock like the
+# ratios above: the probe (one thread, 4 KiB append + fdatasync) takes the A
+# slices and sleeps through the B ones, wrk sends rotations only in the B
+# slices. Separate runs (earlier releases) saw the disk's sync rate move
+# from 2.3k to 4.4k per second between runs seconds apart.
+echo "bench.sh: raw append+fdatasync and POST $ME (rotations), interleaved" >&2
+ROT_GUARD_MS=$((ROT_SLICE_MS / 10))
 "${HELPER[@]}" metrics --port "$PORT" --out "$WORK/results/metrics_rot_before.json"
-for p in $(seq "$PAIRS"); do
-    in_order "$p" run_fsync "$p" -- run_wrk "rotate.$p" "$PORT" POST "$ME" "$WORK/rotate_jwts.txt"
-done
+"${HELPER[@]}" fsync --dir "$WORK" --seconds $((WARMUP + AB_SECONDS + 2)) --slice-ms "$ROT_SLICE_MS" \
+    --guard-ms "$ROT_GUARD_MS" --out "$WORK/results/fsync.json" &
+PROBE_PID=$!
+BENCH_SIDE=b BENCH_METHOD=POST BENCH_PATH=$ME BENCH_CREDENTIALS="$WORK/rotate_jwts.txt" \
+    BENCH_SLICE_MS=$ROT_SLICE_MS BENCH_GUARD_MS=$ROT_GUARD_MS BENCH_OUT="$WORK/results/rotate.json" \
+    run_bg wrk -t"$THREADS" -c"$CONNECTIONS" -d"$((WARMUP + AB_SECONDS))s" --latency -s "$LUA" \
+    "http://127.0.0.1:$PORT" >"$WORK/results/rotate.wrk.txt" || die "wrk failed (rotations)"
+wait "$PROBE_PID" || die "the fdatasync probe failed"
+PROBE_PID=""
+[ -s "$WORK/results/rotate.json" ] || die "wrk wrote no summary for the rotations"
+"${HELPER[@]}" show "$WORK/results/fsync.json" fsync >&2
+"${HELPER[@]}" show "$WORK/results/rotate.json" rotate >&2
 "${HELPER[@]}" metrics --port "$PORT" --out "$WORK/results/metrics_rot_after.json"
 # The rotations leave the store merging tables in the background for a
 # while (longer in a large store): the gateway phase is measured once it is

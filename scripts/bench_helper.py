@@ -279,22 +279,51 @@ def cmd_check(a):
         )
 
 
+def is_b_slice(index):
+    """A B B A A B B A ...: the slice order of bench_wrk.lua."""
+    return (index + index // 2) % 2 == 1
+
+
 def cmd_fsync(a):
-    """4 KiB appends, each followed by fdatasync, one thread, for --seconds."""
+    """4 KiB appends, each followed by fdatasync, one thread, for --seconds.
+    With --slice-ms it takes the A slices of bench_wrk.lua's clock (the
+    monotonic clock, which time.monotonic reads on Linux) and sleeps through
+    the B slices, which a BENCH_SIDE=b wrk run takes: the two measure in
+    turns, and "slices" counts the appends started in each A slice after its
+    first --guard-ms."""
     path = os.path.join(a.dir, f"fsync-probe.{os.getpid()}")
     buf = os.urandom(4096)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
     lat = []
+    counts = {}
+    slice_s = a.slice_ms / 1000 if a.slice_ms else 0
     try:
-        start = time.perf_counter()
+        start = time.monotonic()
         end = start + a.seconds
         now = start
+        busy = 0.0
         while now < end:
+            if slice_s:
+                index = math.floor(now / slice_s)
+                if is_b_slice(index):
+                    nxt = index + 1
+                    while is_b_slice(nxt):
+                        nxt += 1
+                    time.sleep(max(0.0, nxt * slice_s - now))
+                    now = time.monotonic()
+                    continue
+                counted = now - index * slice_s >= a.guard_ms / 1000
+            else:
+                counted = True
             t = now
             os.write(fd, buf)
             os.fdatasync(fd)
-            now = time.perf_counter()
-            lat.append(now - t)
+            now = time.monotonic()
+            if counted:
+                lat.append(now - t)
+                busy += now - t
+                if slice_s:
+                    counts[index] = counts.get(index, 0) + 1
         elapsed = now - start
     finally:
         os.close(fd)
@@ -303,10 +332,16 @@ def cmd_fsync(a):
     result = {
         "ops": len(lat),
         "seconds": round(elapsed, 3),
-        "rate": len(lat) / elapsed,
-        "p50_us": lat[len(lat) // 2] * 1e6,
-        "p99_us": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e6,
+        "rate": len(lat) / (busy if slice_s else elapsed) if lat else 0.0,
+        "p50_us": lat[len(lat) // 2] * 1e6 if lat else 0.0,
+        "p99_us": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e6 if lat else 0.0,
     }
+    if slice_s:
+        result.update(
+            slice_ms=a.slice_ms,
+            guard_ms=a.guard_ms,
+            slices=[[i, "a", counts[i]] for i in sorted(counts)],
+        )
     with open(a.out, "w") as f:
         json.dump(result, f)
 
@@ -491,6 +526,16 @@ def cmd_show(a):
         )
         return
     errors = {k: v for k, v in r["errors"].items() if v}
+    if "slices" in r and len({side for _, side, _ in r["slices"]}) == 1:
+        # One side of a run shared with another process (BENCH_SIDE=b).
+        counted_s = len(r["slices"]) * (r["slice_ms"] - r["guard_ms"]) / 1000
+        rate = sum(n for _, _, n in r["slices"]) / counted_s
+        print(
+            f"  {a.name:<18} {rate:>10,.0f} req/s in its slices"
+            f"  p50 {r['latency_us']['p50'] / 1000:.2f} ms  p99 {r['latency_us']['p99'] / 1000:.2f} ms"
+            + (f"  ERRORS {errors}" if errors else "")
+        )
+        return
     if "slices" in r:
         ab = ab_summary(r, a.warmup)
         if ab is None:
@@ -525,15 +570,12 @@ def ab_summary(run, warmup_s):
     first, last = slices[0][0], slices[-1][0]
     skip = first + 1 + math.ceil(warmup_s * 1000 / slice_ms)
 
-    def is_b(index):
-        return (index + index // 2) % 2 == 1
-
     ratios, total_a, total_b = [], 0, 0
     for k in range(math.ceil(skip / 2), last // 2):
         a = b = 0
         for index in (2 * k, 2 * k + 1):
             # A slice without a single request sent counts 0 (a stall).
-            if is_b(index):
+            if is_b_slice(index):
                 b = counts.get(index, 0)
             else:
                 a = counts.get(index, 0)
@@ -555,6 +597,23 @@ def ab_summary(run, warmup_s):
         "rate_a": total_a / counted_s,
         "rate_b": total_b / counted_s,
     }
+
+
+def merged_run(a_run, b_run):
+    """One interleaved run from two processes that took turns on one clock
+    (the fdatasync probe in the A slices, wrk with BENCH_SIDE=b in the B
+    ones), cut to the slices both were running; None if either is missing."""
+    if a_run is None or b_run is None:
+        return None
+    for key in ("slice_ms", "guard_ms"):
+        if a_run.get(key) != b_run.get(key):
+            raise ValueError(f"the two sides of an interleaved run differ in {key}")
+    sa, sb = a_run.get("slices") or [], b_run.get("slices") or []
+    slices = []
+    if sa and sb:
+        lo, hi = max(sa[0][0], sb[0][0]), min(sa[-1][0], sb[-1][0])
+        slices = sorted(x for x in sa + sb if lo <= x[0] <= hi)
+    return {"slice_ms": a_run["slice_ms"], "guard_ms": a_run["guard_ms"], "slices": slices}
 
 
 def load(path):
@@ -584,12 +643,6 @@ def result(work, name):
     return r
 
 
-def paired_results(work, kind, pairs):
-    """results/KIND.1.json ... KIND.P.json, those that exist."""
-    runs = (result(work, f"{kind}.{p}") for p in range(1, pairs + 1))
-    return [r for r in runs if r is not None]
-
-
 def errors_of(runs):
     total = {"connect": 0, "read": 0, "write": 0, "status": 0, "timeout": 0}
     for r in runs:
@@ -609,13 +662,8 @@ def fmt_rate(x):
 def cmd_report(a):
     work = a.work
     env = read_env(os.path.join(work, "meta.env"))
-    pairs = int(env["pairs"])
     rows = []
     notes = []
-
-    def med(values):
-        values = [v for v in values if v is not None]
-        return statistics.median(values) if values else None
 
     warmup = float(env["warmup"])
 
@@ -669,8 +717,9 @@ def cmd_report(a):
         for k in ("healthz", "me", "verify", "nginx_external", "nginx_ceiling", "nginx_verify")
     }
     lat = {k: r["latency_us"] if r else None for k, r in lat_runs.items()}
-    rot = paired_results(work, "rotate", pairs)
-    fsyncs = paired_results(work, "fsync", pairs)
+    rot_run, fsync_run = result(work, "rotate"), result(work, "fsync")
+    rot_fsync_run = merged_run(fsync_run, rot_run)
+    rot_fsync = ab_summary(rot_fsync_run, warmup) if rot_fsync_run else None
 
     healthz_rates = [x["rate_a"] for x in (hz_me, hz_v) if x]
     row(
@@ -683,25 +732,26 @@ def cmd_report(a):
     row("GET /api/agent-tokens/me (JWT)", rate, lat["me"], [hz_me_run, lat_runs["me"]], ratio, ">= 0.85x healthz", 0.85)
     ratio, rate = interleaved("GET /api/agent-tokens/verify / healthz", hz_v, hz_v_run)
     row("GET /api/agent-tokens/verify", rate, lat["verify"], [hz_v_run, lat_runs["verify"]], ratio, ">= 0.90x healthz", 0.90)
-    if fsyncs:
+    if fsync_run is not None:
         rows.append(
             (
                 "4 KiB append+fdatasync (1 thread)",
-                fmt_rate(med([f["rate"] for f in fsyncs])),
+                fmt_rate(rot_fsync["rate_a"] if rot_fsync else None),
                 "-",
                 "-",
                 "-",
-                fmt_ms(med([f["p50_us"] for f in fsyncs])),
-                fmt_ms(med([f["p99_us"] for f in fsyncs])),
+                fmt_ms(fsync_run["p50_us"]),
+                fmt_ms(fsync_run["p99_us"]),
             )
         )
-    if rot:
+    if rot_run is not None:
+        ratio, rate = interleaved("POST /api/agent-tokens/me / fdatasync", rot_fsync, rot_fsync_run)
         row(
             f"POST /api/agent-tokens/me ({env.get('rotate_users', '?')} users)",
-            med([r["rps"] for r in rot]),
-            {q: med([r["latency_us"][q] for r in rot]) for q in ("p50", "p99")},
-            rot,
-            med([r["rps"] / f["rate"] for r, f in zip(rot, fsyncs) if f["rate"] > 0]),
+            rate,
+            rot_run["latency_us"],
+            [rot_run],
+            ratio,
             ">= 1.5x fdatasync",
             1.5,
         )
@@ -741,8 +791,9 @@ def cmd_report(a):
     out.append(
         f"ratios to /healthz and to the nginx -> 204 ceilings: one wrk run per pair of routes, the two taking turns in "
         f"{env.get('slice_ms', '?')} ms slices (A B B A ...) on the same connections for {env.get('ab_seconds', '?')} s "
-        f"after {env['warmup']} s, median of the per-pair ratios; rotations: median of {pairs} "
-        f"pairs of {env['duration']} s runs; p50/p99: one {env['duration']} s run per route"
+        f"after {env['warmup']} s, median of the per-pair ratios; rotations and the fdatasync probe the same way "
+        f"in {env.get('rotate_slice_ms', '?')} ms slices, wrk sending only in its own; p50/p99: one {env['duration']} s "
+        f"run per route, the rotations' from their interleaved run"
     )
     out.append(
         f"host: {env.get('cpus', '?')} CPUs, load average at start {env.get('loadavg', '?')}; "
@@ -907,6 +958,29 @@ def cmd_selftest(a):
     r = ab_summary(stalled, 1)
     assert r["ci"][1] <= 1.0 + 1e-9 and r["median"] == 1.0, r
     assert ab_summary({"slice_ms": 50, "guard_ms": 5, "slices": []}, 1) is None
+    # Two processes' halves of one run (the fdatasync probe's A slices, wrk's
+    # B slices with BENCH_SIDE=b) give the same run, cut to the slices both
+    # were running.
+    a_half = dict(steady, slices=[x for x in steady["slices"] if x[1] == "a"])
+    b_half = dict(steady, slices=[x for x in steady["slices"] if x[1] == "b" and x[0] < 1200])
+    both = merged_run(a_half, b_half)
+    assert both["slices"][-1][0] < 1200 and both["slices"][0][0] == 1001, both["slices"][:2]
+    r = ab_summary(both, 1)
+    assert abs(r["median"] - 0.9) < 1e-9 and r["pairs"] == 88, r  # pairs 511-598
+    assert merged_run(a_half, None) is None
+    try:
+        merged_run(a_half, dict(b_half, slice_ms=100))
+        raise AssertionError("slices of different lengths were merged")
+    except ValueError:
+        pass
+    # The probe syncs only in A slices and counts what it did.
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "probe.json")
+        cmd_fsync(argparse.Namespace(dir=d, seconds=0.5, slice_ms=20, guard_ms=2, out=out))
+        probe = load(out)
+        assert probe["slices"] and all(side == "a" and not is_b_slice(i) for i, side, _ in probe["slices"]), probe
+        assert probe["ops"] == sum(n for _, _, n in probe["slices"]) and probe["rate"] > 0, probe
+        assert os.listdir(d) == ["probe.json"], os.listdir(d)
 
     # The nginx configs: three virtual hosts with separate upstream pools, the
     # 204 stand-in in its own nginx, and nginx itself accepts both.
@@ -1007,6 +1081,8 @@ def main():
     s = sub.add_parser("fsync")
     s.add_argument("--dir", required=True)
     s.add_argument("--seconds", type=float, default=3)
+    s.add_argument("--slice-ms", type=int, default=0, help="take only the A slices of this length")
+    s.add_argument("--guard-ms", type=int, default=0, help="an A slice's first milliseconds not counted")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_fsync)
 

@@ -16,9 +16,13 @@
 --   BENCH_GUARD_MS     requests sent in a slice's first milliseconds are not
 --                      counted (default 5): the other shape's requests still
 --                      in flight are finishing then
--- Slices are numbered by the monotonic clock (the same for every thread) and
--- go A B B A A B B A ..., so pair k (slices 2k, 2k+1) has one of each and a
--- steady drift favours neither. done() adds "slices": [[index, "a"|"b",
+-- With BENCH_SIDE=b instead, the one request shape is B and sends only in
+-- B slices (delay() holds each connection until the next one starts): the A
+-- slices belong to another process on the same clock (bench_helper.py's
+-- fdatasync probe).
+-- Slices are numbered by the monotonic clock (the same for every thread and
+-- process) and go A B B A A B B A ..., so pair k (slices 2k, 2k+1) has one of
+-- each and a steady drift favours neither. done() adds "slices": [[index, "a"|"b",
 -- requests sent], ...]; bench_helper.py turns them into per-pair ratios.
 -- Why: the host's speed moves by 15% from one 100 ms to the next and stays
 -- correlated for about a second, so two shapes measured 50 ms apart see the
@@ -43,12 +47,14 @@ end
 
 local spec_a = side("BENCH_", "/healthz")
 local spec_b = side("BENCH_B_", nil)
+local only_b = os.getenv("BENCH_SIDE") == "b"
+local sliced = spec_b ~= nil or only_b
 local out = os.getenv("BENCH_OUT") or ""
 local slice_ms = tonumber(os.getenv("BENCH_SLICE_MS") or "50")
 local guard_ms = tonumber(os.getenv("BENCH_GUARD_MS") or "5")
 
 local now_ms
-if spec_b then
+if sliced then
    local ffi = require("ffi")
    ffi.cdef [[
       typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
@@ -124,15 +130,37 @@ local function is_b(slice)
 end
 
 function request()
-   if not spec_b then
+   if not sliced then
       return take(shape_a)
    end
    local t = now_ms()
    local slice = math.floor(t / slice_ms)
-   if t - slice * slice_ms >= guard_ms then
+   -- In BENCH_SIDE=b mode a timer can fire a hair early: such a send is
+   -- made but not counted in the other process's slice.
+   if t - slice * slice_ms >= guard_ms and (not only_b or is_b(slice)) then
       slice_counts[slice] = (slice_counts[slice] or 0) + 1
    end
+   if only_b then
+      return take(shape_a)
+   end
    return take(is_b(slice) and shape_b or shape_a)
+end
+
+if only_b then
+   -- Milliseconds until the next B slice (0 inside one). wrk calls this
+   -- before every request once a script defines it.
+   function delay()
+      local t = now_ms()
+      local slice = math.floor(t / slice_ms)
+      if is_b(slice) then
+         return 0
+      end
+      local next = slice + 1
+      while not is_b(next) do
+         next = next + 1
+      end
+      return math.ceil(next * slice_ms - t)
+   end
 end
 
 local function slices_json()
@@ -165,7 +193,7 @@ function done(summary, latency, requests)
       summary.requests, summary.duration, summary.bytes,
       e.connect, e.read, e.write, e.status, e.timeout,
       latency.mean, latency:percentile(50), latency:percentile(90),
-      latency:percentile(99), latency.max, spec_b and slices_json() or "")
+      latency:percentile(99), latency.max, sliced and slices_json() or "")
    if out == "" then
       io.write(json)
    else
