@@ -276,3 +276,116 @@ async fn sigkill_cycles(env: &[(&str, &str)], bystanders: usize, kill: Kill, cyc
         }
     }
 }
+
+/// The store's newest journal file (fjall numbers them `0.jnl`, `1.jnl`, ...).
+fn active_journal(store: &std::path::Path) -> std::path::PathBuf {
+    let mut journals = Vec::new();
+    let mut dirs = vec![store.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "jnl") {
+                let n: u64 = path.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+                journals.push((n, path));
+            }
+        }
+    }
+    journals
+        .into_iter()
+        .max()
+        .expect("the store has a journal")
+        .1
+}
+
+async fn rotate(client: &reqwest::Client, base: &str, jwt: &str) -> String {
+    let (status, body) = call(
+        client,
+        Method::POST,
+        &format!("{base}/api/agent-tokens/me"),
+        jwt,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["token"].as_str().unwrap().to_owned()
+}
+
+/// A kill mid-write can leave part of a batch at the journal's end. The next
+/// start must cut it off (not stop reading there forever): every token
+/// acknowledged before it is kept, and what is written after it survives the
+/// next kill too. Journal replay is where vendor/fjall differs from
+/// crates.io's fjall (PATCHED.md), so this pins what it must still do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_journal_tail_is_cut_and_what_follows_it_survives_the_next_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let client = reqwest::Client::new();
+    let jwts: Vec<String> = (0..4).map(|i| hs256_jwt(&format!("torn-{i}"))).collect();
+
+    let mut server = Server::start(&config);
+    let mut before = Vec::new();
+    for jwt in &jwts {
+        let mut last = String::new();
+        for _ in 0..25 {
+            last = rotate(&client, &server.base(), jwt).await;
+        }
+        before.push(last);
+    }
+    server.signal("KILL");
+    server.wait_exit(10);
+
+    // Half of a plausible batch: the journal's own first bytes (a batch
+    // start marker and the first item), cut short, then noise.
+    let journal = active_journal(&dir.path().join("db"));
+    let bytes = std::fs::read(&journal).unwrap();
+    assert!(bytes.len() > 1000, "the rotations reached the journal");
+    let mut tail = bytes[..bytes.len().min(37)].to_vec();
+    tail.extend((0u8..=200).map(|b| b.wrapping_mul(73)));
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&journal)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &tail))
+        .unwrap();
+
+    let mut server = Server::start(&config);
+    let base = server.base();
+    let mut after = Vec::new();
+    for (i, (jwt, token)) in jwts.iter().zip(&before).enumerate() {
+        assert_eq!(
+            verify_status(&client, &base, token).await,
+            200,
+            "user {i}: the last acknowledged token before the torn tail"
+        );
+        after.push(rotate(&client, &base, jwt).await);
+        assert_eq!(verify_status(&client, &base, token).await, 401);
+    }
+    server.signal("KILL");
+    server.wait_exit(10);
+
+    let mut server = Server::start(&config);
+    for (i, (old, new)) in before.iter().zip(&after).enumerate() {
+        assert_eq!(
+            verify_status(&client, &server.base(), new).await,
+            200,
+            "user {i}: a rotation written after the torn tail was lost"
+        );
+        assert_eq!(
+            verify_status(&client, &server.base(), old).await,
+            401,
+            "user {i}: a replaced token came back"
+        );
+    }
+    assert!(server.terminate().success());
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "check: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
