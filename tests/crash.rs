@@ -314,7 +314,7 @@ async fn rotate(client: &reqwest::Client, base: &str, jwt: &str) -> String {
 /// A kill mid-write can leave part of a batch at the journal's end. The next
 /// start must cut it off (not stop reading there forever): every token
 /// acknowledged before it is kept, and what is written after it survives the
-/// next kill too. Journal replay is where vendor/fjall differs from
+/// next kill too. Journal replay is where third_party/fjall differs from
 /// crates.io's fjall (PATCHED.md), so this pins what it must still do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_journal_tail_is_cut_and_what_follows_it_survives_the_next_kill() {
