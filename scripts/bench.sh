@@ -26,10 +26,12 @@
 # the next and stays correlated for about a second, so separate runs seconds
 # apart measured the host as much as the routes (per-pair ratios of 5 s runs
 # spread over +-10%; a median of 300 slice pairs repeats within about 2%).
-# The table gives the median of the per-pair ratios and a 95% confidence
-# interval for it. Latency percentiles come from one run per route. It
-# reports; it never fails on a missed target (the exit status is non-zero
-# only when something in the benchmark itself broke).
+# Rotations and the fdatasync probe take turns the same way in 200 ms slices,
+# in two processes on one clock (the probe syncs only in A slices, wrk sends
+# only in B ones). The table gives the median of the per-pair ratios and a
+# 95% confidence interval for it. Latency percentiles come from one run per
+# route. It reports; it never fails on a missed target (the exit status is
+# non-zero only when something in the benchmark itself broke).
 #
 # Options:
 #   --tokens N         tokens (users) in the seed (default 1000)
