@@ -135,8 +135,8 @@ function request()
    end
    local t = now_ms()
    local slice = math.floor(t / slice_ms)
-   -- In BENCH_SIDE=b mode a timer can fire a hair early: such a send is
-   -- made but not counted in the other process's slice.
+   -- In BENCH_SIDE=b mode a send outside a B slice (a timer late or early)
+   -- is made but not counted.
    if t - slice * slice_ms >= guard_ms and (not only_b or is_b(slice)) then
       slice_counts[slice] = (slice_counts[slice] or 0) + 1
    end
@@ -159,7 +159,8 @@ if only_b then
       while not is_b(next) do
          next = next + 1
       end
-      return math.ceil(next * slice_ms - t)
+      -- +1: wrk's timers have whole milliseconds and can fire early.
+      return math.ceil(next * slice_ms - t) + 1
    end
 end
 

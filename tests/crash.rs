@@ -335,18 +335,28 @@ async fn a_torn_journal_tail_is_cut_and_what_follows_it_survives_the_next_kill()
     server.signal("KILL");
     server.wait_exit(10);
 
-    // Half of a plausible batch: the journal's own first bytes (a batch
-    // start marker and the first item), cut short, then noise.
+    // A batch torn where the next one would go: the journal's own first
+    // bytes (a batch start marker and part of its first item), the rest of
+    // the file as it was. fjall creates a journal at 64 MiB of zeros and
+    // fills it from the front, so the data ends at the last non-zero byte
+    // (every batch ends with a checksummed end marker).
     let journal = active_journal(&dir.path().join("db"));
     let bytes = std::fs::read(&journal).unwrap();
-    assert!(bytes.len() > 1000, "the rotations reached the journal");
-    let mut tail = bytes[..bytes.len().min(37)].to_vec();
-    tail.extend((0u8..=200).map(|b| b.wrapping_mul(73)));
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&journal)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, &tail))
-        .unwrap();
+    let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    assert!(
+        end > 1000,
+        "the rotations reached the journal ({end} bytes)"
+    );
+    let tail = &bytes[..37];
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&journal)
+            .unwrap();
+        file.seek(SeekFrom::Start(end as u64)).unwrap();
+        file.write_all(tail).unwrap();
+    }
 
     let mut server = Server::start(&config);
     let base = server.base();

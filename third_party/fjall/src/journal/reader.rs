@@ -5,7 +5,7 @@
 use super::entry::Entry;
 use std::{
     fs::{File, OpenOptions},
-    io::{BufReader, Read},
+    io::{BufReader, Read, Seek},
     path::{Path, PathBuf},
 };
 
@@ -76,6 +76,12 @@ impl Iterator for JournalReader {
         };
         match Entry::decode_from(&mut counted) {
             Ok(item) => {
+                // The count is what `stream_position` returned before.
+                debug_assert_eq!(
+                    self.reader.stream_position().ok(),
+                    Some(self.pos),
+                    "journal read position"
+                );
                 self.last_valid_pos = self.pos;
                 Some(Ok(item))
             }
