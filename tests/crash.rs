@@ -238,17 +238,7 @@ async fn sigkill_cycles(env: &[(&str, &str)], bystanders: usize, kill: Kill, cyc
             total_acked += c.await.unwrap();
         }
 
-        let out = Command::new(BIN)
-            .args(["check", "--config"])
-            .arg(&config)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "cycle {cycle}: check found problems:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_store_checks_clean(&config, &format!("cycle {cycle}"));
     }
     eprintln!("crash test: {cycles} SIGKILL cycles, {total_acked} rotations acknowledged");
     assert!(total_acked > cycles * 10, "too little load: {total_acked}");
@@ -275,6 +265,21 @@ async fn sigkill_cycles(env: &[(&str, &str)], bystanders: usize, kill: Kill, cyc
             );
         }
     }
+}
+
+/// `agent-tokens check` on the (stopped) server's store finds nothing wrong.
+fn assert_store_checks_clean(config: &std::path::Path, when: &str) {
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{when}: check found problems:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The store's newest journal file (fjall numbers them `0.jnl`, `1.jnl`, ...).
@@ -387,15 +392,5 @@ async fn a_torn_journal_tail_is_cut_and_what_follows_it_survives_the_next_kill()
         );
     }
     assert!(server.terminate().success());
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "check: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_store_checks_clean(&config, "after the torn tail");
 }
