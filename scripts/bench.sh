@@ -40,9 +40,8 @@
 #   --slice-ms MS      slice length of the interleaved runs (default 50)
 #   --duration S       seconds of each latency run (and the continuous rotation run; default 5)
 #   --warmup S         seconds of warmup before each measured run (default 1)
-#   --rotate-slice-ms MS  slice length of the rotations / fdatasync run (default 200: a
-#                      rotation's p99 is 80-210 ms, so shorter slices would count the
-#                      other side's stragglers)
+#   --rotate-slice-ms MS  slice length of the rotations / fdatasync run (default 200;
+#                      its first fifth is not counted, for the other side's last requests)
 #   --threads T        wrk threads (default 1)
 #   --connections C    wrk connections (default 64)
 #   --sample K         tokens/JWTs the verify and GET /me load rotates over
@@ -354,7 +353,6 @@ run_ab() {
 ME=/api/agent-tokens/me
 VERIFY=/api/agent-tokens/verify
 
-
 echo "bench.sh: GET /healthz and GET $ME, interleaved" >&2
 run_ab ab_healthz_me "$PORT" /healthz "" "" "$ME" "$WORK/me_jwts.txt" ""
 echo "bench.sh: GET /healthz and GET $VERIFY, interleaved" >&2
@@ -370,8 +368,10 @@ run_wrk lat_verify "$PORT" GET "$VERIFY" "$WORK/verify_tokens.txt"
 # slices. Separate runs (earlier releases) saw the disk's sync rate move
 # from 2.3k to 4.4k per second between runs seconds apart.
 echo "bench.sh: raw append+fdatasync and POST $ME (rotations), interleaved" >&2
-# A fifth of each slice is not counted: the other side's requests still in
-# flight finish then (a rotation's p50 is 3 ms, its p99 tens of ms).
+# A fifth of each slice (40 ms by default) is not counted: the other side's
+# requests still in flight finish then (a rotation's p50 is about 3 ms; its
+# p99, 55-210 ms, comes from rare store stalls that a median of pairs
+# outweighs).
 ROT_GUARD_MS=$((ROT_SLICE_MS / 5))
 "${HELPER[@]}" metrics --port "$PORT" --out "$WORK/results/metrics_rot_before.json"
 "${HELPER[@]}" fsync --dir "$WORK" --seconds $((WARMUP + AB_SECONDS + 2)) --slice-ms "$ROT_SLICE_MS" \

@@ -285,66 +285,58 @@ def is_b_slice(index):
 
 
 def cmd_fsync(a):
-    """4 KiB appends, each followed by fdatasync, one thread, for --seconds.
-    With --slice-ms it takes the A slices of bench_wrk.lua's clock (the
-    monotonic clock, which time.monotonic reads on Linux) and sleeps through
-    the B slices, which a BENCH_SIDE=b wrk run takes: the two measure in
-    turns, and "slices" counts the appends started in each A slice after its
-    first --guard-ms."""
+    """4 KiB appends, each followed by fdatasync, one thread, for --seconds,
+    in the A slices of bench_wrk.lua's clock (the monotonic clock, which
+    time.monotonic reads on Linux), sleeping through the B slices, which a
+    BENCH_SIDE=b wrk run takes: the two measure in turns. "slices" counts the
+    appends started in each A slice after its first --guard-ms."""
     path = os.path.join(a.dir, f"fsync-probe.{os.getpid()}")
     buf = os.urandom(4096)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
     lat = []
     counts = {}
     a_slices = set()  # A slices the probe ran in, with or without a sync counted
-    slice_s = a.slice_ms / 1000 if a.slice_ms else 0
+    slice_s = a.slice_ms / 1000
     try:
         start = time.monotonic()
         end = start + a.seconds
         now = start
         while now < end:
-            if slice_s:
-                index = math.floor(now / slice_s)
-                if is_b_slice(index):
-                    nxt = index + 1
-                    while is_b_slice(nxt):
-                        nxt += 1
-                    time.sleep(max(0.0, nxt * slice_s - now))
-                    now = time.monotonic()
-                    continue
-                counted = now - index * slice_s >= a.guard_ms / 1000
-                if counted:
-                    a_slices.add(index)
-            else:
-                counted = True
+            index = math.floor(now / slice_s)
+            if is_b_slice(index):
+                nxt = index + 1
+                while is_b_slice(nxt):
+                    nxt += 1
+                time.sleep(max(0.0, nxt * slice_s - now))
+                now = time.monotonic()
+                continue
+            counted = now - index * slice_s >= a.guard_ms / 1000
+            if counted:
+                a_slices.add(index)
             t = now
             os.write(fd, buf)
             os.fdatasync(fd)
             now = time.monotonic()
             if counted:
                 lat.append(now - t)
-                if slice_s:
-                    counts[index] = counts.get(index, 0) + 1
+                counts[index] = counts.get(index, 0) + 1
         elapsed = now - start
     finally:
         os.close(fd)
         os.unlink(path)
     lat.sort()
-    # With slices: syncs per second of counted A-slice time, as ab_summary counts.
-    counted_s = len(a_slices) * (a.slice_ms - a.guard_ms) / 1000 if slice_s else elapsed
+    # Syncs per second of counted A-slice time, as ab_summary counts.
+    counted_s = len(a_slices) * (a.slice_ms - a.guard_ms) / 1000
     result = {
         "ops": len(lat),
         "seconds": round(elapsed, 3),
         "rate": len(lat) / counted_s if lat and counted_s > 0 else 0.0,
         "p50_us": lat[len(lat) // 2] * 1e6 if lat else 0.0,
         "p99_us": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e6 if lat else 0.0,
+        "slice_ms": a.slice_ms,
+        "guard_ms": a.guard_ms,
+        "slices": [[i, "a", counts[i]] for i in sorted(counts)],
     }
-    if slice_s:
-        result.update(
-            slice_ms=a.slice_ms,
-            guard_ms=a.guard_ms,
-            slices=[[i, "a", counts[i]] for i in sorted(counts)],
-        )
     with open(a.out, "w") as f:
         json.dump(result, f)
 
@@ -1092,8 +1084,8 @@ def main():
 
     s = sub.add_parser("fsync")
     s.add_argument("--dir", required=True)
-    s.add_argument("--seconds", type=float, default=3)
-    s.add_argument("--slice-ms", type=int, default=0, help="take only the A slices of this length")
+    s.add_argument("--seconds", type=float, required=True)
+    s.add_argument("--slice-ms", type=int, required=True, help="slice length; the probe takes the A slices")
     s.add_argument("--guard-ms", type=int, default=0, help="an A slice's first milliseconds not counted")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_fsync)
