@@ -137,10 +137,12 @@ impl Application {
                         Ok(res)
                     }
                 })
-                // The format has no headers: Authorization never reaches the log.
+                // No headers (Authorization) and no query string (a token
+                // sent as `?access_token=`) ever reach the log.
                 .wrap(Condition::new(
                     access_log,
-                    Logger::new("%a \"%r\" %s %b %Dms"),
+                    Logger::new("%a \"%{request}xi\" %s %b %Dms")
+                        .custom_request_replace("request", request_line_without_query),
                 ))
                 .configure(routes::configure)
                 .default_service(web::to(routes::not_found))
@@ -217,6 +219,11 @@ impl Application {
         }
         served
     }
+}
+
+/// The access log's request line: method, path and version, never the query.
+fn request_line_without_query(req: &actix_web::dev::ServiceRequest) -> String {
+    format!("{} {} {:?}", req.method(), req.path(), req.version())
 }
 
 /// How often rotated-out tokens past their grace window are swept away (and
