@@ -15,6 +15,13 @@ if [ ! -x /usr/sbin/nginx ]; then
     || { as_root apt-get update && as_root apt-get install -y --no-install-recommends nginx-light; }
 fi
 
+# Caddy 2.6 from Debian, for the Caddy recipe's test (tests/api/caddy.rs).
+if [ ! -x /usr/bin/caddy ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  as_root apt-get install -y --no-install-recommends caddy \
+    || { as_root apt-get update && as_root apt-get install -y --no-install-recommends caddy; }
+fi
+
 # systemd-analyze, for the unit's security score (tests/packaging.rs).
 if ! command -v systemd-analyze >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
