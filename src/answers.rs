@@ -268,6 +268,11 @@ impl Answers {
         self.status.ticket()
     }
 
+    /// Forgets `user`'s `GET /me` answer (a new last-used stamp, not yet written).
+    pub fn forget_status(&self, user: &[u8]) {
+        self.status.forget([&self.status_key(user)]);
+    }
+
     pub fn remember_status(&self, ticket: Ticket, user: &[u8], body: &[u8]) {
         if let Some(answer) = StatusAnswer::new(user, body) {
             self.status.remember(ticket, self.status_key(user), answer);

@@ -23,6 +23,7 @@ mod mutation;
 pub mod openapi;
 pub mod policy;
 pub mod routes;
+pub mod stamps;
 pub mod store;
 pub mod token;
 pub mod user;

@@ -10,6 +10,12 @@
 //! which releases the store's lock) as soon as the disk has room again,
 //! backing off between attempts. No operator and no restart: exiting would
 //! let systemd's restart loop take reads down too.
+//!
+//! It also owns the last-used stamps verify records in memory
+//! ([`crate::stamps`]): a second thread writes them every
+//! [`STAMP_INTERVAL`], and a stop writes what is left before it closes the
+//! store. While writes are refused the stamps wait (in memory) for the
+//! reopen.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +26,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 
 use crate::durability::DurabilityError;
+use crate::stamps::{PendingStamps, STAMP_INTERVAL};
 use crate::store::{
     ChangeListener, GetOrCreate, IndexEntry, NewToken, Store, StoreError, UserRecord,
 };
@@ -35,6 +42,8 @@ const MAX_RETRY: Duration = Duration::from_secs(10);
 const STOP_FLUSH_WAIT: Duration = Duration::from_secs(5);
 /// How long a reopen waits for in-flight operations to let go of the old database.
 const DRAIN_WAIT: Duration = Duration::from_secs(10);
+/// Stamps per queued operation: a rotation waits behind at most this many.
+const STAMPS_PER_BATCH: usize = 2048;
 
 struct Shared {
     current: ArcSwapOption<Store>,
@@ -44,11 +53,15 @@ struct Shared {
     listener: Arc<dyn ChangeListener>,
     wake: Condvar,
     shutdown: Mutex<bool>,
+    stamps: PendingStamps,
+    /// Wakes the stamp writer early (a stop).
+    stamp_wake: Condvar,
 }
 
 pub struct LiveStore {
     shared: Arc<Shared>,
     recovery: Option<JoinHandle<()>>,
+    stamp_writer: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for LiveStore {
@@ -79,6 +92,15 @@ impl LiveStore {
         cache_mb: u64,
         listener: Arc<dyn ChangeListener>,
     ) -> Result<Self, StoreError> {
+        Self::open_with_stamp_interval(path, cache_mb, listener, STAMP_INTERVAL)
+    }
+
+    fn open_with_stamp_interval(
+        path: &Path,
+        cache_mb: u64,
+        listener: Arc<dyn ChangeListener>,
+        stamp_interval: Duration,
+    ) -> Result<Self, StoreError> {
         let store = Store::open_with_listener(path, cache_mb, Arc::clone(&listener))?;
         let shared = Arc::new(Shared {
             current: ArcSwapOption::from_pointee(store),
@@ -88,16 +110,30 @@ impl LiveStore {
             listener,
             wake: Condvar::new(),
             shutdown: Mutex::new(false),
+            stamps: PendingStamps::default(),
+            stamp_wake: Condvar::new(),
         });
+        let spawn_error = |e: std::io::Error| {
+            StoreError::Durability(DurabilityError::Flush(e.to_string().into()))
+        };
         let thread_shared = Arc::clone(&shared);
         let recovery = std::thread::Builder::new()
             .name("agent-tokens-recovery".into())
             .spawn(move || recover(&thread_shared))
-            .map_err(|e| StoreError::Durability(DurabilityError::Flush(e.to_string().into())))?;
-        Ok(Self {
+            .map_err(spawn_error)?;
+        let mut live = Self {
             shared,
             recovery: Some(recovery),
-        })
+            stamp_writer: None,
+        };
+        let thread_shared = Arc::clone(&live.shared);
+        live.stamp_writer = Some(
+            std::thread::Builder::new()
+                .name("agent-tokens-stamps".into())
+                .spawn(move || write_stamps_periodically(&thread_shared, stamp_interval))
+                .map_err(spawn_error)?,
+        );
+        Ok(live)
     }
 
     /// What the store takes on disk in bytes, and its background jobs
@@ -127,20 +163,8 @@ impl LiveStore {
         self.current()
     }
 
-    /// Notes an error; an I/O failure stops writes and wakes the recovery thread.
     fn note<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
-        if let Err(e) = &result {
-            if needs_reopen(e) && !self.shared.failed.swap(true, Ordering::SeqCst) {
-                if let Some(store) = &*self.shared.current.load() {
-                    abandon_failed_writes(store);
-                }
-                log::error!(
-                    "storage write failed ({e}); refusing writes, serving reads, and reopening the store once the disk has room"
-                );
-                self.shared.wake.notify_all();
-            }
-        }
-        result
+        self.shared.note(result)
     }
 
     pub fn get(&self, user: &UserId) -> Result<Option<UserRecord>, StoreError> {
@@ -185,13 +209,28 @@ impl LiveStore {
         self.note(store.revoke(user).await)
     }
 
-    /// Stamps last use; skipped (not an error) while the store recovers.
-    pub async fn touch(&self, hash: &TokenHash, now: u64) -> Result<(), StoreError> {
-        if self.is_failed() {
-            return Ok(());
-        }
-        let store = self.current()?;
-        self.note(store.touch(hash, now).await)
+    /// Records a use of the token at `now`, in memory: written within
+    /// [`STAMP_INTERVAL`], never waited for. Returns whether a new stamp
+    /// was recorded (at most once a minute per token), which changes the
+    /// user's `GET /me` answer.
+    pub fn record_use(&self, hash: &TokenHash, now: u64) -> bool {
+        self.shared.stamps.record(hash.as_bytes(), now)
+    }
+
+    /// The user's record with its current token's newest last-used stamp,
+    /// written or not.
+    pub fn get_with_last_use(&self, user: &UserId) -> Result<Option<UserRecord>, StoreError> {
+        Ok(self.get(user)?.map(|mut record| {
+            // Read after the record: a stamp written since is still here.
+            let pending = self.shared.stamps.newest(&record.hash);
+            record.last_used_at = record.last_used_at.max(pending);
+            record
+        }))
+    }
+
+    /// Writes the stamps recorded so far now, instead of at the next interval.
+    pub fn write_stamps(&self) {
+        write_stamps(&self.shared);
     }
 
     /// Skipped (0 removed) while the store recovers.
@@ -222,6 +261,11 @@ impl Drop for LiveStore {
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = true;
         self.shared.wake.notify_all();
+        self.shared.stamp_wake.notify_all();
+        // It writes what is pending before it ends.
+        if let Some(thread) = self.stamp_writer.take() {
+            let _ = thread.join();
+        }
         if let Some(thread) = self.recovery.take() {
             let _ = thread.join();
         }
@@ -240,6 +284,79 @@ impl Drop for LiveStore {
                 }
             }
             drop(store);
+        }
+    }
+}
+
+impl Shared {
+    /// Notes an error; an I/O failure stops writes and wakes the recovery thread.
+    fn note<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(e) = &result {
+            if needs_reopen(e) && !self.failed.swap(true, Ordering::SeqCst) {
+                if let Some(store) = &*self.current.load() {
+                    abandon_failed_writes(store);
+                }
+                log::error!(
+                    "storage write failed ({e}); refusing writes, serving reads, and reopening the store once the disk has room"
+                );
+                self.wake.notify_all();
+            }
+        }
+        result
+    }
+
+    fn is_shut_down(&self) -> bool {
+        *self.shutdown.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Writes the pending stamps through the flusher; what cannot be written
+/// now (the store recovers, a write failed) stays pending.
+fn write_stamps(shared: &Shared) {
+    let stamps = shared.stamps.hand_over();
+    if stamps.is_empty() {
+        return;
+    }
+    let store = match shared.current.load_full() {
+        Some(store) if !shared.failed.load(Ordering::SeqCst) => store,
+        _ => {
+            shared.stamps.give_back(&stamps);
+            return;
+        }
+    };
+    for (n, chunk) in stamps.chunks(STAMPS_PER_BATCH).enumerate() {
+        if let Err(e) = shared.note(store.stamp_blocking(chunk.to_vec())) {
+            log::warn!("cannot write last-used stamps ({e}); keeping them for the next try");
+            shared.stamps.give_back(&stamps[n * STAMPS_PER_BATCH..]);
+            return;
+        }
+    }
+}
+
+/// The stamp writer's thread: every `interval`, and once more at a stop.
+fn write_stamps_periodically(shared: &Shared, interval: Duration) {
+    loop {
+        {
+            let guard = shared
+                .shutdown
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if !*guard {
+                let _ = shared
+                    .stamp_wake
+                    .wait_timeout(guard, interval)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+        }
+        let stopping = shared.is_shut_down();
+        write_stamps(shared);
+        if stopping {
+            if !shared.stamps.is_empty() {
+                log::warn!(
+                    "the store refuses writes: the last-used times recorded since the last write are lost"
+                );
+            }
+            return;
         }
     }
 }
@@ -377,6 +494,111 @@ mod tests {
                 assert_eq!(entry.user_id, user(n).as_str());
             }
         }
+    }
+
+    fn issued(live: &LiveStore, rng: &SystemRandom, n: usize) -> TokenHash {
+        let token = new_token(rng);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(live.rotate(&user(n), &token, 1_000, 0))
+            .unwrap();
+        token.hash
+    }
+
+    fn flushes(live: &LiveStore) -> u64 {
+        live.current()
+            .unwrap()
+            .flush_stats()
+            .flushes
+            .load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn a_recorded_use_writes_nothing_until_the_interval_and_shows_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = LiveStore::open_with_stamp_interval(
+            &dir.path().join("db"),
+            8,
+            Arc::new(NoListener),
+            Duration::from_millis(300),
+        )
+        .unwrap();
+        let rng = SystemRandom::new();
+        let hash = issued(&live, &rng, 1);
+        let before = flushes(&live);
+        for now in [2_000, 2_001, 2_030] {
+            live.record_use(&hash, now);
+        }
+        assert_eq!(flushes(&live), before, "no write, no sync");
+        let record = live.get_with_last_use(&user(1)).unwrap().unwrap();
+        assert_eq!(
+            record.last_used_at,
+            Some(2_000),
+            "shown before it is written"
+        );
+        assert_eq!(live.get(&user(1)).unwrap().unwrap().last_used_at, None);
+        // Written in the background within the interval, once.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while live.get(&user(1)).unwrap().unwrap().last_used_at.is_none() {
+            assert!(Instant::now() < deadline, "the stamp was never written");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            live.lookup(&hash).unwrap().unwrap().last_used_at,
+            Some(2_000)
+        );
+        assert_eq!(flushes(&live), before + 1, "one batch for the three uses");
+    }
+
+    #[test]
+    fn a_revoke_or_rotation_racing_a_pending_stamp_is_not_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = LiveStore::open(&dir.path().join("db"), 8, Arc::new(NoListener)).unwrap();
+        let rng = SystemRandom::new();
+        let revoked = issued(&live, &rng, 1);
+        let rotated_out = issued(&live, &rng, 2);
+        live.record_use(&revoked, 2_000);
+        live.record_use(&rotated_out, 2_000);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(runtime.block_on(live.revoke(&user(1))).unwrap());
+        let current = new_token(&rng);
+        runtime
+            .block_on(live.rotate(&user(2), &current, 1_500, 0))
+            .unwrap();
+        live.write_stamps();
+        assert_eq!(live.get(&user(1)).unwrap(), None);
+        assert_eq!(live.lookup(&revoked).unwrap(), None);
+        assert_eq!(live.lookup(&rotated_out).unwrap(), None);
+        let record = live.get_with_last_use(&user(2)).unwrap().unwrap();
+        assert_eq!(record.hash, *current.hash.as_bytes());
+        assert_eq!(
+            record.last_used_at, None,
+            "the old token's use is not the new one's"
+        );
+    }
+
+    #[test]
+    fn pending_stamps_are_written_by_a_graceful_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let live = LiveStore::open(&path, 8, Arc::new(NoListener)).unwrap();
+        let rng = SystemRandom::new();
+        let hash = issued(&live, &rng, 1);
+        live.record_use(&hash, 2_000);
+        drop(live);
+        let store = Store::open(&path, 8).unwrap();
+        assert_eq!(
+            store.get(&user(1)).unwrap().unwrap().last_used_at,
+            Some(2_000)
+        );
+        assert_eq!(
+            store.lookup(&hash).unwrap().unwrap().last_used_at,
+            Some(2_000)
+        );
     }
 
     #[test]

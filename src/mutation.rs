@@ -15,8 +15,8 @@
 //! keyspaces, so what an operation reads cannot change under it.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use fjall::{Database, Keyspace, PersistMode};
 use tokio::sync::oneshot;
@@ -421,53 +421,52 @@ impl Apply for Revoke {
     }
 }
 
-/// Token hashes with a last-used stamp queued, so a token verified many
-/// times before its stamp is applied queues it once.
-pub(crate) type PendingTouches = Arc<Mutex<HashSet<[u8; 32]>>>;
-
-/// Stamps a token's last use; see [`crate::store::Store::touch`].
-pub(crate) struct Touch {
-    pub hash: [u8; 32],
-    pub now: u64,
-    pub pending: PendingTouches,
+/// Writes last-used stamps gathered in memory; see
+/// [`crate::store::Store::stamp`]. A stamp only changes a token that is
+/// still stored (so a revoked or rotated-out token is never brought back),
+/// the user record only while the token is the user's current one, and
+/// never moves a time backwards.
+pub(crate) struct Stamp {
+    pub stamps: Vec<([u8; 32], u64)>,
 }
 
-impl Apply for Touch {
-    type Output = bool;
+impl Apply for Stamp {
+    type Output = usize;
 
-    fn apply(&self, t: &TxTrees<'_>) -> TxResult<bool> {
-        let Some(bytes) = t.index.get(&self.hash)? else {
-            return Ok(false);
-        };
-        let entry = IndexEntry {
-            last_used_at: Some(self.now),
-            ..decode_index(&bytes)?
-        };
-        t.index.insert(&self.hash, encode_index(&entry)?);
-        let user_key = entry.user_id.as_bytes();
-        if let Some(bytes) = t.users.get(user_key)? {
-            let record = decode_user(&bytes)?;
-            if record.hash == self.hash {
-                let record = UserRecord {
-                    last_used_at: Some(self.now),
-                    ..record
-                };
-                t.users.insert(user_key, encode_user(&record)?);
+    fn apply(&self, t: &TxTrees<'_>) -> TxResult<usize> {
+        let mut written = 0;
+        for &(hash, now) in &self.stamps {
+            let Some(bytes) = t.index.get(&hash)? else {
+                continue;
+            };
+            let entry = decode_index(&bytes)?;
+            if entry.last_used_at.is_some_and(|t| t >= now) {
+                continue;
             }
+            let entry = IndexEntry {
+                last_used_at: Some(now),
+                ..entry
+            };
+            t.index.insert(&hash, encode_index(&entry)?);
+            let user_key = entry.user_id.as_bytes();
+            if let Some(bytes) = t.users.get(user_key)? {
+                let record = decode_user(&bytes)?;
+                if record.hash == hash {
+                    let record = UserRecord {
+                        last_used_at: Some(now),
+                        ..record
+                    };
+                    t.users.insert(user_key, encode_user(&record)?);
+                }
+            }
+            written += 1;
         }
-        Ok(true)
+        Ok(written)
     }
 
-    /// A stamp is answered once readers see it.
+    /// Answered once readers see them (the batch itself is synced).
     fn durable(&self) -> bool {
         false
-    }
-
-    fn done(&self) {
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.hash);
     }
 }
 
@@ -605,24 +604,37 @@ mod tests {
     }
 
     #[test]
-    fn a_touch_is_answered_once_visible_and_leaves_the_pending_set() {
+    fn stamps_change_only_stored_tokens_and_never_go_back_in_time() {
         let (_dir, mut committer) = trees();
-        let (a, _a_rx) = Queued::queue(rotate("alice", 1, 10));
-        for complete in committer.apply(vec![a]).completions {
+        let (a, _a) = Queued::queue(rotate("alice", 1, 10));
+        let (b, _b) = Queued::queue(rotate("bob", 2, 10));
+        for complete in committer.apply(vec![a, b]).completions {
             complete(Ok(()));
         }
-        let pending = PendingTouches::default();
-        pending.lock().unwrap().insert([1; 32]);
-        let (t, mut t_rx) = Queued::queue(Touch {
-            hash: [1; 32],
-            now: 70,
-            pending: Arc::clone(&pending),
+        // bob revokes; his stamp, queued behind the revoke, must not bring
+        // his token back.
+        let (r, _r) = Queued::queue(Revoke { user: "bob".into() });
+        let (s, mut s_rx) = Queued::queue(Stamp {
+            stamps: vec![([1; 32], 70), ([2; 32], 70), ([9; 32], 70)],
         });
-        let applied = committer.apply(vec![t]);
-        assert!(applied.synced && applied.completions.is_empty());
-        assert!(t_rx.try_recv().unwrap().unwrap());
-        assert!(pending.lock().unwrap().is_empty());
+        let applied = committer.apply(vec![r, s]);
+        assert!(applied.synced);
+        for complete in applied.completions {
+            complete(Ok(()));
+        }
+        assert_eq!(s_rx.try_recv().unwrap().unwrap(), 1, "alice's alone");
+        assert!(committer.index.get([2u8; 32]).unwrap().is_none());
+        assert!(committer.users.get("bob").unwrap().is_none());
         let entry = decode_index(&committer.index.get([1u8; 32]).unwrap().unwrap()).unwrap();
         assert_eq!(entry.last_used_at, Some(70));
+        let alice = decode_user(&committer.users.get("alice").unwrap().unwrap()).unwrap();
+        assert_eq!(alice.last_used_at, Some(70));
+        // An older stamp (written late) leaves the newer one.
+        let (s, mut s_rx) = Queued::queue(Stamp {
+            stamps: vec![([1; 32], 40)],
+        });
+        let applied = committer.apply(vec![s]);
+        assert!(!applied.synced);
+        assert_eq!(s_rx.try_recv().unwrap().unwrap(), 0);
     }
 }

@@ -30,8 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::durability::{DurabilityError, FlushStats, Flusher};
 use crate::layout::{self, Current};
 use crate::mutation::{
-    Apply, Create, ExpireGrace, Mutation, PendingTouches, Queued, Revoke, Rotate, Touch,
-    TreeCommitter,
+    Apply, Create, ExpireGrace, Mutation, Queued, Revoke, Rotate, Stamp, TreeCommitter,
 };
 use crate::token::TokenHash;
 use crate::user::UserId;
@@ -267,7 +266,6 @@ pub struct Store {
     pub(crate) index: Keyspace,
     pub(crate) grace: Keyspace,
     pub(crate) meta: Keyspace,
-    pending_touches: PendingTouches,
     path: PathBuf,
     /// Where fjall's files are: a generation inside `path`.
     dir: PathBuf,
@@ -525,7 +523,6 @@ impl Store {
             index: keyspaces.index,
             grace: keyspaces.grace,
             meta: keyspaces.meta,
-            pending_touches: PendingTouches::default(),
             path: path.to_owned(),
             dir,
             db,
@@ -682,26 +679,28 @@ impl Store {
         .await
     }
 
-    /// Stamps a token as used at `now` (the index entry, and the user record
-    /// when it is the current token). Changes nothing if the token is gone.
-    /// Returns once readers see the stamp. A token whose stamp is already
-    /// queued is not queued again.
+    /// Writes last-used stamps (token hash, time): the index entry, and the
+    /// user record while it is the user's current token. Skips tokens that
+    /// are gone and times older than the stored one. Returns how many were
+    /// written, once readers see them. Verify does not call this: it
+    /// records uses in memory ([`crate::stamps`]) and a background thread
+    /// writes them.
+    pub async fn stamp(&self, stamps: Vec<([u8; 32], u64)>) -> Result<usize, StoreError> {
+        self.run(Stamp { stamps }).await
+    }
+
+    /// [`Store::stamp`] for plain threads (not on an async runtime).
+    pub fn stamp_blocking(&self, stamps: Vec<([u8; 32], u64)>) -> Result<usize, StoreError> {
+        let (op, answer) = Queued::queue(Stamp { stamps });
+        self.flusher.submit(op);
+        answer
+            .blocking_recv()
+            .map_err(|_| DurabilityError::Stopped)?
+    }
+
+    /// Stamps one token as used at `now`; see [`Store::stamp`].
     pub async fn touch(&self, hash: &TokenHash, now: u64) -> Result<(), StoreError> {
-        let hash = *hash.as_bytes();
-        let queued = self
-            .pending_touches
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(hash);
-        if queued {
-            self.run(Touch {
-                hash,
-                now,
-                pending: std::sync::Arc::clone(&self.pending_touches),
-            })
-            .await?;
-        }
-        Ok(())
+        self.stamp(vec![(*hash.as_bytes(), now)]).await.map(drop)
     }
 
     /// Removes every rotated-out token whose grace window ended at or before

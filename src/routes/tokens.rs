@@ -129,7 +129,7 @@ async fn status(req: HttpRequest, UserJwt(user): UserJwt) -> Result<HttpResponse
             let ticket = state.answers.status_ticket();
             let record = state
                 .store
-                .get(&user)
+                .get_with_last_use(&user)
                 .map_err(|e| ApiError::failed(Operation::FetchStatus, e))?;
             let response = match record {
                 Some(r) => StatusResponse {

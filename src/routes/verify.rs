@@ -76,7 +76,7 @@ async fn verify(req: HttpRequest) -> Result<HttpResponse, ApiError> {
 }
 
 /// The verify decision: a remembered answer or one read (and a
-/// once-a-minute last-used stamp).
+/// once-a-minute last-used stamp, in memory).
 async fn answer(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
     let presented = presented_agent_token(req.headers().get(AUTHORIZATION))
         .map_err(ApiError::InvalidAgentToken)?;
@@ -108,14 +108,10 @@ async fn answer(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, Api
         .policy
         .assess_times(known.created_at(), known.grace_until(), now)
         .map_err(|inactive| ApiError::InvalidAgentToken(inactive.into()))?;
-    if needs_touch(known.last_used_at(), now) {
-        // Boxed: the stamp's future is needed once a minute per token and
-        // would otherwise enlarge every verify's future.
-        // A failed stamp must not fail a valid token: log it and answer.
-        // (The stamp's write makes the next verify read the entry afresh.)
-        if let Err(e) = Box::pin(state.store.touch(hash, now)).await {
-            log::warn!("cannot record the last use of {}: {e}", known.prefix());
-        }
+    // Recorded in memory and written in the background: never waited for.
+    if needs_touch(known.last_used_at(), now) && state.store.record_use(hash, now) {
+        // The user's GET /me answer shows it (when this is the current token).
+        state.answers.forget_status(known.user_id());
     }
     let user_header = known
         .user_header()
