@@ -29,6 +29,9 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
     || { as_root apt-get update && as_root apt-get install -y --no-install-recommends systemd; }
 fi
 
+# third_party/fjall is the published fjall plus third_party/fjall.patch, nothing else.
+./scripts/fjall-patch.sh
+
 # The benchmark's own analysis (interleaved-run ratios) and its nginx config.
 python3 scripts/bench_helper.py selftest
 

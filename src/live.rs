@@ -271,9 +271,9 @@ impl Drop for LiveStore {
         }
         // Close the database here, not in whichever thread lets go last.
         if let Some(store) = self.shared.current.swap(None) {
-            if self.is_failed() {
-                abandon_failed_writes(&store);
-            } else {
+            // A failed store is dropped as it is: its journal writer already
+            // discarded what it could not write (third_party/fjall/PATCHED.md).
+            if !self.is_failed() {
                 // Only the next start's speed depends on it: the journal has it all.
                 match store.flush_memtables(STOP_FLUSH_WAIT) {
                     Ok(true) => {}
@@ -293,9 +293,6 @@ impl Shared {
     fn note<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
         if let Err(e) = &result {
             if needs_reopen(e) && !self.failed.swap(true, Ordering::SeqCst) {
-                if let Some(store) = &*self.current.load() {
-                    abandon_failed_writes(store);
-                }
                 log::error!(
                     "storage write failed ({e}); refusing writes, serving reads, and reopening the store once the disk has room"
                 );
@@ -366,18 +363,6 @@ fn free_bytes(path: &Path) -> Option<u64> {
     Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
-/// Keeps a failed write from landing when `store` is dropped (see
-/// [`Store::abandon_journal_buffer`]).
-fn abandon_failed_writes(store: &Store) {
-    match store.abandon_journal_buffer() {
-        Ok(0) => {}
-        Ok(n) => log::info!("detached {n} journal writer(s) of the failed store, so no failed write can land later"),
-        Err(e) => log::error!(
-            "cannot detach the failed store's journal writer ({e}); a write answered with an error may still take effect"
-        ),
-    }
-}
-
 /// The recovery thread: sleeps until a failure, then reopens when possible.
 fn recover(shared: &Shared) {
     let mut retry = FIRST_RETRY;
@@ -435,7 +420,6 @@ fn reopen(shared: &Shared) -> Result<(), StoreError> {
     let old = shared.current.swap(None);
     shared.listener.reopening();
     if let Some(old) = old {
-        abandon_failed_writes(&old);
         // In-flight operations hold their own reference; let them finish.
         let deadline = Instant::now() + DRAIN_WAIT;
         while Arc::strong_count(&old) > 1 && Instant::now() < deadline {

@@ -267,8 +267,6 @@ pub struct Store {
     pub(crate) grace: Keyspace,
     pub(crate) meta: Keyspace,
     path: PathBuf,
-    /// Where fjall's files are: a generation inside `path`.
-    dir: PathBuf,
     pub(crate) db: Database,
     // Dropped last: no other process may open the store before it is closed.
     _lock: layout::Lock,
@@ -398,7 +396,6 @@ pub(crate) fn open_db(path: &Path, dir: &Path, cache_mb: u64) -> Result<Database
 /// An open database of the current format, and the lock that makes it ours.
 pub(crate) struct Opened {
     pub db: Database,
-    pub dir: PathBuf,
     pub lock: layout::Lock,
 }
 
@@ -426,8 +423,8 @@ pub(crate) fn open_current(path: &Path, cache_mb: u64) -> Result<Opened, StoreEr
             path.display()
         );
     }
-    let (db, dir) = match current {
-        Current::Lsm(dir) => (open_db(path, &dir, cache_mb)?, dir),
+    let db = match current {
+        Current::Lsm(dir) => open_db(path, &dir, cache_mb)?,
         new_copy => {
             let made = match new_copy {
                 Current::Sled(old) => crate::legacy::migrate(path, &old, cache_mb)?,
@@ -440,10 +437,10 @@ pub(crate) fn open_current(path: &Path, cache_mb: u64) -> Result<Opened, StoreEr
                     path.display()
                 );
             }
-            made
+            made.0
         }
     };
-    Ok(Opened { db, dir, lock })
+    Ok(Opened { db, lock })
 }
 
 /// Writes a new, empty store into the next generation and makes it current.
@@ -505,7 +502,7 @@ impl Store {
         cache_mb: u64,
         listener: Arc<dyn ChangeListener>,
     ) -> Result<Self, StoreError> {
-        let Opened { db, dir, lock } = open_current(path, cache_mb)?;
+        let Opened { db, lock } = open_current(path, cache_mb)?;
         let keyspaces = Keyspaces::open(&db)?;
         check_schema(path, &keyspaces)?;
         let committer = TreeCommitter {
@@ -524,7 +521,6 @@ impl Store {
             grace: keyspaces.grace,
             meta: keyspaces.meta,
             path: path.to_owned(),
-            dir,
             db,
             _lock: lock,
         })
@@ -533,21 +529,6 @@ impl Store {
     /// The storage path (`storage.path`), not necessarily fjall's directory.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// Call after a failed write, before the store is dropped: makes sure
-    /// the failed batch never reaches the journal.
-    ///
-    /// fjall's journal writer keeps what it could not write (a disk-full
-    /// short write) in its user-space buffer, and writes that buffer out
-    /// when the database is dropped; once space is free again, that would
-    /// complete the refused batch on disk and the next open would replay
-    /// it: a rotation answered with 500 would take effect after all (seen
-    /// in tests/diskfull.rs). The writer's descriptor is pointed at
-    /// /dev/null instead, so the journal ends with the torn batch, which
-    /// recovery cuts off. Returns how many descriptors were redirected.
-    pub fn abandon_journal_buffer(&self) -> std::io::Result<usize> {
-        abandon_journal_buffer(&self.dir)
     }
 
     /// Writes every memtable out as a table and waits (up to `timeout`)
@@ -758,45 +739,6 @@ impl Store {
     pub fn grace_entries(&self) -> Result<usize, StoreError> {
         Ok(self.grace.len()?)
     }
-}
-
-#[cfg(target_os = "linux")]
-fn abandon_journal_buffer(dir: &Path) -> std::io::Result<usize> {
-    use std::os::fd::AsRawFd;
-    let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
-    let mut redirected = 0;
-    for entry in std::fs::read_dir("/proc/self/fd")? {
-        let entry = entry?;
-        let Ok(target) = std::fs::read_link(entry.path()) else {
-            continue; // closed meanwhile (the read_dir's own descriptor, say)
-        };
-        let journal =
-            target.parent() == Some(dir) && target.extension().is_some_and(|ext| ext == "jnl");
-        let Some(fd) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if journal {
-            // SAFETY: dup2 atomically replaces descriptor `fd`, which the
-            // journal writer's File owns, with another open one; the File
-            // stays valid (it now writes to /dev/null) and closes it later.
-            if unsafe { libc::dup2(null.as_raw_fd(), fd) } < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            redirected += 1;
-        }
-    }
-    Ok(redirected)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn abandon_journal_buffer(_dir: &Path) -> std::io::Result<usize> {
-    Err(std::io::Error::other(
-        "cannot detach the journal writer on this platform",
-    ))
 }
 
 /// Stored values as they are, around every rule of [`Store`]: for tests

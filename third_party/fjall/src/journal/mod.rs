@@ -45,12 +45,17 @@ impl Drop for Journal {
     fn drop(&mut self) {
         log::trace!("Dropping journal, trying to flush");
 
-        match self.persist(PersistMode::SyncAll) {
-            Ok(()) => {
-                log::trace!("Flushed journal successfully");
-            }
-            Err(e) => {
-                log::error!("Flush error on drop: {e:?}");
+        // A writer closed after a failed write has nothing it may flush.
+        if self.writer.lock().map_or(true, |w| w.is_abandoned()) {
+            log::debug!("Journal writer was closed after a failed write; not flushing");
+        } else {
+            match self.persist(PersistMode::SyncAll) {
+                Ok(()) => {
+                    log::trace!("Flushed journal successfully");
+                }
+                Err(e) => {
+                    log::error!("Flush error on drop: {e:?}");
+                }
             }
         }
 

@@ -22,7 +22,8 @@ pub const JOURNAL_BUFFER_BYTES: usize = 8 * 1_024;
 
 pub struct Writer {
     pub(crate) path: PathBuf,
-    file: BufWriter<File>,
+    /// `None` once a write or sync failed: see [`Writer::abandon`].
+    file: Option<BufWriter<File>>,
     buf: Vec<u8>,
     is_buffer_dirty: bool,
 
@@ -56,11 +57,12 @@ impl Writer {
     }
 
     pub fn pos(&mut self) -> crate::Result<u64> {
-        self.file.stream_position().map_err(Into::into)
+        self.file()?.stream_position().map_err(Into::into)
     }
 
     pub fn len(&self) -> crate::Result<u64> {
-        Ok(self.file.get_ref().metadata()?.len())
+        let file = self.file.as_ref().ok_or_else(abandoned)?;
+        Ok(file.get_ref().metadata()?.len())
     }
 
     pub fn rotate(&mut self) -> crate::Result<(PathBuf, PathBuf)> {
@@ -141,7 +143,7 @@ impl Writer {
 
         Ok(Self {
             path,
-            file: BufWriter::new(file),
+            file: Some(BufWriter::new(file)),
             buf: Vec::new(),
             is_buffer_dirty: false,
             compression: CompressionType::None,
@@ -174,7 +176,7 @@ impl Writer {
 
             return Ok(Self {
                 path: path.into(),
-                file: BufWriter::with_capacity(JOURNAL_BUFFER_BYTES, file),
+                file: Some(BufWriter::with_capacity(JOURNAL_BUFFER_BYTES, file)),
                 buf: Vec::new(),
                 is_buffer_dirty: false,
                 compression: CompressionType::None,
@@ -191,7 +193,7 @@ impl Writer {
 
         Ok(Self {
             path: path.into(),
-            file: BufWriter::with_capacity(JOURNAL_BUFFER_BYTES, file),
+            file: Some(BufWriter::with_capacity(JOURNAL_BUFFER_BYTES, file)),
             buf: Vec::new(),
             is_buffer_dirty: false,
             compression: CompressionType::None,
@@ -199,15 +201,61 @@ impl Writer {
         })
     }
 
+    /// The open journal file, or an error once a write to it has failed.
+    fn file(&mut self) -> std::io::Result<&mut BufWriter<File>> {
+        self.file.as_mut().ok_or_else(abandoned)
+    }
+
+    /// Whether a failed write or sync closed this writer.
+    pub(crate) fn is_abandoned(&self) -> bool {
+        self.file.is_none()
+    }
+
+    /// Writes `buf` to the file.
+    fn write_buf(&mut self) -> std::io::Result<()> {
+        let file = self.file.as_mut().ok_or_else(abandoned)?;
+        file.write_all(&self.buf)
+    }
+
+    /// Called when a write or sync fails: drops the bytes still in the
+    /// user-space buffer without writing them, and closes the file.
+    ///
+    /// A short write (disk full) leaves the failed batch in the buffer, and
+    /// `BufWriter` writes its buffer out when dropped, which happens when the
+    /// database is dropped: once space was free again, that would complete on
+    /// disk a batch whose write was reported as failed, and the next recovery
+    /// would replay it. Without the buffer the journal ends at most with a
+    /// torn batch, which recovery cuts off. The database is poisoned after
+    /// such an error anyway, so no later write may use this writer.
+    fn abandon(&mut self) {
+        if let Some(writer) = self.file.take() {
+            let (_file, _unwritten) = writer.into_parts();
+        }
+        self.is_buffer_dirty = false;
+    }
+
+    /// Runs a write or sync, abandoning the writer if it fails.
+    fn or_abandon<T, E>(&mut self, result: Result<T, E>) -> Result<T, E> {
+        if result.is_err() {
+            self.abandon();
+        }
+        result
+    }
+
     /// Persists the journal file.
     pub(crate) fn persist(&mut self, mode: PersistMode) -> std::io::Result<()> {
+        let result = self.persist_inner(mode);
+        self.or_abandon(result)
+    }
+
+    fn persist_inner(&mut self, mode: PersistMode) -> std::io::Result<()> {
         log::trace!(
             "Persisting journal at {} with mode={mode:?}",
             self.path.display(),
         );
 
         if self.is_buffer_dirty {
-            self.file.flush().inspect_err(|e| {
+            self.file()?.flush().inspect_err(|e| {
                 log::error!(
                     "Failed to flush journal IO buffers at {}: {e:?}",
                     self.path.display(),
@@ -217,13 +265,13 @@ impl Writer {
         }
 
         match mode {
-            PersistMode::SyncAll => self.file.get_mut().sync_all().inspect_err(|e| {
+            PersistMode::SyncAll => self.file()?.get_mut().sync_all().inspect_err(|e| {
                 log::error!(
                     "Failed to fsync journal file at {}: {e:?}",
                     self.path.display(),
                 );
             }),
-            PersistMode::SyncData => self.file.get_mut().sync_data().inspect_err(|e| {
+            PersistMode::SyncData => self.file()?.get_mut().sync_data().inspect_err(|e| {
                 log::error!(
                     "Failed to fsyncdata journal file at {}: {e:?}",
                     self.path.display(),
@@ -239,7 +287,7 @@ impl Writer {
 
         Entry::Start { item_count, seqno }.encode_into(&mut self.buf)?;
 
-        self.file.write_all(&self.buf)?;
+        self.write_buf()?;
 
         Ok(self.buf.len())
     }
@@ -250,12 +298,24 @@ impl Writer {
 
         Entry::End(checksum).encode_into(&mut self.buf)?;
 
-        self.file.write_all(&self.buf)?;
+        self.write_buf()?;
 
         Ok(self.buf.len())
     }
 
     pub(crate) fn write_raw(
+        &mut self,
+        keyspace_id: InternalKeyspaceId,
+        key: &[u8],
+        value: &[u8],
+        value_type: ValueType,
+        seqno: u64,
+    ) -> crate::Result<usize> {
+        let result = self.write_raw_inner(keyspace_id, key, value, value_type, seqno);
+        self.or_abandon(result)
+    }
+
+    fn write_raw_inner(
         &mut self,
         keyspace_id: InternalKeyspaceId,
         key: &[u8],
@@ -285,7 +345,7 @@ impl Writer {
             },
         )?;
 
-        self.file.write_all(&self.buf)?;
+        self.write_buf()?;
 
         hasher.update(&self.buf);
         byte_count += self.buf.len();
@@ -302,6 +362,15 @@ impl Writer {
         keyspace_id: InternalKeyspaceId,
         seqno: SeqNo,
     ) -> crate::Result<usize> {
+        let result = self.write_clear_inner(keyspace_id, seqno);
+        self.or_abandon(result)
+    }
+
+    fn write_clear_inner(
+        &mut self,
+        keyspace_id: InternalKeyspaceId,
+        seqno: SeqNo,
+    ) -> crate::Result<usize> {
         self.is_buffer_dirty = true;
 
         let mut hasher = xxhash_rust::xxh3::Xxh3::default();
@@ -312,7 +381,7 @@ impl Writer {
         self.buf.clear();
 
         Entry::Clear { keyspace_id }.encode_into(&mut self.buf)?;
-        self.file.write_all(&self.buf)?;
+        self.write_buf()?;
         hasher.update(&self.buf);
         byte_count += self.buf.len();
 
@@ -324,6 +393,16 @@ impl Writer {
     }
 
     pub fn write_batch<'a>(
+        &mut self,
+        items: impl Iterator<Item = &'a BatchItem>,
+        batch_size: usize,
+        seqno: SeqNo,
+    ) -> crate::Result<usize> {
+        let result = self.write_batch_inner(items, batch_size, seqno);
+        self.or_abandon(result)
+    }
+
+    fn write_batch_inner<'a>(
         &mut self,
         items: impl Iterator<Item = &'a BatchItem>,
         batch_size: usize,
@@ -364,7 +443,7 @@ impl Writer {
                 },
             )?;
 
-            self.file.write_all(&self.buf)?;
+            self.write_buf()?;
 
             hasher.update(&self.buf);
             byte_count += self.buf.len();
@@ -377,4 +456,8 @@ impl Writer {
 
         Ok(byte_count)
     }
+}
+
+fn abandoned() -> std::io::Error {
+    std::io::Error::other("the journal writer was closed after a failed write")
 }
