@@ -1,19 +1,28 @@
 //! The App factory shared by `serve` and the tests: open storage, load keys,
 //! bind (port 0 works), and run until stopped.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, LazyLock, Weak};
 use std::time::{Duration, Instant};
 
-use actix_web::dev::{Server, ServerHandle, Service};
+use actix_http::body::MessageBody;
+use actix_http::error::DispatchError;
+use actix_http::HttpService;
+use actix_server::{GracefulShutdownSignal, Server, ServerHandle};
+use actix_service::{
+    fn_service, map_config, IntoServiceFactory, ServiceFactory, ServiceFactoryExt,
+};
+use actix_web::dev::{AppConfig, Service, ServiceRequest, ServiceResponse};
 use actix_web::middleware::{Condition, Logger};
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, App};
 use ring::rand::SystemRandom;
 use sd_notify::NotifyState;
+use tokio::net::TcpStream;
 
 use crate::answers::Answers;
 use crate::clock::Clock;
 use crate::config::{ConfigError, Settings};
+use crate::conn::{Deadlines, RequestPhase, TimedStream};
 use crate::jwt::JwtVerifier;
 use crate::limits::RequestLimits;
 use crate::live::LiveStore;
@@ -104,62 +113,83 @@ impl Application {
     ) -> Result<Self, StartupError> {
         let server_settings = &settings.server;
         let limits = &settings.limits;
-        let port = listener.local_addr().map_err(StartupError::Server)?.port();
+        let local = listener.local_addr().map_err(StartupError::Server)?;
         let data = web::Data::from(Arc::clone(&state));
         let access_log = server_settings.access_log;
         LazyLock::force(&METRICS);
-        let mut server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
-                // Outermost, so it times everything and sees the final status.
-                .wrap_fn(|req, srv| {
-                    let started = Instant::now();
-                    let method = req.method().clone();
-                    let call = srv.call(req);
-                    async move {
-                        let res = call.await?;
-                        // Hot routes are named after their pattern: no allocation.
-                        let request = res.request();
-                        let pattern;
-                        let route = match request.match_name() {
-                            Some(name) => name,
-                            None => {
-                                pattern = request.match_pattern();
-                                pattern.as_deref().unwrap_or("unmatched")
-                            }
-                        };
-                        METRICS.observe_request(
-                            route,
-                            &method,
-                            res.status().as_u16(),
-                            started.elapsed(),
-                        );
-                        Ok(res)
-                    }
-                })
-                // No headers (Authorization) and no query string (a token
-                // sent as `?access_token=`) ever reach the log.
-                .wrap(Condition::new(
-                    access_log,
-                    Logger::new("%a \"%{request}xi\" %s %b %Dms")
-                        .custom_request_replace("request", request_line_without_query),
-                ))
-                .configure(routes::configure)
-                .default_service(web::to(routes::not_found))
-        })
-        // Signals are ours (see `run_until_signalled`): systemd must hear
-        // STOPPING=1 before the listener closes.
-        .disable_signals()
-        .shutdown_timeout(server_settings.shutdown_timeout_secs)
-        .client_request_timeout(Duration::from_millis(limits.client_request_timeout_ms))
-        .keep_alive(Duration::from_secs(limits.keep_alive_secs))
-        .max_connections(limits.max_connections);
+        // Built from actix-server and actix-http rather than actix-web's
+        // HttpServer, which cannot wrap the accepted stream (see `conn`).
+        let mut builder = actix_server::Server::build()
+            // Signals are ours (see `run_until_signalled`): systemd must hear
+            // STOPPING=1 before the listener closes.
+            .disable_signals()
+            .shutdown_timeout(server_settings.shutdown_timeout_secs)
+            .max_concurrent_connections(limits.max_connections);
         if server_settings.workers > 0 {
-            server = server.workers(server_settings.workers);
+            builder = builder.workers(server_settings.workers);
         }
-        let server = server.listen(listener).map_err(StartupError::Server)?.run();
+        let http = HttpSettings {
+            deadlines: Deadlines::from_limits(limits),
+            client_request_timeout: Duration::from_millis(limits.client_request_timeout_ms),
+            keep_alive: Duration::from_secs(limits.keep_alive_secs),
+            local,
+            shutdown: builder.graceful_shutdown_signal(),
+        };
+        let builder = builder
+            .listen("agent-tokens", listener, move || {
+                let data = data.clone();
+                let app = App::new()
+                    .app_data(data)
+                    // Outermost, so it times everything and sees the final status.
+                    .wrap_fn(|req, srv| {
+                        let started = Instant::now();
+                        let method = req.method().clone();
+                        let call = srv.call(req);
+                        async move {
+                            let res = call.await?;
+                            // Hot routes are named after their pattern: no allocation.
+                            let request = res.request();
+                            let pattern;
+                            let route = match request.match_name() {
+                                Some(name) => name,
+                                None => {
+                                    pattern = request.match_pattern();
+                                    pattern.as_deref().unwrap_or("unmatched")
+                                }
+                            };
+                            METRICS.observe_request(
+                                route,
+                                &method,
+                                res.status().as_u16(),
+                                started.elapsed(),
+                            );
+                            Ok(res)
+                        }
+                    })
+                    // No headers (Authorization) and no query string (a token
+                    // sent as `?access_token=`) ever reach the log.
+                    .wrap(Condition::new(
+                        access_log,
+                        Logger::new("%a \"%{request}xi\" %s %b %Dms")
+                            .custom_request_replace("request", request_line_without_query),
+                    ))
+                    .wrap_fn(|req, srv| {
+                        let phase = RequestPhase::start(&req);
+                        let call = srv.call(req);
+                        async move {
+                            let res = call.await;
+                            drop(phase);
+                            res
+                        }
+                    })
+                    .configure(routes::configure)
+                    .default_service(web::to(routes::not_found));
+                http.service(app)
+            })
+            .map_err(StartupError::Server)?;
+        let server = builder.run();
         Ok(Self {
-            port,
+            port: local.port(),
             server,
             state,
         })
@@ -218,6 +248,64 @@ impl Application {
             Err(_) => log::warn!("the store was still in use 10 s after shutdown"),
         }
         served
+    }
+}
+
+/// What every listener's HTTP layer shares.
+#[derive(Clone)]
+struct HttpSettings {
+    deadlines: Deadlines,
+    client_request_timeout: Duration,
+    keep_alive: Duration,
+    local: SocketAddr,
+    shutdown: GracefulShutdownSignal,
+}
+
+impl HttpSettings {
+    /// HTTP/1 over timed streams (see `conn`) in front of `app`.
+    fn service<T, B>(
+        &self,
+        app: App<T>,
+    ) -> impl ServiceFactory<TcpStream, Config = (), Response = (), Error = DispatchError, InitError = ()>
+    where
+        T: ServiceFactory<
+                ServiceRequest,
+                Config = (),
+                Response = ServiceResponse<B>,
+                Error = actix_web::Error,
+                InitError = (),
+            > + 'static,
+        B: MessageBody + 'static,
+    {
+        let deadlines = self.deadlines;
+        let shutdown = self.shutdown.clone();
+        let http = HttpService::<TimedStream, _, _>::build()
+            .keep_alive(self.keep_alive)
+            .client_request_timeout(self.client_request_timeout)
+            .client_disconnect_timeout(Duration::from_secs(1))
+            .local_addr(self.local)
+            .graceful_shutdown_signal(move || {
+                let shutdown = shutdown.clone();
+                async move { shutdown.notified().await }
+            })
+            .on_connect_ext(|io: &TimedStream, data| {
+                data.insert(io.clock());
+            })
+            // The app reads neither the host nor the local address from
+            // its config (URLs in answers are relative).
+            .h1(map_config(
+                app.into_factory()
+                    .map_err(|e: actix_web::Error| e.error_response()),
+                |_| AppConfig::default(),
+            ));
+        fn_service(move |io: TcpStream| {
+            let peer = io.peer_addr().ok();
+            std::future::ready(Ok::<_, DispatchError>((
+                TimedStream::new(io, deadlines),
+                peer,
+            )))
+        })
+        .and_then(http)
     }
 }
 

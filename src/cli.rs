@@ -144,6 +144,7 @@ fn serve(config: Option<PathBuf>, dev: bool) -> ExitCode {
         Err(e) => return fail(EXIT_CONFIG, e),
     };
     warn_obsolete(&settings);
+    crate::conn::raise_open_file_limit();
     let result = actix_web::rt::System::new().block_on(async move {
         let app = Application::build(&settings)?;
         app.run_until_signalled(|port| match &dev_mode {

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod clock;
 pub mod compact;
 pub mod config;
+pub mod conn;
 pub mod dev;
 pub mod durability;
 pub mod error;

@@ -5,7 +5,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{write_config_with, Server};
 
@@ -47,4 +47,202 @@ fn the_access_log_never_shows_a_token_sent_in_the_query_string() {
         !log.contains("access_token"),
         "the query reached the log: {log}"
     );
+}
+
+/// Reads one answer (head and `content-length` body) from a kept-alive connection.
+fn read_answer(conn: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if answer.len() >= end + 4 + length {
+                return text;
+            }
+        }
+        let n = conn.read(&mut buf).expect("an answer");
+        assert!(n > 0, "closed before a whole answer: {text:?}");
+        answer.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Waits for the server to end the connection: `Some(elapsed)` once it
+/// closed it (after a 408 or nothing), `None` if it still held it at `give_up`.
+fn closed_within(conn: &mut TcpStream, give_up: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    conn.set_read_timeout(Some(give_up)).unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) if started.elapsed() < give_up => break,
+            Ok(0) | Err(_) => return None,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(
+        seen.is_empty() || seen.starts_with("HTTP/1.1 408"),
+        "{seen}"
+    );
+    Some(started.elapsed())
+}
+
+/// A kept-alive connection that has had one whole request answered.
+fn after_one_answer(port: u16) -> TcpStream {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let answer = read_answer(&mut conn);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    conn
+}
+
+const SLOW_LIMITS: &str = "[limits]\nclient_request_timeout_ms = 1000\nkeep_alive_secs = 30\n";
+
+#[test]
+fn one_byte_of_a_second_request_holds_the_connection_no_longer_than_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&write_config_with(dir.path(), SLOW_LIMITS));
+    let mut conn = after_one_answer(server.port);
+    conn.write_all(b"G").unwrap();
+    let held = closed_within(&mut conn, Duration::from_secs(8));
+    assert!(
+        held.is_some_and(|held| held < Duration::from_secs(3)),
+        "a 1 s request timeout held the connection {held:?}"
+    );
+}
+
+#[test]
+fn a_chunked_body_trickled_after_the_answer_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&write_config_with(dir.path(), SLOW_LIMITS));
+    let mut conn = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n",
+    )
+    .unwrap();
+    let answer = read_answer(&mut conn);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let started = Instant::now();
+    let mut cut = false;
+    while started.elapsed() < Duration::from_secs(8) {
+        if conn.write_all(b"1\r\nb\r\n").is_err() {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        cut && started.elapsed() < Duration::from_secs(4),
+        "the trickling client was held {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn idle_kept_alive_connections_close_after_keep_alive_secs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&write_config_with(
+        dir.path(),
+        "[limits]\nclient_request_timeout_ms = 10000\nkeep_alive_secs = 1\n",
+    ));
+    let mut conn = after_one_answer(server.port);
+    let held = closed_within(&mut conn, Duration::from_secs(8));
+    assert!(
+        held.is_some_and(|held| held < Duration::from_secs(3)),
+        "a 1 s keep-alive held the idle connection {held:?}"
+    );
+}
+
+#[test]
+fn verify_answers_again_once_slow_clients_holding_every_slot_are_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_with(
+        dir.path(),
+        "[limits]\nclient_request_timeout_ms = 1000\nkeep_alive_secs = 30\nmax_connections = 2\n",
+    );
+    // One worker, so two connections hold every slot.
+    let server = Server::start_with_env(&config, &[("AGENT_TOKENS__SERVER__WORKERS", "1")]);
+    let mut slow: Vec<TcpStream> = (0..2).map(|_| after_one_answer(server.port)).collect();
+    for conn in &mut slow {
+        conn.write_all(b"G").unwrap();
+    }
+    let started = Instant::now();
+    let answer = exchange(
+        server.port,
+        &format!(
+            "GET /api/agent-tokens/verify HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk_agt_{}\r\nConnection: close\r\n\r\n",
+            "0".repeat(64)
+        ),
+    );
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "verify waited {:?} behind slow clients",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn serve_raises_its_open_file_soft_limit_to_the_hard_limit() {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_with(dir.path(), "");
+    let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
+    assert!(
+        hard.is_none_or(|h| h > 256),
+        "this test needs a hard limit above 256"
+    );
+    let mut command = Command::new(common::BIN);
+    command
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        command.pre_exec(move || {
+            let low = rustix::process::Rlimit {
+                current: Some(256),
+                maximum: hard,
+            };
+            rustix::process::setrlimit(rustix::process::Resource::Nofile, low)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = command.spawn().unwrap();
+    let log = common::lines_of(child.stderr.take().unwrap());
+    let port = common::port_from(&common::wait_for_line(
+        &log,
+        "listening on port",
+        &mut Vec::new(),
+    ));
+    let mut server = Server { child, port, log };
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.child.id())).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .skip(3)
+        .take(2)
+        .collect::<Vec<_>>();
+    assert_eq!(open_files[0], open_files[1], "{limits}");
+    assert_ne!(open_files[0], "256", "{limits}");
+    assert!(server.terminate().success());
 }
