@@ -1,12 +1,12 @@
 //! `agent-tokens compact`: an offline major compaction of the store.
 //!
 //! The server never needs it: fjall merges its tables in the background as
-//! they accumulate, so the store stays near its live size (measured with a
-//! million tokens under sustained rotations: see README "Storage"). The
-//! command is for an operator who wants the smallest store right now, say
-//! after revoking most tokens or before taking a copy of the directory: it
-//! rewrites every keyspace into one sorted run, dropping what was removed
-//! or overwritten, and syncs it.
+//! they accumulate, so the store stays near its live size (figures in
+//! docs/benchmarks.md, "Memory and disk"). The command is for an operator
+//! who wants the smallest store right now, say after revoking most tokens
+//! or before taking a copy of the directory: it rewrites every keyspace
+//! into one sorted run, dropping what was removed or overwritten, and
+//! syncs it.
 
 use crate::store::{Store, StoreError};
 

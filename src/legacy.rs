@@ -1,11 +1,11 @@
 //! Stores written by releases before 0.2, on sled 0.34.7: read once and
 //! copied into the current format at the first open.
 //!
-//! Why the move (measured, see README "Benchmarks"): sled's transactions
-//! read every key they write and a large store pages random leaves in for
-//! each rotation, so a million-token store rotated at 0.4x the rate of a
-//! small one, and its log only shrank by copying the whole store. An LSM
-//! tree writes blindly and compacts itself.
+//! Why the move: sled's transactions read every key they write, so a large
+//! store pages random leaves in for each rotation and rotations slow down
+//! as it grows, and its log only shrank by copying the whole store. An LSM
+//! tree writes blindly and compacts itself. Figures: docs/benchmarks.md
+//! ("Storage engine").
 //!
 //! How: the sled store is opened (its own lock too), records of schemas 1
 //! and 2 are upgraded in place as earlier releases did, then every tree is

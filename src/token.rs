@@ -164,8 +164,8 @@ const LOWER_HEX_VALUE: [u8; 256] = {
 
 /// Decodes lowercase hex into `out` (half its length), branch-free: the
 /// format allows only `0-9a-f`, and random digits defeat the branch
-/// predictor of a per-character match (measured: the largest single cost
-/// of verify before the store lookup). Returns false on any other byte.
+/// predictor of a per-character match on every verify. Returns false on
+/// any other byte.
 fn decode_lower_hex(hex: &[u8], out: &mut [u8]) -> bool {
     let mut invalid = 0u8;
     for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
