@@ -3,7 +3,8 @@
 //! Keys and their `Validation`s are prepared once at start. The algorithm is
 //! pinned by config and never taken from the token: a token whose header
 //! names an algorithm outside `jwt.algorithms`, or one the chosen key cannot
-//! serve, is refused before any signature check. `exp` is always required.
+//! serve, is refused before any signature check. `exp` is always required;
+//! `exp`, `nbf` and `iat` must be NumericDates from 1970 to 9999.
 //! This module never logs or returns the token or key material.
 //!
 //! Verified tokens are remembered by their SHA-256 (never the token itself)
@@ -38,21 +39,76 @@ const MAX_JWT_LEN: usize = 16 * 1024;
 /// Verified JWTs remembered (about 100 bytes each).
 const VERIFIED_CACHE_ENTRIES: usize = 16 * 1024;
 
-/// What a successful verification established, valid between `nbf` and `exp`.
-#[derive(Clone)]
-struct Verified {
-    user: UserId,
+/// The validity window of a verified JWT, from its `nbf` to its `exp`.
+#[derive(Clone, Copy)]
+struct Window {
     exp: u64,
     nbf: Option<u64>,
 }
 
-impl Verified {
+impl Window {
     /// jsonwebtoken's own rule: expired when `exp < now - leeway`, not yet
     /// valid when `nbf > now + leeway`.
-    fn holds_at(&self, now: u64, leeway: u64) -> bool {
-        self.exp.saturating_add(leeway) >= now
-            && self.nbf.is_none_or(|nbf| nbf <= now.saturating_add(leeway))
+    fn check_at(self, now: u64, leeway: u64) -> Result<(), JwtError> {
+        if self.exp.saturating_add(leeway) < now {
+            return Err(JwtError::Expired);
+        }
+        if self.nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
+            return Err(JwtError::NotYetValid);
+        }
+        Ok(())
     }
+}
+
+/// What a successful verification established.
+#[derive(Clone)]
+struct Verified {
+    user: UserId,
+    window: Window,
+}
+
+/// The latest time claim accepted: 9999-12-31T23:59:59Z. Anything later is
+/// no date an issuer means, and far past it a float can no longer say
+/// which second it names.
+pub const MAX_NUMERIC_DATE: u64 = 253_402_300_799;
+
+/// Which way a fractional time claim is rounded: always towards the
+/// stricter answer (an earlier `exp`, a later `nbf`).
+#[derive(Clone, Copy)]
+enum Round {
+    Down,
+    Up,
+}
+
+/// A time claim read as RFC 7519 NumericDate: a JSON number of seconds
+/// from 1970 to [`MAX_NUMERIC_DATE`], possibly fractional (RFC 7519 §2).
+/// jsonwebtoken skips a time claim it cannot read as a u64 (a string,
+/// `1e30`, 2^64, a negative number), which would switch its check off, so
+/// the claims are read here and jsonwebtoken checks none of them.
+fn numeric_date(
+    claims: &Map<String, Value>,
+    name: &'static str,
+    round: Round,
+) -> Result<Option<u64>, JwtError> {
+    let Some(value) = claims.get(name) else {
+        return Ok(None);
+    };
+    let refused = || JwtError::BadNumericDate(name);
+    if let Some(whole) = value.as_u64() {
+        return (whole <= MAX_NUMERIC_DATE)
+            .then_some(Some(whole))
+            .ok_or_else(refused);
+    }
+    let seconds = value.as_f64().ok_or_else(refused)?;
+    if !(seconds.is_finite() && (0.0..=MAX_NUMERIC_DATE as f64).contains(&seconds)) {
+        return Err(refused());
+    }
+    let whole = match round {
+        Round::Down => seconds.floor(),
+        Round::Up => seconds.ceil(),
+    };
+    // In range and whole, so the cast is exact.
+    Ok(Some(whole as u64))
 }
 
 /// Why a JWT was refused. Shown to the client only as a short description in
@@ -81,8 +137,8 @@ pub enum JwtError {
     WrongAudience,
     #[error("the token lacks the required claim {0}")]
     MissingClaim(String),
-    #[error("the token's {0} claim is not a number")]
-    NotNumeric(&'static str),
+    #[error("the token's {0} claim is not a number of seconds between 1970 and 9999")]
+    BadNumericDate(&'static str),
     #[error("the token's user claim is missing or not a string")]
     MissingUserClaim,
     #[error("the token's user claim is invalid: {0}")]
@@ -303,30 +359,25 @@ impl JwtVerifier {
         }
         let mut key = [0u8; 32];
         key.copy_from_slice(digest(&SHA256, token.as_bytes()).as_ref());
+        let now = get_current_timestamp();
         if let Some(known) = self.verified.get(&key) {
-            if known.holds_at(get_current_timestamp(), self.leeway) {
-                return Ok(known.user);
-            }
-            // Out of its window: the full check below gives the exact reason.
-            self.verified.remove(&key);
+            return match known.window.check_at(now, self.leeway) {
+                Ok(()) => Ok(known.user),
+                Err(e) => {
+                    self.verified.remove(&key);
+                    Err(e)
+                }
+            };
         }
-        let (user, exp, nbf) = self.verify_fully(token)?;
-        if let Some(exp) = exp {
-            self.verified.insert(
-                key,
-                Verified {
-                    user: user.clone(),
-                    exp,
-                    nbf,
-                },
-            );
-        }
+        let verified = self.verify_fully(token, now)?;
+        let user = verified.user.clone();
+        self.verified.insert(key, verified);
         Ok(user)
     }
 
-    /// The signature and claims check, with `exp` and `nbf` when they are
-    /// whole numbers (a token whose times are not is verified every time).
-    fn verify_fully(&self, token: &str) -> Result<(UserId, Option<u64>, Option<u64>), JwtError> {
+    /// The signature, issuer and audience (by jsonwebtoken), then the time
+    /// claims and the user claim (here).
+    fn verify_fully(&self, token: &str, now: u64) -> Result<Verified, JwtError> {
         let header = decode_header(token).map_err(|_| JwtError::Malformed)?;
         if !self.allowed.contains(&header.alg) {
             return Err(JwtError::AlgorithmNotAllowed);
@@ -335,26 +386,20 @@ impl JwtVerifier {
         if !key.validation.algorithms.contains(&header.alg) {
             return Err(JwtError::AlgorithmNotAllowed);
         }
-        let data = decode::<Map<String, Value>>(token, &key.key, &key.validation)?;
-        // jsonwebtoken skips an nbf it cannot read as a number; RFC 7519 §4.1.5
-        // requires a NumericDate, so a string must not switch the check off.
-        if data.claims.get("nbf").is_some_and(|v| !v.is_number()) {
-            return Err(JwtError::NotNumeric("nbf"));
-        }
-        let claim = data
-            .claims
+        let claims = decode::<Map<String, Value>>(token, &key.key, &key.validation)?.claims;
+        let exp = numeric_date(&claims, "exp", Round::Down)?
+            .ok_or_else(|| JwtError::MissingClaim("exp".to_owned()))?;
+        let nbf = numeric_date(&claims, "nbf", Round::Up)?;
+        // Not checked against the clock (issuers' clocks drift), only read.
+        numeric_date(&claims, "iat", Round::Down)?;
+        let window = Window { exp, nbf };
+        window.check_at(now, self.leeway)?;
+        let claim = claims
             .get(&self.user_claim)
             .and_then(Value::as_str)
             .ok_or(JwtError::MissingUserClaim)?;
-        let user = UserId::parse(claim).map_err(JwtError::BadUserClaim)?;
-        let exp = data.claims.get("exp").and_then(Value::as_u64);
-        match data.claims.get("nbf") {
-            None => Ok((user, exp, None)),
-            Some(nbf) => match nbf.as_u64() {
-                Some(nbf) => Ok((user, exp, Some(nbf))),
-                None => Ok((user, None, None)),
-            },
-        }
+        let user = UserId::from_claim(claim).map_err(JwtError::BadUserClaim)?;
+        Ok(Verified { user, window })
     }
 
     fn select_key(&self, alg: Algorithm, kid: Option<&str>) -> Result<&VerifyKey, JwtError> {
@@ -376,10 +421,10 @@ impl JwtVerifier {
 
 fn base_validation(settings: &JwtSettings) -> Validation {
     let mut v = Validation::new(Algorithm::HS256);
-    v.leeway = settings.leeway_secs;
-    v.validate_exp = true;
-    v.validate_nbf = true;
-    let mut required = vec!["exp"];
+    // The time claims are read and checked by `numeric_date` and `Verified`.
+    v.validate_exp = false;
+    v.validate_nbf = false;
+    let mut required = Vec::new();
     if let Some(iss) = &settings.issuer {
         v.set_issuer(&[iss]);
         required.push("iss");

@@ -721,3 +721,213 @@ fn a_token_not_yet_valid_is_refused_every_time() {
         assert_eq!(verifier.verify(&token).unwrap_err(), JwtError::NotYetValid);
     }
 }
+
+// --- time claims out of range ---
+
+/// An HS256 JWT over claims given as raw JSON text, so numbers no Rust
+/// type holds (2^64, 1e400) reach the verifier exactly as an issuer wrote them.
+fn hs256_raw(claims: &str) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let signing_input = format!(
+        "{}.{}",
+        b64.encode(r#"{"alg":"HS256","typ":"JWT"}"#),
+        b64.encode(claims)
+    );
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET_32.as_bytes());
+    let tag = ring::hmac::sign(&key, signing_input.as_bytes());
+    format!("{signing_input}.{}", b64.encode(tag.as_ref()))
+}
+
+fn hs256_verifier() -> JwtVerifier {
+    JwtVerifier::from_settings(&with_secret(&["HS256"], SECRET_32)).unwrap()
+}
+
+/// Values no issuer means as a time: too large for any integer type,
+/// negative, not a number, past the year 9999.
+const ABSURD_TIMES: &[&str] = &[
+    "1e30",
+    "18446744073709551616",
+    "18446744073709551615",
+    "9223372036854775808",
+    "1e19",
+    "253402300800",
+    "-1",
+    "-1e30",
+    "-0.5",
+    "\"1700000000\"",
+    "null",
+    "true",
+];
+
+#[test]
+fn an_nbf_too_large_to_represent_is_refused() {
+    let verifier = hs256_verifier();
+    let exp = jsonwebtoken::get_current_timestamp() + 3600;
+    for nbf in ABSURD_TIMES {
+        let token = hs256_raw(&format!(r#"{{"sub":"u","exp":{exp},"nbf":{nbf}}}"#));
+        for _ in 0..2 {
+            assert_eq!(
+                verifier.verify(&token).unwrap_err(),
+                JwtError::BadNumericDate("nbf"),
+                "nbf {nbf}"
+            );
+        }
+    }
+    // Beyond f64 (unreadable claims), or not a number at all.
+    for nbf in ["1e400", "[1700000000]", "{}"] {
+        let token = hs256_raw(&format!(r#"{{"sub":"u","exp":{exp},"nbf":{nbf}}}"#));
+        assert!(verifier.verify(&token).is_err(), "nbf {nbf}");
+    }
+}
+
+#[test]
+fn an_absurd_exp_or_iat_is_refused() {
+    let verifier = hs256_verifier();
+    let now = jsonwebtoken::get_current_timestamp();
+    for value in ABSURD_TIMES {
+        let token = hs256_raw(&format!(r#"{{"sub":"u","exp":{value}}}"#));
+        assert_eq!(
+            verifier.verify(&token).unwrap_err(),
+            JwtError::BadNumericDate("exp"),
+            "exp {value}"
+        );
+        let token = hs256_raw(&format!(
+            r#"{{"sub":"u","exp":{},"iat":{value}}}"#,
+            now + 3600
+        ));
+        assert_eq!(
+            verifier.verify(&token).unwrap_err(),
+            JwtError::BadNumericDate("iat"),
+            "iat {value}"
+        );
+    }
+}
+
+#[test]
+fn times_up_to_the_year_9999_and_fractional_times_are_accepted() {
+    let verifier = hs256_verifier();
+    let now = jsonwebtoken::get_current_timestamp();
+    let fine = [
+        r#"{"sub":"u","exp":253402300799}"#.to_owned(),
+        format!(
+            r#"{{"sub":"u","exp":{}.75,"iat":{now}.25,"nbf":{}.5}}"#,
+            now + 60,
+            now - 60
+        ),
+        format!(r#"{{"sub":"u","exp":{},"iat":0,"nbf":0}}"#, now + 60),
+        format!(r#"{{"sub":"u","exp":{}e0}}"#, now + 60),
+    ];
+    for claims in fine {
+        assert_eq!(
+            verifier.verify(&hs256_raw(&claims)).unwrap().as_str(),
+            "u",
+            "{claims}"
+        );
+    }
+}
+
+#[test]
+fn fractional_times_round_towards_refusal() {
+    let s = JwtSettings {
+        leeway_secs: 0,
+        ..with_secret(&["HS256"], SECRET_32)
+    };
+    let verifier = JwtVerifier::from_settings(&s).unwrap();
+    let now = jsonwebtoken::get_current_timestamp();
+    // An exp 0.9 s before now is past (rounded down), an nbf in the coming
+    // second is ahead (rounded up).
+    let token = hs256_raw(&format!(r#"{{"sub":"u","exp":{}.1}}"#, now - 1));
+    assert_eq!(verifier.verify(&token).unwrap_err(), JwtError::Expired);
+    let token = hs256_raw(&format!(
+        r#"{{"sub":"u","exp":{},"nbf":{}.5}}"#,
+        now + 60,
+        now + 2
+    ));
+    assert_eq!(verifier.verify(&token).unwrap_err(), JwtError::NotYetValid);
+}
+
+#[test]
+fn an_exp_too_large_is_refused_even_before_the_signature_would_be_remembered() {
+    // A token refused once is never remembered: the refusal repeats.
+    let verifier = hs256_verifier();
+    let token = hs256_raw(r#"{"sub":"u","exp":1e30}"#);
+    for _ in 0..3 {
+        assert_eq!(
+            verifier.verify(&token).unwrap_err(),
+            JwtError::BadNumericDate("exp")
+        );
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn an_integer_nbf_is_honoured_or_refused_never_skipped(nbf in proptest::prelude::any::<i128>()) {
+        let verifier = hs256_verifier();
+        let now = i128::from(jsonwebtoken::get_current_timestamp());
+        let token = hs256_raw(&format!(r#"{{"sub":"u","exp":{},"nbf":{nbf}}}"#, now + 3600));
+        let result = verifier.verify(&token);
+        if nbf < 0 || nbf > MAX_NUMERIC_DATE as i128 {
+            proptest::prop_assert_eq!(result.unwrap_err(), JwtError::BadNumericDate("nbf"));
+        } else if nbf > now + 60 {
+            proptest::prop_assert_eq!(result.unwrap_err(), JwtError::NotYetValid);
+        } else if nbf < now {
+            proptest::prop_assert!(result.is_ok());
+        }
+    }
+
+    #[test]
+    fn a_float_nbf_is_honoured_or_refused_never_skipped(nbf in proptest::prelude::any::<f64>()) {
+        proptest::prop_assume!(nbf.is_finite());
+        let verifier = hs256_verifier();
+        let now = jsonwebtoken::get_current_timestamp() as f64;
+        let token = hs256_raw(&format!(r#"{{"sub":"u","exp":{},"nbf":{nbf:e}}}"#, now + 3600.0));
+        let result = verifier.verify(&token);
+        if !(0.0..=MAX_NUMERIC_DATE as f64).contains(&nbf) {
+            proptest::prop_assert_eq!(result.unwrap_err(), JwtError::BadNumericDate("nbf"));
+        } else if nbf > now + 60.0 {
+            proptest::prop_assert_eq!(result.unwrap_err(), JwtError::NotYetValid);
+        } else if nbf < now {
+            proptest::prop_assert!(result.is_ok());
+        }
+    }
+
+    #[test]
+    fn an_exp_is_honoured_or_refused_never_skipped(exp in proptest::prelude::any::<i128>()) {
+        let verifier = hs256_verifier();
+        let now = i128::from(jsonwebtoken::get_current_timestamp());
+        let token = hs256_raw(&format!(r#"{{"sub":"u","exp":{exp}}}"#));
+        let result = verifier.verify(&token);
+        if exp < 0 || exp > MAX_NUMERIC_DATE as i128 {
+            proptest::prop_assert_eq!(result.unwrap_err(), JwtError::BadNumericDate("exp"));
+        } else if exp < now - 60 {
+            proptest::prop_assert_eq!(result.unwrap_err(), JwtError::Expired);
+        } else if exp > now + 60 {
+            proptest::prop_assert!(result.is_ok());
+        }
+    }
+}
+
+#[test]
+fn a_user_claim_a_gateway_would_rewrite_is_refused() {
+    let verifier = hs256_verifier();
+    let exp = jsonwebtoken::get_current_timestamp() + 3600;
+    for (sub, why) in [
+        (" alice", UserIdError::SurroundingWhitespace),
+        ("alice ", UserIdError::SurroundingWhitespace),
+        (" ", UserIdError::SurroundingWhitespace),
+        ("ali\u{200B}ce", UserIdError::NonPrinting('\u{200B}')),
+        ("\u{202E}ecila", UserIdError::NonPrinting('\u{202E}')),
+        ("alice\u{2028}", UserIdError::SurroundingWhitespace),
+        ("al\u{2028}ice", UserIdError::NonPrinting('\u{2028}')),
+    ] {
+        let token = hs256(&json!({ "sub": sub, "exp": exp }));
+        assert_eq!(
+            verifier.verify(&token).unwrap_err(),
+            JwtError::BadUserClaim(why),
+            "{sub:?}"
+        );
+    }
+}

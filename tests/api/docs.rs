@@ -108,11 +108,13 @@ fn jwt_errors() -> Vec<JwtError> {
         JwtError::WrongIssuer,
         JwtError::WrongAudience,
         JwtError::MissingClaim("<name>".into()),
-        JwtError::NotNumeric("nbf"),
+        JwtError::BadNumericDate("<name>"),
         JwtError::MissingUserClaim,
         JwtError::BadUserClaim(UserIdError::Empty),
         JwtError::BadUserClaim(UserIdError::TooLong),
         JwtError::BadUserClaim(UserIdError::ControlCharacter),
+        JwtError::BadUserClaim(UserIdError::SurroundingWhitespace),
+        JwtError::BadUserClaim(UserIdError::NonPrinting('\u{202E}')),
     ]
 }
 

@@ -197,8 +197,28 @@ impl Family {
         add(
             "an exp that is a string",
             sign(&claims(json!({ "exp": (now() + 3600).to_string() }))),
-            "required claim exp",
+            "exp claim is not a number",
         );
+        for (claim, value) in [
+            ("nbf", json!(1e30)),
+            ("nbf", json!(18_446_744_073_709_551_616.0_f64)),
+            ("nbf", json!(-1)),
+            ("exp", json!(1e30)),
+            ("exp", json!(u64::MAX)),
+            ("exp", json!(-1)),
+            ("iat", json!(1e30)),
+            ("iat", json!(-5)),
+        ] {
+            add(
+                &format!("{claim} {value}"),
+                sign(&claims(json!({ claim: value }))),
+                match claim {
+                    "nbf" => "nbf claim is not a number",
+                    "exp" => "exp claim is not a number",
+                    _ => "iat claim is not a number",
+                },
+            );
+        }
         add(
             "a wrong iss",
             sign(&claims(json!({ "iss": "https://evil.test" }))),
@@ -254,6 +274,29 @@ impl Family {
             sign(&claims(json!({ "sub": "a\r\nX-Injected: 1" }))),
             "control characters",
         );
+        for sub in [" alice", "alice ", " ", "alice\t"] {
+            add(
+                &format!("the sub {sub:?} (a gateway strips the spaces)"),
+                sign(&claims(json!({ "sub": sub }))),
+                if sub.ends_with('\t') {
+                    "control characters"
+                } else {
+                    "starts or ends with whitespace"
+                },
+            );
+        }
+        for sub in [
+            "ali\u{200B}ce",
+            "\u{202E}ecila",
+            "al\u{2028}ice",
+            "alice\u{FEFF}x",
+        ] {
+            add(
+                &format!("the sub {sub:?} (an invisible character)"),
+                sign(&claims(json!({ "sub": sub }))),
+                "invisible or non-printing character",
+            );
+        }
         add(
             "its payload changed to another sub, signature kept",
             with_payload(&valid, &good_claims("user-2")),
@@ -842,4 +885,16 @@ async fn an_nbf_an_hour_ahead_is_enforced_whether_fractional_or_a_string() {
         );
         assert_invalid_jwt(resp).await;
     }
+}
+
+#[tokio::test]
+async fn a_user_id_a_gateway_would_rewrite_gets_401_and_no_token() {
+    let app = spawn_app().await;
+    for sub in [" alice", "alice ", "ali\u{200B}ce"] {
+        let token = sign_hs(Algorithm::HS256, &claims(sub), HMAC_SECRET.as_bytes());
+        assert_invalid_jwt(app.rotate(&token).await).await;
+        assert_invalid_jwt(app.get_or_create(&token).await).await;
+    }
+    let (stored, _dir) = app.stop_and_inspect().await;
+    assert!(stored.users.is_empty(), "no token was stored");
 }
