@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use actix_web::http::header::HeaderName;
 use secrecy::SecretString;
 use serde::{Deserialize, Deserializer};
 
@@ -70,17 +71,25 @@ impl Default for LimitSettings {
     }
 }
 
-/// Per-client rate limit on the token-management routes.
+/// Rate limits on the token-management routes (the model: `crate::limits`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitSettings {
-    /// Sustained requests per minute per client address; 0 turns the limit off.
+    /// Token changes (create, rotate, revoke that change something) per
+    /// minute per user, sustained; 0 turns every rate limit off.
     pub management_per_minute: u32,
-    /// Requests a client may make at once before the rate applies.
+    /// Changes a user may make at once before the rate applies.
     pub management_burst: u32,
+    /// Also limit requests per client address, before the JWT is checked:
+    /// for a server clients reach directly (keyed on the peer address).
+    pub per_address: bool,
+    /// Requests per minute per client address, when that limit applies.
+    pub address_per_minute: u32,
+    /// Requests an address may make at once before its rate applies.
+    pub address_burst: u32,
     /// Behind a trusted proxy: the header carrying the client address
     /// (e.g. `X-Real-IP`; for `X-Forwarded-For` the last entry is used).
-    /// Empty: the peer address.
+    /// Setting it turns the per-address limit on, keyed on this header.
     pub client_ip_header: String,
 }
 
@@ -88,9 +97,24 @@ impl Default for RateLimitSettings {
     fn default() -> Self {
         Self {
             management_per_minute: 60,
-            management_burst: 30,
+            management_burst: 100,
+            per_address: false,
+            address_per_minute: 600,
+            address_burst: 300,
             client_ip_header: String::new(),
         }
+    }
+}
+
+impl RateLimitSettings {
+    /// `client_ip_header` as a header name; `None` when unset (or invalid:
+    /// [`Settings::validate`] refuses that).
+    pub fn client_ip_header_name(&self) -> Option<HeaderName> {
+        let name = self.client_ip_header.trim();
+        if name.is_empty() {
+            return None;
+        }
+        HeaderName::from_bytes(name.as_bytes()).ok()
     }
 }
 
@@ -325,11 +349,7 @@ impl Settings {
                 "limits.max_connections must be more than 0.",
             ));
         }
-        if self.rate_limit.management_per_minute > 0 && self.rate_limit.management_burst == 0 {
-            return Err(ConfigError::new(
-                "rate_limit.management_burst must be at least 1 when rate_limit.management_per_minute is set.",
-            ));
-        }
+        self.validate_rate_limit()?;
         if self.storage.path.as_os_str().is_empty() {
             return Err(ConfigError::new("storage.path must not be empty."));
         }
@@ -370,6 +390,37 @@ impl Settings {
             return Err(ConfigError::new(
                 "tokens.max_age_days must be between 1 and 36500 when set; remove it for tokens that do not expire.",
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_rate_limit(&self) -> Result<(), ConfigError> {
+        let rate = &self.rate_limit;
+        let header = rate.client_ip_header.trim();
+        if !header.is_empty() && rate.client_ip_header_name().is_none() {
+            return Err(ConfigError::new(
+                "rate_limit.client_ip_header must be an HTTP header name such as X-Real-IP.",
+            ));
+        }
+        if rate.management_per_minute == 0 {
+            return Ok(());
+        }
+        if rate.management_burst == 0 {
+            return Err(ConfigError::new(
+                "rate_limit.management_burst must be at least 1 when rate_limit.management_per_minute is set.",
+            ));
+        }
+        if rate.per_address || !header.is_empty() {
+            if rate.address_per_minute == 0 {
+                return Err(ConfigError::new(
+                    "rate_limit.address_per_minute must be at least 1 when the per-address limit is on (rate_limit.per_address or rate_limit.client_ip_header).",
+                ));
+            }
+            if rate.address_burst == 0 {
+                return Err(ConfigError::new(
+                    "rate_limit.address_burst must be at least 1 when the per-address limit is on (rate_limit.per_address or rate_limit.client_ip_header).",
+                ));
+            }
         }
         Ok(())
     }
@@ -569,6 +620,12 @@ mod tests {
         assert_eq!(s.jwt.algorithms, vec!["HS256"]);
         assert_eq!(s.jwt.leeway_secs, 30);
         assert_eq!(s.jwt.user_claim, "sub");
+        assert_eq!(s.rate_limit.management_per_minute, 60);
+        assert_eq!(s.rate_limit.management_burst, 100);
+        assert!(!s.rate_limit.per_address);
+        assert_eq!(s.rate_limit.address_per_minute, 600);
+        assert_eq!(s.rate_limit.address_burst, 300);
+        assert_eq!(s.rate_limit.client_ip_header, "");
         s.validate().unwrap();
     }
 
@@ -725,6 +782,18 @@ mod tests {
             (
                 "[rate_limit]\nmanagement_burst = 0\n",
                 "rate_limit.management_burst must be at least 1 when rate_limit.management_per_minute is set.",
+            ),
+            (
+                "[rate_limit]\nper_address = true\naddress_per_minute = 0\n",
+                "rate_limit.address_per_minute must be at least 1 when the per-address limit is on (rate_limit.per_address or rate_limit.client_ip_header).",
+            ),
+            (
+                "[rate_limit]\nclient_ip_header = \"X-Real-IP\"\naddress_burst = 0\n",
+                "rate_limit.address_burst must be at least 1 when the per-address limit is on (rate_limit.per_address or rate_limit.client_ip_header).",
+            ),
+            (
+                "[rate_limit]\nclient_ip_header = \"X Real IP\"\n",
+                "rate_limit.client_ip_header must be an HTTP header name such as X-Real-IP.",
             ),
             (
                 "[server]\nshutdown_timeout_secs = 301\n",

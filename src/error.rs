@@ -72,8 +72,11 @@ pub enum ApiError {
     #[error("storage is not ready: {0}")]
     NotReady(#[source] crate::store::StoreError),
     /// Too many management requests from one client address.
-    #[error("rate limited")]
+    #[error("rate limited (client address)")]
     RateLimited { retry_after_secs: u64 },
+    /// Too many token changes by one user.
+    #[error("rate limited (token changes of one user)")]
+    TooManyChanges { retry_after_secs: u64 },
     #[error("request headers too large")]
     HeadersTooLarge,
     #[error("request body too large")]
@@ -101,7 +104,7 @@ impl ApiError {
             ApiError::AgentTokenNotAllowed => "user_jwt_required",
             ApiError::Failed { .. } | ApiError::Internal(_) => "internal_error",
             ApiError::NotReady(_) => "not_ready",
-            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::RateLimited { .. } | ApiError::TooManyChanges { .. } => "rate_limited",
             ApiError::HeadersTooLarge => "headers_too_large",
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::NotFound => "not_found",
@@ -121,7 +124,8 @@ impl ApiError {
             ApiError::Failed { op, .. } => op.failure_message(),
             ApiError::Internal(_) => "Internal server error.",
             ApiError::NotReady(_) => "Storage is not accepting writes.",
-            ApiError::RateLimited { .. } => "Too many requests. Retry later.",
+            ApiError::RateLimited { .. } => "Too many requests from this address. Retry later.",
+            ApiError::TooManyChanges { .. } => "Too many token changes for this user. Retry later.",
             ApiError::HeadersTooLarge => "The request headers are too large.",
             ApiError::PayloadTooLarge => {
                 "The request body is too large; these routes take no body."
@@ -181,7 +185,9 @@ impl ResponseError for ApiError {
             | ApiError::InvalidAgentToken(_) => StatusCode::UNAUTHORIZED,
             ApiError::Failed { .. } | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited { .. } | ApiError::TooManyChanges { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -204,7 +210,9 @@ impl ResponseError for ApiError {
         if let ApiError::MethodNotAllowed { allow } = self {
             response.insert_header((header::ALLOW, *allow));
         }
-        if let ApiError::RateLimited { retry_after_secs } = self {
+        if let ApiError::RateLimited { retry_after_secs }
+        | ApiError::TooManyChanges { retry_after_secs } = self
+        {
             response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
         }
         if let Some(challenge) = self.challenge() {

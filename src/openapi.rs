@@ -42,7 +42,7 @@ pub const AGENT_TOKEN: &str = "agent_token";
     components(schemas(routes::docs::DocPage)),
     modifiers(&SecuritySchemes, &HeadHasNoBody, &Links),
     tags(
-        (name = "token management", description = "The user's own agent token, managed with a user JWT."),
+        (name = "token management", description = "The user's own agent token, managed with a user JWT. Token changes are rate limited per user (429 with `Retry-After`); requests per client address only when the operator turns that on. The verify route is never rate limited."),
         (name = "verification", description = "For gateways and APIs: is this agent token valid?"),
         (name = "health", description = "For process supervisors and monitoring."),
         (name = "docs", description = "These API pages, as markdown, HTML and OpenAPI."),

@@ -176,11 +176,11 @@ impl ReplacePath for Vec<u8> {
 }
 
 #[tokio::test]
-async fn management_routes_are_rate_limited_per_client_but_verify_never_is() {
+async fn with_per_address_on_management_routes_are_limited_per_client_but_verify_never_is() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config_with(
         dir.path(),
-        "[rate_limit]\nmanagement_per_minute = 60\nmanagement_burst = 5\n",
+        "[rate_limit]\nper_address = true\naddress_per_minute = 60\naddress_burst = 5\n",
     );
     let server = Server::start(&config);
     let client = reqwest::Client::new();

@@ -89,10 +89,10 @@ enum ManagementRefusals {
     /// A declared body over `limits.max_body_bytes`: `payload_too_large`.
     #[response(status = 413)]
     PayloadTooLarge(crate::error::ErrorBody<'static>),
-    /// Over the per-client rate limit: `rate_limited`.
+    /// Over a rate limit: `rate_limited`. Changes (a create, rotate or revoke that changes something) are limited per user (`rate_limit.management_per_minute`, `rate_limit.management_burst`); a revoke is counted but never refused, and reads and no-op answers count nothing. Requests per client address are limited only when the operator sets `rate_limit.client_ip_header` or `rate_limit.per_address`. `rate_limit.management_per_minute = 0` turns both off.
     #[response(
         status = 429,
-        headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))
+        headers(("Retry-After" = u64, description = "Seconds to wait before retrying (at least 1)."))
     )]
     RateLimited(crate::error::ErrorBody<'static>),
     /// Request headers over `limits.max_header_bytes`: `headers_too_large`.
@@ -177,6 +177,8 @@ async fn rotate(
     UserJwt(user): UserJwt,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    // Every rotate changes something (it creates or replaces).
+    let reservation = state.limits.reserve_change(&user)?;
     let (token, new) = fresh_token(&state, Operation::StoreToken)?;
     let (_, replaced) = state
         .store
@@ -188,6 +190,7 @@ async fn rotate(
         )
         .await
         .map_err(|e| ApiError::failed(Operation::StoreToken, e))?;
+    reservation.commit();
     METRICS.token_operation(if replaced {
         TokenOperation::Rotated
     } else {
@@ -238,6 +241,8 @@ async fn get_or_create(
             .map_err(|e| ApiError::failed(op, e))?;
         return Ok(existing_answer(existing.prefix));
     }
+    // It may create: reserve a change, given back if a token turns up.
+    let reservation = state.limits.reserve_change(&user)?;
     let (token, new) = fresh_token(&state, op)?;
     let outcome = state
         .store
@@ -246,6 +251,7 @@ async fn get_or_create(
         .map_err(|e| ApiError::failed(op, e))?;
     Ok(match outcome {
         GetOrCreate::Created(record) => {
+            reservation.commit();
             METRICS.token_operation(TokenOperation::Created);
             log::info!(
                 "created an agent token for user {user:?} ({})",
@@ -299,6 +305,8 @@ async fn revoke(
         .await
         .map_err(|e| ApiError::failed(Operation::Revoke, e))?;
     if removed {
+        // Counted after the fact and never refused: see `charge_change`.
+        state.limits.charge_change(&user);
         METRICS.token_operation(TokenOperation::Revoked);
         log::info!("revoked the agent token of user {user:?}");
     }

@@ -89,6 +89,9 @@ fn management_errors() -> Vec<ApiError> {
         ApiError::RateLimited {
             retry_after_secs: 1,
         },
+        ApiError::TooManyChanges {
+            retry_after_secs: 1,
+        },
         ApiError::HeadersTooLarge,
         ApiError::NotFound,
         ApiError::MethodNotAllowed { allow: "GET" },
@@ -696,7 +699,9 @@ async fn live_answers_match_the_documented_schemas() {
 #[tokio::test]
 async fn limit_answers_match_the_documented_schemas() {
     let app = spawn_app_with(
-        TestConfig::hs256().with("[rate_limit]\nmanagement_per_minute = 1\nmanagement_burst = 1"),
+        TestConfig::hs256().with(
+            "[rate_limit]\nmanagement_per_minute = 1\nmanagement_burst = 1\nclient_ip_header = \"X-Real-IP\"\naddress_per_minute = 1\naddress_burst = 1",
+        ),
     )
     .await;
     let doc = openapi(&app).await;
@@ -722,9 +727,10 @@ async fn limit_answers_match_the_documented_schemas() {
         .unwrap();
     assert_eq!(big_headers.status().as_u16(), 431);
     assert_conforms(&doc, "get", me, big_headers).await;
+    // Over the user's change limit (rotations), then over the address limit.
     let mut statuses = Vec::new();
     for _ in 0..3 {
-        let resp = app.get_me(&jwt).await;
+        let resp = app.rotate(&jwt).await;
         statuses.push(resp.status().as_u16());
         if resp.status().as_u16() == 429 {
             let retry = resp.headers().get("retry-after").unwrap().to_str().unwrap();
@@ -732,6 +738,23 @@ async fn limit_answers_match_the_documented_schemas() {
                 retry.parse::<u64>().is_ok(),
                 "Retry-After {retry:?} is an integer"
             );
+            assert_conforms(&doc, "post", me, resp).await;
+        }
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let resp = app
+            .client
+            .get(app.url(me))
+            .bearer_auth(&jwt)
+            .header("x-real-ip", "192.0.2.1")
+            .send()
+            .await
+            .unwrap();
+        statuses.push(resp.status().as_u16());
+        if resp.status().as_u16() == 429 {
+            assert!(resp.headers().contains_key("retry-after"));
             assert_conforms(&doc, "get", me, resp).await;
         }
     }

@@ -7,6 +7,7 @@ mod failures;
 mod gateway;
 mod helpers;
 mod jwt;
+mod limits;
 mod ops;
 mod persistence;
 mod tokens;
