@@ -29,6 +29,7 @@ use crate::live::LiveStore;
 use crate::metrics::METRICS;
 use crate::policy::TokenPolicy;
 use crate::routes;
+use crate::routes::health::Readiness;
 use crate::store::{ChangeListener, StoreError};
 
 /// What every request handler shares.
@@ -41,6 +42,8 @@ pub struct AppState {
     pub clock: Clock,
     pub policy: TokenPolicy,
     pub limits: RequestLimits,
+    /// `/readyz`'s recent probe result.
+    pub readiness: Readiness,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,8 +54,10 @@ pub enum StartupError {
     Store(#[from] StoreError),
     #[error("the store at {} is in use (is another agent-tokens running on it?); every server needs its own storage.path", path.display())]
     InUse { path: std::path::PathBuf },
-    #[error("cannot listen on {addr}: {source}. Set server.bind (or AGENT_TOKENS__SERVER__BIND) to a free address.")]
+    #[error("cannot listen on {addr}: {source}. Set {key} (or {env}) to a free address.")]
     Bind {
+        key: &'static str,
+        env: &'static str,
         addr: String,
         #[source]
         source: std::io::Error,
@@ -64,6 +69,7 @@ pub enum StartupError {
 /// A bound, ready-to-run server.
 pub struct Application {
     port: u16,
+    metrics_port: Option<u16>,
     server: Server,
     state: Arc<AppState>,
 }
@@ -78,12 +84,20 @@ impl Application {
     pub fn build_with_clock(settings: &Settings, clock: Clock) -> Result<Self, StartupError> {
         settings.validate()?;
         let jwt = JwtVerifier::from_settings(&settings.jwt)?;
-        let addr = settings.bind_addr()?;
         // Bind before opening the store so a busy port fails fast and cleanly.
-        let listener = TcpListener::bind(addr).map_err(|source| StartupError::Bind {
-            addr: addr.to_string(),
-            source,
-        })?;
+        let listener = bind(
+            settings.bind_addr()?,
+            "server.bind",
+            "AGENT_TOKENS__SERVER__BIND",
+        )?;
+        let metrics_listener = match settings.metrics_bind_addr()? {
+            Some(addr) => Some(bind(
+                addr,
+                "server.metrics_bind",
+                "AGENT_TOKENS__SERVER__METRICS_BIND",
+            )?),
+            None => None,
+        };
         let answers = Arc::new(Answers::default());
         let store = LiveStore::open(
             &settings.storage.path,
@@ -102,12 +116,14 @@ impl Application {
             clock,
             policy: TokenPolicy::from_settings(&settings.tokens),
             limits: RequestLimits::new(&settings.limits, &settings.rate_limit),
+            readiness: Readiness::default(),
         });
-        Self::serve(listener, state, settings)
+        Self::serve(listener, metrics_listener, state, settings)
     }
 
     fn serve(
         listener: TcpListener,
+        metrics_listener: Option<TcpListener>,
         state: Arc<AppState>,
         settings: &Settings,
     ) -> Result<Self, StartupError> {
@@ -115,6 +131,7 @@ impl Application {
         let limits = &settings.limits;
         let local = listener.local_addr().map_err(StartupError::Server)?;
         let data = web::Data::from(Arc::clone(&state));
+        let metrics_on_main = metrics_listener.is_none();
         let access_log = server_settings.access_log;
         LazyLock::force(&METRICS);
         // Built from actix-server and actix-http rather than actix-web's
@@ -135,61 +152,90 @@ impl Application {
             local,
             shutdown: builder.graceful_shutdown_signal(),
         };
-        let builder = builder
-            .listen("agent-tokens", listener, move || {
+        let mut builder = builder
+            .listen("agent-tokens", listener, {
+                let http = http.clone();
                 let data = data.clone();
-                let app = App::new()
-                    .app_data(data)
-                    // Outermost, so it times everything and sees the final status.
-                    .wrap_fn(|req, srv| {
-                        let started = Instant::now();
-                        let method = req.method().clone();
-                        let call = srv.call(req);
-                        async move {
-                            let res = call.await?;
-                            // Hot routes are named after their pattern: no allocation.
-                            let request = res.request();
-                            let pattern;
-                            let route = match request.match_name() {
-                                Some(name) => name,
-                                None => {
-                                    pattern = request.match_pattern();
-                                    pattern.as_deref().unwrap_or("unmatched")
-                                }
-                            };
-                            METRICS.observe_request(
-                                route,
-                                &method,
-                                res.status().as_u16(),
-                                started.elapsed(),
-                            );
-                            Ok(res)
-                        }
-                    })
-                    // No headers (Authorization) and no query string (a token
-                    // sent as `?access_token=`) ever reach the log.
-                    .wrap(Condition::new(
-                        access_log,
-                        Logger::new("%a \"%{request}xi\" %s %b %Dms")
-                            .custom_request_replace("request", request_line_without_query),
-                    ))
-                    .wrap_fn(|req, srv| {
-                        let phase = RequestPhase::start(&req);
-                        let call = srv.call(req);
-                        async move {
-                            let res = call.await;
-                            drop(phase);
-                            res
-                        }
-                    })
-                    .configure(routes::configure)
-                    .default_service(web::to(routes::not_found));
-                http.service(app)
+                move || {
+                    let data = data.clone();
+                    let app = App::new()
+                        .app_data(data)
+                        // Outermost, so it times everything and sees the final status.
+                        .wrap_fn(|req, srv| {
+                            let started = Instant::now();
+                            let method = req.method().clone();
+                            let call = srv.call(req);
+                            async move {
+                                let res = call.await?;
+                                // Hot routes are named after their pattern: no allocation.
+                                let request = res.request();
+                                let pattern;
+                                let route = match request.match_name() {
+                                    Some(name) => name,
+                                    None => {
+                                        pattern = request.match_pattern();
+                                        pattern.as_deref().unwrap_or("unmatched")
+                                    }
+                                };
+                                METRICS.observe_request(
+                                    route,
+                                    &method,
+                                    res.status().as_u16(),
+                                    started.elapsed(),
+                                );
+                                Ok(res)
+                            }
+                        })
+                        // No headers (Authorization) and no query string (a token
+                        // sent as `?access_token=`) ever reach the log.
+                        .wrap(Condition::new(
+                            access_log,
+                            Logger::new("%a \"%{request}xi\" %s %b %Dms")
+                                .custom_request_replace("request", request_line_without_query),
+                        ))
+                        .wrap_fn(|req, srv| {
+                            let phase = RequestPhase::start(&req);
+                            let call = srv.call(req);
+                            async move {
+                                let res = call.await;
+                                drop(phase);
+                                res
+                            }
+                        })
+                        .configure(|cfg| routes::configure(cfg, metrics_on_main))
+                        .default_service(web::to(routes::not_found));
+                    http.service(app)
+                }
             })
             .map_err(StartupError::Server)?;
+        let mut metrics_port = None;
+        if let Some(listener) = metrics_listener {
+            let local = listener.local_addr().map_err(StartupError::Server)?;
+            metrics_port = Some(local.port());
+            let http = HttpSettings { local, ..http };
+            builder = builder
+                .listen("agent-tokens-metrics", listener, move || {
+                    let app = App::new()
+                        .app_data(data.clone())
+                        .wrap_fn(|req, srv| {
+                            let phase = RequestPhase::start(&req);
+                            let call = srv.call(req);
+                            async move {
+                                let res = call.await;
+                                drop(phase);
+                                res
+                            }
+                        })
+                        .configure(routes::configure_private)
+                        .default_service(web::to(routes::not_found));
+                    http.service(app)
+                })
+                .map_err(StartupError::Server)?;
+        }
         let server = builder.run();
         Ok(Self {
             port: local.port(),
+            metrics_port,
             server,
             state,
         })
@@ -198,6 +244,11 @@ impl Application {
     /// The bound port (useful with `127.0.0.1:0`).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The port of the private `server.metrics_bind` listener, if set.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_port
     }
 
     /// A handle to stop the server (`stop(true)` finishes in-flight requests).
@@ -249,6 +300,19 @@ impl Application {
         }
         served
     }
+}
+
+fn bind(
+    addr: SocketAddr,
+    key: &'static str,
+    env: &'static str,
+) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(addr).map_err(|source| StartupError::Bind {
+        key,
+        env,
+        addr: addr.to_string(),
+        source,
+    })
 }
 
 /// What every listener's HTTP layer shares.

@@ -147,13 +147,19 @@ fn serve(config: Option<PathBuf>, dev: bool) -> ExitCode {
     crate::conn::raise_open_file_limit();
     let result = actix_web::rt::System::new().block_on(async move {
         let app = Application::build(&settings)?;
-        app.run_until_signalled(|port| match &dev_mode {
-            Some(dev) => dev.announce(&settings, port),
-            None => log::info!(
-                "agent-tokens {} listening on port {port} with storage at {}",
-                env!("CARGO_PKG_VERSION"),
-                settings.storage.path.display()
-            ),
+        let metrics_port = app.metrics_port();
+        app.run_until_signalled(|port| {
+            match &dev_mode {
+                Some(dev) => dev.announce(&settings, port),
+                None => log::info!(
+                    "agent-tokens {} listening on port {port} with storage at {}",
+                    env!("CARGO_PKG_VERSION"),
+                    settings.storage.path.display()
+                ),
+            }
+            if let Some(port) = metrics_port {
+                log::info!("/metrics and the health routes listening privately on port {port}");
+            }
         })
         .await?;
         log::info!("stopped");

@@ -129,6 +129,9 @@ pub struct ServerSettings {
     pub shutdown_timeout_secs: u64,
     /// HTTP worker threads; 0: one per CPU the process may use.
     pub workers: usize,
+    /// `IP:PORT` of a private listener for `/metrics` (and the health
+    /// routes); when set, `/metrics` leaves `bind`. Empty: off.
+    pub metrics_bind: String,
 }
 
 impl Default for ServerSettings {
@@ -138,6 +141,7 @@ impl Default for ServerSettings {
             access_log: true,
             shutdown_timeout_secs: 10,
             workers: 0,
+            metrics_bind: String::new(),
         }
     }
 }
@@ -323,7 +327,13 @@ impl Settings {
 
     /// Checks everything that does not need the key material (see `jwt::JwtVerifier`).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.bind_addr()?;
+        let bind = self.bind_addr()?;
+        // Port 0 (any free port, as tests use) never collides.
+        if bind.port() != 0 && self.metrics_bind_addr()? == Some(bind) {
+            return Err(ConfigError::new(
+                "server.metrics_bind must differ from server.bind.",
+            ));
+        }
         if self.server.shutdown_timeout_secs > 300 {
             return Err(ConfigError::new(
                 "server.shutdown_timeout_secs must be at most 300.",
@@ -426,6 +436,20 @@ impl Settings {
     }
 
     /// The parsed `server.bind` address.
+    /// The private metrics address, if `server.metrics_bind` is set.
+    pub fn metrics_bind_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let value = self.server.metrics_bind.trim();
+        if value.is_empty() {
+            return Ok(None);
+        }
+        value.parse().map(Some).map_err(|_| {
+            ConfigError::new(format!(
+                "server.metrics_bind must be an IP address and port such as 127.0.0.1:9464 (got {:?}).",
+                self.server.metrics_bind
+            ))
+        })
+    }
+
     pub fn bind_addr(&self) -> Result<SocketAddr, ConfigError> {
         self.server.bind.parse().map_err(|_| {
             ConfigError::new(format!(
@@ -767,6 +791,14 @@ mod tests {
                 "server.bind must be an IP address and port such as 127.0.0.1:8080 (got \"localhost\").",
             ),
             ("[storage]\npath = \"\"\n", "storage.path must not be empty."),
+            (
+                "[server]\nmetrics_bind = \"localhost:9464\"\n",
+                "server.metrics_bind must be an IP address and port such as 127.0.0.1:9464 (got \"localhost:9464\").",
+            ),
+            (
+                "[server]\nbind = \"127.0.0.1:9000\"\nmetrics_bind = \"127.0.0.1:9000\"\n",
+                "server.metrics_bind must differ from server.bind.",
+            ),
             (
                 "[limits]\nmax_header_bytes = 200000\n",
                 "limits.max_header_bytes must be between 1024 and 131072.",

@@ -246,3 +246,78 @@ fn serve_raises_its_open_file_soft_limit_to_the_hard_limit() {
     assert_ne!(open_files[0], "256", "{limits}");
     assert!(server.terminate().success());
 }
+
+#[test]
+fn with_metrics_bind_metrics_leave_the_main_address_for_a_private_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_with(dir.path(), "");
+    let server = Server::start_with_env(
+        &config,
+        &[("AGENT_TOKENS__SERVER__METRICS_BIND", "127.0.0.1:0")],
+    );
+    let line = common::wait_for_line(&server.log, "listening privately on port", &mut Vec::new());
+    let private =
+        common::port_from(&line.replace("listening privately on port", "listening on port"));
+    assert_ne!(private, server.port);
+    let get = |port: u16, path: &str| {
+        exchange(
+            port,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        )
+    };
+    for path in ["/metrics", "/%6detrics", "/%6D%65trics", "//metrics"] {
+        let answer = get(server.port, path);
+        assert!(
+            answer.starts_with("HTTP/1.1 404"),
+            "{path} on the main address: {answer}"
+        );
+    }
+    assert!(get(server.port, "/healthz").starts_with("HTTP/1.1 200"));
+    let metrics = get(private, "/metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(metrics.contains("# TYPE"), "{metrics}");
+    assert!(get(private, "/healthz").starts_with("HTTP/1.1 200"));
+    assert!(get(private, "/readyz").starts_with("HTTP/1.1 200"));
+    let verify = get(private, "/api/agent-tokens/verify");
+    assert!(verify.starts_with("HTTP/1.1 404"), "{verify}");
+}
+
+/// Write system calls the process has made so far (`syscw` in /proc/PID/io).
+fn write_calls(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("syscw:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_flood_of_readiness_probes_costs_at_most_one_store_write_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_with(dir.path(), "");
+    // No access-log lines: stderr writes would count.
+    let server = Server::start_with_env(&config, &[("AGENT_TOKENS__SERVER__ACCESS_LOG", "false")]);
+    let pid = server.child.id();
+    let mut conn = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let before = write_calls(pid);
+    let started = Instant::now();
+    for _ in 0..300 {
+        conn.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let answer = read_answer(&mut conn);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    let writes = write_calls(pid) - before;
+    // A probe costs about two write calls (618 for 300 probes before they
+    // were reused); the rest is slack for the store's background work.
+    assert!(
+        writes <= 6 * (seconds + 1) + 10,
+        "300 probes in {seconds} s made {writes} write calls"
+    );
+}

@@ -1,20 +1,54 @@
 //! Liveness, readiness and metrics: the operator's routes.
 
+use std::time::{Duration, Instant};
+
 use actix_web::{web, HttpResponse};
 
 use crate::app::AppState;
 use crate::error::ApiError;
+use crate::live::LiveStore;
 use crate::metrics::METRICS;
+use crate::store::StoreError;
+
+/// How long a successful durable-write probe answers for `/readyz`.
+const PROBE_REUSE: Duration = Duration::from_secs(1);
+
+/// `/readyz` needs no credential: a flood of probes must not become a
+/// flood of disk syncs. A success is reused for [`PROBE_REUSE`]; a failed
+/// store answers not-ready at once, without a probe.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    /// When the last probe succeeded; callers queue here while one probes.
+    last_success: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl Readiness {
+    pub async fn check(&self, store: &LiveStore, now: u64) -> Result<(), StoreError> {
+        if store.is_failed() {
+            return Err(StoreError::Recovering);
+        }
+        let mut last = self.last_success.lock().await;
+        if last.is_some_and(|at| at.elapsed() < PROBE_REUSE) {
+            return Ok(());
+        }
+        store.probe_write(now).await?;
+        *last = Some(Instant::now());
+        Ok(())
+    }
+}
 
 /// Registers `/healthz`; other methods get a JSON 405.
 pub fn configure_liveness(cfg: &mut web::ServiceConfig) {
     register(cfg, "/healthz", web::get().to(healthz));
 }
 
-/// Registers the other operator routes; other methods get a JSON 405.
-pub fn configure(cfg: &mut web::ServiceConfig) {
+/// Registers `/readyz`, and `/metrics` unless it has its own listener;
+/// other methods get a JSON 405.
+pub fn configure(cfg: &mut web::ServiceConfig, with_metrics: bool) {
     register(cfg, "/readyz", web::get().to(readyz));
-    register(cfg, "/metrics", web::get().to(metrics));
+    if with_metrics {
+        register(cfg, "/metrics", web::get().to(metrics));
+    }
 }
 
 fn register(cfg: &mut web::ServiceConfig, path: &'static str, handler: actix_web::Route) {
@@ -55,8 +89,8 @@ pub async fn healthz() -> HttpResponse {
 )]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     state
-        .store
-        .probe_write(state.clock.now())
+        .readiness
+        .check(&state.store, state.clock.now())
         .await
         .map_err(ApiError::NotReady)?;
     Ok(HttpResponse::Ok()

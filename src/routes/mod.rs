@@ -14,12 +14,21 @@ use crate::error::ApiError;
 /// Registers every route. The router tries resources in this order, so the
 /// ones called on every request come first: liveness probes, verify (what
 /// gateways call for each request they pass), then the management routes.
-pub fn configure(cfg: &mut web::ServiceConfig) {
+/// `/metrics` is left out when `server.metrics_bind` gives it a private
+/// listener (see [`configure_private`]).
+pub fn configure(cfg: &mut web::ServiceConfig, with_metrics: bool) {
     health::configure_liveness(cfg);
     verify::configure(cfg);
     tokens::configure(cfg);
-    health::configure(cfg);
+    health::configure(cfg, with_metrics);
     docs::configure(cfg);
+}
+
+/// The routes of the private `server.metrics_bind` listener: metrics and
+/// the health probes, nothing a user or agent calls.
+pub fn configure_private(cfg: &mut web::ServiceConfig) {
+    health::configure_liveness(cfg);
+    health::configure(cfg, true);
 }
 
 /// The shared state, borrowed from the request. The hot handlers use this
