@@ -71,6 +71,11 @@ const EXIT_CONFIG: u8 = 78;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The store holds token hashes and the audit trail: whatever the
+    // caller's umask, everything this process creates (the data directory,
+    // the storage engine's own files, temporary files) is 0700/0600 from
+    // its creation, with no window a chmod afterwards would leave.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     // The storage engine's own info lines (each recovery, flush and
     // compaction) would drown ours; its warnings and errors still show.
     env_logger::Builder::from_env(
@@ -85,6 +90,29 @@ pub fn main() -> ExitCode {
         Command::Import { config, force } => import(config, force),
         Command::Compact { config } => compact(config),
     }
+}
+
+/// Writes to stdout without panicking: `println!` panics (exit 101) when
+/// the reader has gone (`| head -c1`); here that ends the output quietly,
+/// as other command-line tools do.
+fn print_stdout(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(text).and_then(|()| out.flush()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        Err(e) => eprintln!("agent-tokens: cannot write to stdout: {e}"),
+    }
+}
+
+/// A write refused because the reader went away, also when it surfaced
+/// through the JSON encoder.
+fn is_broken_pipe(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::BrokenPipe
+        || e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<serde_json::Error>())
+            .and_then(serde_json::Error::io_error_kind)
+            == Some(std::io::ErrorKind::BrokenPipe)
 }
 
 fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
@@ -114,15 +142,15 @@ fn check_config(path: PathBuf) -> ExitCode {
         Err(e) => return fail(EXIT_CONFIG, e),
     };
     warn_obsolete(&settings);
-    println!(
-        "config OK: listen {}, storage {} (cache {} MiB), JWT {} with {}, user claim {:?}",
+    print_stdout(format_args!(
+        "config OK: listen {}, storage {} (cache {} MiB), JWT {} with {}, user claim {:?}\n",
         settings.server.bind,
         settings.storage.path.display(),
         settings.storage.cache_mb,
         settings.jwt.algorithms.join("/"),
         jwt.describe_keys(),
         settings.jwt.user_claim,
-    );
+    ));
     ExitCode::SUCCESS
 }
 
@@ -224,6 +252,9 @@ fn export(config: PathBuf) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        // The reader went away (`| head`): the export is incomplete, and
+        // whoever closed the pipe needs no message about it.
+        Err(BackupError::Write(e)) if is_broken_pipe(&e) => ExitCode::from(EXIT_IOERR),
         Err(e) => backup_failure("", e),
     }
 }
@@ -288,12 +319,14 @@ fn check(config: PathBuf) -> ExitCode {
         Err(code) => return code,
     };
     match crate::check::check_store(&settings.storage.path) {
+        // The verdict is the exit code, whether or not the reader of the
+        // report stayed (`| head`).
         Ok(report) if report.is_consistent() => {
-            println!("{report}");
+            print_stdout(format_args!("{report}\n"));
             ExitCode::SUCCESS
         }
         Ok(report) => {
-            print!("{report}");
+            print_stdout(format_args!("{report}"));
             ExitCode::from(1)
         }
         Err(e @ crate::check::CheckError::InUse(_)) => fail(EXIT_TEMPFAIL, e),

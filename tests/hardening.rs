@@ -321,3 +321,158 @@ fn a_flood_of_readiness_probes_costs_at_most_one_store_write_a_second() {
         "300 probes in {seconds} s made {writes} write calls"
     );
 }
+
+/// Runs the binary with `args` under `umask`, stdin from `input`; returns
+/// the exit code, stdout and stderr. With `close_stdout`, its reader is gone
+/// before it writes anything.
+fn run_tool(args: &[&str], umask: u32, input: &[u8], close_stdout: bool) -> (i32, Vec<u8>, String) {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let mut command = Command::new(common::BIN);
+    command
+        .args(args)
+        .env_remove("AGENT_TOKENS__SERVER__BIND")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: umask is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        command.pre_exec(move || {
+            rustix::process::umask(rustix::fs::Mode::from_raw_mode(umask));
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let reader = if close_stdout {
+        drop(stdout);
+        None
+    } else {
+        Some(std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let mut stdout = stdout;
+            stdout.read_to_end(&mut out).unwrap();
+            out
+        }))
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).unwrap();
+    drop(stdin);
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    let out = reader.map(|r| r.join().unwrap()).unwrap_or_default();
+    (status.code().unwrap_or(-1), out, stderr)
+}
+
+/// A store with one user's token in it, written by the server under `umask`.
+fn store_with_a_token(dir: &std::path::Path, umask: u32) -> std::path::PathBuf {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let config = write_config_with(dir, "");
+    let mut command = Command::new(common::BIN);
+    command
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .env_remove("AGENT_TOKENS__SERVER__BIND")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: umask is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        command.pre_exec(move || {
+            rustix::process::umask(rustix::fs::Mode::from_raw_mode(umask));
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().unwrap();
+    let log = common::lines_of(child.stderr.take().unwrap());
+    let port = common::port_from(&common::wait_for_line(
+        &log,
+        "listening on port",
+        &mut Vec::new(),
+    ));
+    let mut server = Server { child, port, log };
+    let answer = exchange(
+        port,
+        &format!(
+            "POST /api/agent-tokens/me/get-or-create HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            common::hs256_jwt("alice")
+        ),
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(server.terminate().success());
+    config
+}
+
+/// Every directory and file under `root` whose mode lets group or others in.
+fn open_to_others(root: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_owned()];
+    while let Some(path) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            found.push(format!("{} {mode:o}", path.display()));
+        }
+        if meta.is_dir() {
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    found
+}
+
+#[test]
+fn the_data_directory_and_its_files_are_private_whatever_the_umask() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = store_with_a_token(dir.path(), 0o022);
+    let exposed = open_to_others(&dir.path().join("db"));
+    assert!(
+        exposed.is_empty(),
+        "written by serve under umask 022: {exposed:#?}"
+    );
+
+    // The offline tools too: an import creates a new store.
+    let config = config.to_str().unwrap();
+    let (code, export, stderr) = run_tool(&["export", "--config", config], 0o022, b"", false);
+    assert_eq!(code, 0, "{stderr}");
+    let other = tempfile::tempdir().unwrap();
+    let other_config = write_config_with(other.path(), "");
+    let (code, _, stderr) = run_tool(
+        &["import", "--config", other_config.to_str().unwrap()],
+        0o022,
+        &export,
+        false,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let exposed = open_to_others(&other.path().join("db"));
+    assert!(
+        exposed.is_empty(),
+        "written by import under umask 022: {exposed:#?}"
+    );
+}
+
+#[test]
+fn commands_whose_reader_goes_away_exit_quietly_without_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = store_with_a_token(dir.path(), 0o077);
+    let config = config.to_str().unwrap();
+    // check's verdict stays its exit code; check-config's too.
+    for (args, expected) in [
+        (["check", "--config", config], 0),
+        (["check-config", "--config", config], 0),
+        // An export cut short is not a success, but needs no message.
+        (["export", "--config", config], 74),
+    ] {
+        let (code, _, stderr) = run_tool(&args, 0o077, b"", true);
+        assert_eq!(code, expected, "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("Broken pipe"), "{args:?}: {stderr}");
+    }
+}
