@@ -1,4 +1,4 @@
-//! User-JWT verification through `agent_tokens::jwt::JwtVerifier`, one
+//! User-JWT verification through `agent_tokens::domain::jwt::JwtVerifier`, one
 //! algorithm per key family: HS256 (HMAC secret), RS256 (RSA 2048), ES256
 //! (EC P-256) and EdDSA (Ed25519). Tokens are signed with the private keys in
 //! tests/fixtures/; the verifier loads the public halves, as `serve` does.
@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use agent_tokens::config::JwtSettings;
-use agent_tokens::jwt::JwtVerifier;
+use agent_tokens::domain::jwt::JwtVerifier;
 use criterion::{criterion_group, criterion_main, Criterion};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use secrecy::SecretString;

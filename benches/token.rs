@@ -6,7 +6,7 @@
 
 use std::hint::black_box;
 
-use agent_tokens::token::{PlainToken, PresentedToken, TokenHash};
+use agent_tokens::domain::token::{PlainToken, PresentedToken, TokenHash};
 use criterion::{criterion_group, criterion_main, Criterion};
 use ring::rand::SystemRandom;
 

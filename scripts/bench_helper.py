@@ -55,7 +55,7 @@ def hs256_jwt(secret, sub, now, lifetime=6 * 3600):
 def cmd_gen(a):
     """Writes seed.jsonl, verify_tokens.txt, me_jwts.txt, rotate_jwts.txt and gen.json.
 
-    Token format (src/token.rs): sk_agt_ + hex(28 random bytes + first 4
+    Token format (src/domain/token.rs): sk_agt_ + hex(28 random bytes + first 4
     bytes of SHA-256 of them); the store keeps SHA-256 of the whole string.
     The last `rotate` users are kept for rotations; the verify/status sample
     is spread evenly over the others, so rotations never touch a sampled token.

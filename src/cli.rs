@@ -6,12 +6,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::app::{Application, StartupError};
-use crate::backup::{self, BackupError};
-use crate::clock::Clock;
 use crate::config::{Settings, Sources};
-use crate::dev::DevMode;
-use crate::jwt::JwtVerifier;
+use crate::domain::clock::Clock;
+use crate::domain::jwt::JwtVerifier;
+use crate::http::app::{Application, StartupError};
+use crate::ops::backup::{self, BackupError};
+use crate::ops::dev::DevMode;
 use crate::store::StoreError;
 
 #[derive(Debug, Parser)]
@@ -172,7 +172,7 @@ fn serve(config: Option<PathBuf>, dev: bool) -> ExitCode {
         Err(e) => return fail(EXIT_CONFIG, e),
     };
     warn_obsolete(&settings);
-    crate::conn::raise_open_file_limit();
+    crate::http::conn::raise_open_file_limit();
     let result = actix_web::rt::System::new().block_on(async move {
         let app = Application::build(&settings)?;
         let metrics_port = app.metrics_port();
@@ -300,7 +300,7 @@ fn compact(config: PathBuf) -> ExitCode {
     let path = &settings.storage.path;
     let cache_mb = settings.storage.cache_mb;
     let result = backup::open_offline(path, cache_mb, true)
-        .and_then(|store| crate::compact::compact_offline(store).map_err(BackupError::Store));
+        .and_then(|store| crate::ops::compact::compact_offline(store).map_err(BackupError::Store));
     match result {
         Ok((before, after)) => {
             eprintln!(
@@ -318,7 +318,7 @@ fn check(config: PathBuf) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
-    match crate::check::check_store(&settings.storage.path) {
+    match crate::ops::check::check_store(&settings.storage.path) {
         // The verdict is the exit code, whether or not the reader of the
         // report stayed (`| head`).
         Ok(report) if report.is_consistent() => {
@@ -329,8 +329,8 @@ fn check(config: PathBuf) -> ExitCode {
             print_stdout(format_args!("{report}"));
             ExitCode::from(1)
         }
-        Err(e @ crate::check::CheckError::InUse(_)) => fail(EXIT_TEMPFAIL, e),
-        Err(e @ crate::check::CheckError::Missing(_)) => fail(EXIT_NOINPUT, e),
+        Err(e @ crate::ops::check::CheckError::InUse(_)) => fail(EXIT_TEMPFAIL, e),
+        Err(e @ crate::ops::check::CheckError::Missing(_)) => fail(EXIT_NOINPUT, e),
         Err(e) => fail(EXIT_IOERR, e),
     }
 }

@@ -71,7 +71,7 @@ impl Default for LimitSettings {
     }
 }
 
-/// Rate limits on the token-management routes (the model: `crate::limits`).
+/// Rate limits on the token-management routes (the model: `crate::http::limits`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitSettings {
@@ -149,7 +149,7 @@ impl Default for ServerSettings {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSettings {
-    /// The data directory (see [`crate::layout`]).
+    /// The data directory (see [`crate::store::layout`]).
     pub path: PathBuf,
     /// The store's block cache in MiB.
     pub cache_mb: u64,

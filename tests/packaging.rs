@@ -356,7 +356,7 @@ fn the_offline_bundle_builds_with_no_registry_access() {
         "Cargo.toml",
         "Cargo.lock",
         "src/main.rs",
-        "src/backup.rs",
+        "src/ops/backup.rs",
         "tests/packaging.rs",
         ".cargo/config.toml",
         "vendor",

@@ -5,9 +5,9 @@
 use std::sync::LazyLock;
 
 use actix_web::http::header::HeaderValue;
-use agent_tokens::auth::{agent_token_hash, authenticate_user};
+use agent_tokens::http::auth::{agent_token_hash, authenticate_user};
 use agent_tokens::config::JwtSettings;
-use agent_tokens::jwt::JwtVerifier;
+use agent_tokens::domain::jwt::JwtVerifier;
 use libfuzzer_sys::fuzz_target;
 use secrecy::SecretString;
 

@@ -1,7 +1,7 @@
 //! Token parsing: never panics, and the two parsers agree.
 #![no_main]
 
-use agent_tokens::token::{PlainToken, TokenHash};
+use agent_tokens::domain::token::{PlainToken, TokenHash};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,12 +5,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use actix_web::ResponseError;
-use agent_tokens::error::{ApiError, Operation, VerifyRefusal};
-use agent_tokens::jwt::JwtError;
-use agent_tokens::routes::docs::DocPage;
-use agent_tokens::routes::tokens::{CREATED_MESSAGE, EXISTS_MESSAGE, ROTATE_MESSAGE};
-use agent_tokens::token::TokenError;
-use agent_tokens::user::UserIdError;
+use agent_tokens::domain::jwt::JwtError;
+use agent_tokens::domain::token::TokenError;
+use agent_tokens::domain::user::UserIdError;
+use agent_tokens::http::error::{ApiError, Operation, VerifyRefusal};
+use agent_tokens::http::routes::docs::DocPage;
+use agent_tokens::http::routes::tokens::{CREATED_MESSAGE, EXISTS_MESSAGE, ROTATE_MESSAGE};
 use reqwest::Method;
 use serde_json::Value;
 

@@ -17,7 +17,7 @@ async fn app_with_a_damaged_record(victim: &str) -> TestApp {
         b"\x07garbage",
     )
     .unwrap();
-    TestApp::start_in(config, dir, agent_tokens::clock::Clock::manual()).await
+    TestApp::start_in(config, dir, agent_tokens::domain::clock::Clock::manual()).await
 }
 
 #[tokio::test]

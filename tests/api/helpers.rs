@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix_web::dev::ServerHandle;
-use agent_tokens::app::{Application, StartupError};
-use agent_tokens::clock::Clock;
 use agent_tokens::config::{Overlay, Settings, Sources};
+use agent_tokens::domain::clock::Clock;
+use agent_tokens::domain::token::TokenHash;
+use agent_tokens::http::app::{Application, StartupError};
 use agent_tokens::store::{IndexEntry, Store, UserRecord};
-use agent_tokens::token::TokenHash;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use tempfile::TempDir;

@@ -57,7 +57,7 @@ async fn a_live_token_verifies_with_the_user_id_header_and_body() {
     assert_eq!(body["token_prefix"], format!("{}...", &token[..15]));
     assert_eq!(
         body["created_at"],
-        agent_tokens::clock::rfc3339(app.clock.now())
+        agent_tokens::domain::clock::rfc3339(app.clock.now())
     );
     assert_eq!(body["expires_at"], Value::Null);
     assert!(!body.to_string().contains(&token[15..]));
@@ -178,7 +178,7 @@ async fn with_grace_the_previous_token_verifies_until_the_window_ends() {
     let resp = app.verify(&old).await;
     assert_eq!(resp.status().as_u16(), 200);
     let body: Value = resp.json().await.unwrap();
-    let until = agent_tokens::clock::rfc3339(app.clock.now() + 60);
+    let until = agent_tokens::domain::clock::rfc3339(app.clock.now() + 60);
     assert_eq!(body["expires_at"], until, "the grace end is when it stops");
 
     app.clock.advance(59);
@@ -247,7 +247,10 @@ async fn get_me_shows_created_and_last_used_times() {
     let token = app.new_token(&jwt).await;
     let created = app.clock.now();
     let me: Value = app.get_me(&jwt).await.json().await.unwrap();
-    assert_eq!(me["created_at"], agent_tokens::clock::rfc3339(created));
+    assert_eq!(
+        me["created_at"],
+        agent_tokens::domain::clock::rfc3339(created)
+    );
     assert_eq!(me["last_used_at"], Value::Null, "never used yet");
     assert_eq!(me["expires_at"], Value::Null);
     assert_eq!(me["has_token"], true);
@@ -255,7 +258,7 @@ async fn get_me_shows_created_and_last_used_times() {
     app.clock.advance(5);
     assert_eq!(app.verify_status(&token).await, 200);
     let me: Value = app.get_me(&jwt).await.json().await.unwrap();
-    let first_use = agent_tokens::clock::rfc3339(created + 5);
+    let first_use = agent_tokens::domain::clock::rfc3339(created + 5);
     assert_eq!(me["last_used_at"], first_use);
 
     // Within the minute: not stamped again (verify stays a read).
@@ -267,7 +270,7 @@ async fn get_me_shows_created_and_last_used_times() {
     app.clock.advance(1);
     assert_eq!(app.verify_status(&token).await, 200);
     let me: Value = app.get_me(&jwt).await.json().await.unwrap();
-    let second_use = agent_tokens::clock::rfc3339(created + 65);
+    let second_use = agent_tokens::domain::clock::rfc3339(created + 65);
     assert_eq!(me["last_used_at"], second_use);
 
     let app = app.restart().await;
@@ -284,7 +287,7 @@ async fn max_age_expires_tokens_and_rotation_starts_a_fresh_lifetime() {
     let jwt = user_jwt("kate");
     let token = app.new_token(&jwt).await;
     let created = app.clock.now();
-    let expires = agent_tokens::clock::rfc3339(created + 86_400);
+    let expires = agent_tokens::domain::clock::rfc3339(created + 86_400);
     let me: Value = app.get_me(&jwt).await.json().await.unwrap();
     assert_eq!(me["expires_at"], expires);
     let body: Value = app.verify(&token).await.json().await.unwrap();
@@ -305,7 +308,7 @@ async fn max_age_expires_tokens_and_rotation_starts_a_fresh_lifetime() {
     let me: Value = app.get_me(&jwt).await.json().await.unwrap();
     assert_eq!(
         me["expires_at"],
-        agent_tokens::clock::rfc3339(app.clock.now() + 86_400)
+        agent_tokens::domain::clock::rfc3339(app.clock.now() + 86_400)
     );
 }
 
@@ -473,7 +476,7 @@ async fn a_store_written_by_schema_1_is_migrated_and_its_tokens_still_verify() {
     let app = TestApp::start_in(
         TestConfig::hs256(),
         dir,
-        agent_tokens::clock::Clock::manual(),
+        agent_tokens::domain::clock::Clock::manual(),
     )
     .await;
     let resp = app.verify(&token).await;
@@ -489,7 +492,10 @@ async fn a_store_written_by_schema_1_is_migrated_and_its_tokens_still_verify() {
         .await
         .unwrap();
     assert_eq!(me["token_prefix"], prefix);
-    assert_eq!(me["created_at"], agent_tokens::clock::rfc3339(created_at));
+    assert_eq!(
+        me["created_at"],
+        agent_tokens::domain::clock::rfc3339(created_at)
+    );
     // Rotation works on a migrated record.
     let fresh = app.new_token(&user_jwt("legacy-user")).await;
     assert_refused(app.verify(&token).await, &token).await;
@@ -542,7 +548,7 @@ async fn a_store_written_by_schema_2_is_migrated_with_its_grace_token_and_last_u
     }
     let (current, current_prefix) = legacy_token(7);
     let (previous, previous_prefix) = legacy_token(8);
-    let clock = agent_tokens::clock::Clock::manual();
+    let clock = agent_tokens::domain::clock::Clock::manual();
     let now = clock.now();
     // Used within the last minute: the verifies below do not stamp it again.
     let (created_at, used_at, until) = (now - 600, now - 30, now + 3600);
@@ -597,11 +603,20 @@ async fn a_store_written_by_schema_2_is_migrated_with_its_grace_token_and_last_u
     assert_eq!(body["token_prefix"], current_prefix);
     let body: Value = app.verify(&previous).await.json().await.unwrap();
     assert_eq!(body["token_prefix"], previous_prefix);
-    assert_eq!(body["expires_at"], agent_tokens::clock::rfc3339(until));
+    assert_eq!(
+        body["expires_at"],
+        agent_tokens::domain::clock::rfc3339(until)
+    );
     let me: Value = app.get_me(&user_jwt("v2-user")).await.json().await.unwrap();
     assert_eq!(me["token_prefix"], current_prefix);
-    assert_eq!(me["created_at"], agent_tokens::clock::rfc3339(created_at));
-    assert_eq!(me["last_used_at"], agent_tokens::clock::rfc3339(used_at));
+    assert_eq!(
+        me["created_at"],
+        agent_tokens::domain::clock::rfc3339(created_at)
+    );
+    assert_eq!(
+        me["last_used_at"],
+        agent_tokens::domain::clock::rfc3339(used_at)
+    );
 
     let (stored, dir) = app.stop_and_inspect().await;
     let (_, record) = &stored.users[0];

@@ -1,7 +1,7 @@
 //! The API's mutations as queued operations, applied by the flusher thread
 //! in batches: every operation queued during one flush cycle is applied in
 //! order, and what they wrote goes to disk as one fjall write batch (see
-//! [`crate::durability`] for why that matters).
+//! [`crate::store::durability`] for why that matters).
 //!
 //! Each operation is a small struct implementing [`Apply`]: its arguments,
 //! prepared by the request (encoding happens there, not on the one thread
@@ -21,7 +21,7 @@ use std::sync::Arc;
 use fjall::{Database, Keyspace, PersistMode};
 use tokio::sync::oneshot;
 
-use crate::durability::{Applied, Committer, Completion, DurabilityError};
+use crate::store::durability::{Applied, Committer, Completion, DurabilityError};
 use crate::store::{
     decode_index, decode_user, encode_index, encode_user, grace_key, ChangeListener, Changes,
     GetOrCreate, GraceToken, IndexEntry, StoreError, UserRecord,

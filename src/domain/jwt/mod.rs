@@ -30,7 +30,7 @@ use secrecy::{ExposeSecret, SecretBox};
 use serde_json::{Map, Value};
 
 use crate::config::{ConfigError, JwtSettings};
-use crate::user::{UserId, UserIdError};
+use crate::domain::user::{UserId, UserIdError};
 
 /// Shortest accepted HMAC secret, in bytes (RFC 7518 §3.2: at least the hash size).
 pub const MIN_HMAC_SECRET_LEN: usize = 32;
@@ -618,5 +618,4 @@ fn load_jwks(path: &Path) -> Result<Vec<JwksEntry>, ConfigError> {
 }
 
 #[cfg(test)]
-#[path = "jwt_tests.rs"]
 mod tests;

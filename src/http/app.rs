@@ -19,17 +19,17 @@ use ring::rand::SystemRandom;
 use sd_notify::NotifyState;
 use tokio::net::TcpStream;
 
-use crate::answers::Answers;
-use crate::clock::Clock;
 use crate::config::{ConfigError, Settings};
-use crate::conn::{Deadlines, RequestPhase, TimedStream};
-use crate::jwt::JwtVerifier;
-use crate::limits::RequestLimits;
-use crate::live::LiveStore;
+use crate::domain::clock::Clock;
+use crate::domain::jwt::JwtVerifier;
+use crate::domain::policy::TokenPolicy;
+use crate::http::answers::Answers;
+use crate::http::conn::{Deadlines, RequestPhase, TimedStream};
+use crate::http::limits::RequestLimits;
+use crate::http::routes;
+use crate::http::routes::health::Readiness;
 use crate::metrics::METRICS;
-use crate::policy::TokenPolicy;
-use crate::routes;
-use crate::routes::health::Readiness;
+use crate::store::live::LiveStore;
 use crate::store::{ChangeListener, StoreError};
 
 /// What every request handler shares.

@@ -4,7 +4,7 @@
 //! answers (found by the token's hash, which only an issued token has) or,
 //! after the checksum refused typos and garbage, one index read. The
 //! remembered answers are forgotten by every write before it is
-//! acknowledged (see [`crate::answers`]), so a revoked or rotated-out token
+//! acknowledged (see [`crate::http::answers`]), so a revoked or rotated-out token
 //! fails on the very next request.
 
 use actix_web::http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
@@ -12,13 +12,13 @@ use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
-use crate::answers::VerifyAnswer;
-use crate::app::AppState;
-use crate::auth::presented_agent_token;
-use crate::clock::Timestamp;
-use crate::error::{ApiError, Operation, VerifyRefusal};
+use crate::domain::clock::Timestamp;
+use crate::domain::policy::needs_touch;
+use crate::http::answers::VerifyAnswer;
+use crate::http::app::AppState;
+use crate::http::auth::presented_agent_token;
+use crate::http::error::{ApiError, Operation, VerifyRefusal};
 use crate::metrics::{TokenOperation, METRICS};
-use crate::policy::needs_touch;
 use crate::store::IndexEntry;
 
 pub const VERIFY_PATH: &str = "/api/agent-tokens/verify";
@@ -61,9 +61,9 @@ pub struct ActiveResponse<'a> {
         (status = 200, description = "A live agent token.", body = ActiveResponse,
             headers(("X-Agent-User-Id" = String, description = "The id of the token's user, as its UTF-8 bytes."))),
         (status = 401, description = "Anything but a live agent token (never another 4xx).",
-            body = crate::error::InactiveBody,
+            body = crate::http::error::InactiveBody,
             headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"agent-tokens\", error=\"invalid_token\", error_description=\"...\"`"))),
-        (status = 500, description = "Failed to verify token.", body = crate::error::ErrorBody),
+        (status = 500, description = "Failed to verify token.", body = crate::http::error::ErrorBody),
     )
 )]
 async fn verify(req: HttpRequest) -> Result<HttpResponse, ApiError> {

@@ -11,10 +11,10 @@ use actix_web::dev::Payload;
 use actix_web::http::header::{HeaderValue, AUTHORIZATION};
 use actix_web::{FromRequest, HttpRequest};
 
-use crate::error::{ApiError, VerifyRefusal};
-use crate::jwt::JwtVerifier;
-use crate::token::{looks_like_agent_token, PresentedToken, TokenError, TokenHash};
-use crate::user::UserId;
+use crate::domain::jwt::JwtVerifier;
+use crate::domain::token::{looks_like_agent_token, PresentedToken, TokenError, TokenHash};
+use crate::domain::user::UserId;
+use crate::http::error::{ApiError, VerifyRefusal};
 
 /// The bearer credential in an `Authorization` header value.
 ///
@@ -91,7 +91,7 @@ pub struct UserJwt(pub UserId);
 
 impl UserJwt {
     fn authenticate(req: &HttpRequest) -> Result<Self, ApiError> {
-        let state = crate::routes::app_state(req)?;
+        let state = crate::http::routes::app_state(req)?;
         state.limits.check(req)?;
         authenticate_user(req.headers().get(AUTHORIZATION), &state.jwt).map(UserJwt)
     }
@@ -140,7 +140,7 @@ mod tests {
     }
 
     fn token() -> String {
-        crate::token::PlainToken::generate(&SystemRandom::new())
+        crate::domain::token::PlainToken::generate(&SystemRandom::new())
             .unwrap()
             .expose()
             .to_owned()

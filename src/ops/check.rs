@@ -11,12 +11,12 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::Path;
 
-use crate::layout::{self, Current};
+use crate::domain::user::UserId;
+use crate::store::layout::{self, Current};
 use crate::store::{
     decode_index, decode_user, open_db, IndexEntry, Keyspaces, StoreError, UserRecord, GRACE_TREE,
     INDEX_TREE, META_TREE, SCHEMA_KEY, SCHEMA_VERSION, USER_TREE,
 };
-use crate::user::UserId;
 
 /// What a check found.
 #[derive(Debug, Default)]
@@ -131,7 +131,8 @@ impl Raw {
                 Raw::Lsm(keyspaces, db)
             }
             Current::Sled(dir) => {
-                let db = crate::legacy::open_sled(path, &dir, CHECK_CACHE_MB).map_err(in_use)?;
+                let db =
+                    crate::store::legacy::open_sled(path, &dir, CHECK_CACHE_MB).map_err(in_use)?;
                 let trees = [USER_TREE, INDEX_TREE, GRACE_TREE, META_TREE]
                     .map(|name| db.open_tree(name).map_err(StoreError::Legacy));
                 let [users, index, grace, meta] = trees;
@@ -347,8 +348,8 @@ pub fn check_store(path: &Path) -> Result<Report, CheckError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::token::PlainToken;
     use crate::store::{NewToken, Store};
-    use crate::token::PlainToken;
     use ring::rand::SystemRandom;
 
     async fn store_with_users(path: &Path, grace_secs: u64) -> Vec<PlainToken> {

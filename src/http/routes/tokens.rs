@@ -7,13 +7,13 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::no_store;
 use serde::Serialize;
 
-use crate::app::AppState;
-use crate::auth::UserJwt;
-use crate::clock::Timestamp;
-use crate::error::{ApiError, Operation};
+use crate::domain::clock::Timestamp;
+use crate::domain::token::PlainToken;
+use crate::http::app::AppState;
+use crate::http::auth::UserJwt;
+use crate::http::error::{ApiError, Operation};
 use crate::metrics::{TokenOperation, METRICS};
 use crate::store::{GetOrCreate, NewToken};
-use crate::token::PlainToken;
 
 pub const ME_PATH: &str = "/api/agent-tokens/me";
 pub const GET_OR_CREATE_PATH: &str = "/api/agent-tokens/me/get-or-create";
@@ -85,19 +85,19 @@ enum ManagementRefusals {
         status = 401,
         headers(("WWW-Authenticate" = String, description = "An RFC 6750 Bearer challenge, realm `agent-tokens`."))
     )]
-    Unauthorized(crate::error::ErrorBody<'static>),
+    Unauthorized(crate::http::error::ErrorBody<'static>),
     /// A declared body over `limits.max_body_bytes`: `payload_too_large`.
     #[response(status = 413)]
-    PayloadTooLarge(crate::error::ErrorBody<'static>),
+    PayloadTooLarge(crate::http::error::ErrorBody<'static>),
     /// Over a rate limit: `rate_limited`. Changes (a create, rotate or revoke that changes something) are limited per user (`rate_limit.management_per_minute`, `rate_limit.management_burst`); a revoke is counted but never refused, and reads and no-op answers count nothing. Requests per client address are limited only when the operator sets `rate_limit.client_ip_header` or `rate_limit.per_address`. `rate_limit.management_per_minute = 0` turns both off.
     #[response(
         status = 429,
         headers(("Retry-After" = u64, description = "Seconds to wait before retrying (at least 1)."))
     )]
-    RateLimited(crate::error::ErrorBody<'static>),
+    RateLimited(crate::http::error::ErrorBody<'static>),
     /// Request headers over `limits.max_header_bytes`: `headers_too_large`.
     #[response(status = 431)]
-    HeadersTooLarge(crate::error::ErrorBody<'static>),
+    HeadersTooLarge(crate::http::error::ErrorBody<'static>),
 }
 
 fn fresh_token(state: &AppState, op: Operation) -> Result<(PlainToken, NewToken), ApiError> {
@@ -117,7 +117,7 @@ fn fresh_token(state: &AppState, op: Operation) -> Result<(PlainToken, NewToken)
     responses(
         (status = 200, description = "The token status; the full token is never returned here.", body = StatusResponse),
         ManagementRefusals,
-        (status = 500, description = "Failed to fetch token status.", body = crate::error::ErrorBody),
+        (status = 500, description = "Failed to fetch token status.", body = crate::http::error::ErrorBody),
     )
 )]
 async fn status(req: HttpRequest, UserJwt(user): UserJwt) -> Result<HttpResponse, ApiError> {
@@ -170,7 +170,7 @@ async fn status(req: HttpRequest, UserJwt(user): UserJwt) -> Result<HttpResponse
     responses(
         (status = 200, description = "The new token, shown only in this answer.", body = RotateResponse),
         ManagementRefusals,
-        (status = 500, description = "Failed to store agent token.", body = crate::error::ErrorBody),
+        (status = 500, description = "Failed to store agent token.", body = crate::http::error::ErrorBody),
     )
 )]
 async fn rotate(
@@ -220,7 +220,7 @@ async fn rotate(
     responses(
         (status = 200, description = "`token` is set only when `is_new` is true.", body = GetOrCreateResponse),
         ManagementRefusals,
-        (status = 500, description = "Failed to check or store token.", body = crate::error::ErrorBody),
+        (status = 500, description = "Failed to check or store token.", body = crate::http::error::ErrorBody),
     )
 )]
 async fn get_or_create(
@@ -292,7 +292,7 @@ fn existing_answer(token_prefix: String) -> HttpResponse {
     responses(
         (status = 204, description = "Revoked, or there was no token. No body."),
         ManagementRefusals,
-        (status = 500, description = "Failed to revoke token.", body = crate::error::ErrorBody),
+        (status = 500, description = "Failed to revoke token.", body = crate::http::error::ErrorBody),
     )
 )]
 async fn revoke(

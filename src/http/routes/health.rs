@@ -4,10 +4,10 @@ use std::time::{Duration, Instant};
 
 use actix_web::{web, HttpResponse};
 
-use crate::app::AppState;
-use crate::error::ApiError;
-use crate::live::LiveStore;
+use crate::http::app::AppState;
+use crate::http::error::ApiError;
 use crate::metrics::METRICS;
+use crate::store::live::LiveStore;
 use crate::store::StoreError;
 
 /// How long a successful durable-write probe answers for `/readyz`.
@@ -84,7 +84,7 @@ pub async fn healthz() -> HttpResponse {
     summary = "Readiness: storage accepts a durable write now",
     responses(
         (status = 200, description = "Always `ready`.", body = String, content_type = "text/plain"),
-        (status = 503, description = "Storage is not accepting writes.", body = crate::error::ErrorBody),
+        (status = 503, description = "Storage is not accepting writes.", body = crate::http::error::ErrorBody),
     ),
 )]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -108,7 +108,7 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     summary = "Metrics in the Prometheus text format",
     responses(
         (status = 200, description = "Prometheus text exposition format 0.0.4.", body = String, content_type = "text/plain"),
-        (status = 500, description = "Internal server error.", body = crate::error::ErrorBody),
+        (status = 500, description = "Internal server error.", body = crate::http::error::ErrorBody),
     ),
 )]
 pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {

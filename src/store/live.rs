@@ -12,7 +12,7 @@
 //! let systemd's restart loop take reads down too.
 //!
 //! It also owns the last-used stamps verify records in memory
-//! ([`crate::stamps`]): a second thread writes them every
+//! ([`crate::store::stamps`]): a second thread writes them every
 //! [`STAMP_INTERVAL`], and a stop writes what is left before it closes the
 //! store. While writes are refused the stamps wait (in memory) for the
 //! reopen.
@@ -25,13 +25,13 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 
-use crate::durability::DurabilityError;
-use crate::stamps::{PendingStamps, STAMP_INTERVAL};
+use crate::domain::token::TokenHash;
+use crate::domain::user::UserId;
+use crate::store::durability::DurabilityError;
+use crate::store::stamps::{PendingStamps, STAMP_INTERVAL};
 use crate::store::{
     ChangeListener, GetOrCreate, IndexEntry, NewToken, Store, StoreError, UserRecord,
 };
-use crate::token::TokenHash;
-use crate::user::UserId;
 
 /// Free space needed before a reopen is tried: the reopen writes a new
 /// journal and may flush memtables into tables.
@@ -448,8 +448,8 @@ mod tests {
     use ring::rand::SystemRandom;
 
     use super::*;
+    use crate::domain::token::{PlainToken, TokenHash};
     use crate::store::NoListener;
-    use crate::token::{PlainToken, TokenHash};
 
     fn new_token(rng: &SystemRandom) -> NewToken {
         NewToken::of(&PlainToken::generate(rng).unwrap())
@@ -633,7 +633,7 @@ mod tests {
         assert_holds(&live.current().unwrap(), &expected);
         drop(live);
         drop(runtime);
-        let report = crate::check::check_store(&path).unwrap();
+        let report = crate::ops::check::check_store(&path).unwrap();
         assert!(report.is_consistent(), "{report}");
         let store = Store::open(&path, 8).unwrap();
         assert_holds(&store, &expected);

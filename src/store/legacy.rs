@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use fjall::{Database, Keyspace, PersistMode};
 use sled::Tree;
 
-use crate::layout;
+use crate::store::layout;
 use crate::store::{
     decode_body, decode_index, decode_schema, decode_user, encode_index, encode_user, open_db,
     IndexEntry, Keyspaces, StoreError, UserRecord, FORMAT_V1, FORMAT_V2, GRACE_TREE, INDEX_TREE,
@@ -287,9 +287,9 @@ mod v1 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::token::TokenHash;
+    use crate::domain::user::UserId;
     use crate::store::{grace_key, GraceToken, Store};
-    use crate::token::TokenHash;
-    use crate::user::UserId;
 
     fn names(path: &Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(path)
@@ -367,7 +367,7 @@ mod tests {
         assert!(!path.join("gen-3/junk").exists());
         drop(store);
 
-        let report = crate::check::check_store(&path).unwrap();
+        let report = crate::ops::check::check_store(&path).unwrap();
         assert!(report.is_consistent(), "{report}");
         assert_eq!((report.users, report.in_grace), (1, 1));
         // Opened again: the copy is the store, nothing is migrated twice.
@@ -381,7 +381,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         write_compacted_sled_store(&path);
-        let report = crate::check::check_store(&path).unwrap();
+        let report = crate::ops::check::check_store(&path).unwrap();
         assert!(report.is_consistent(), "{report}");
         assert_eq!(
             (report.users, report.index_entries, report.in_grace),

@@ -19,12 +19,12 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::domain::token::{display_prefix_bytes, TOKEN_PREFIX};
+use crate::domain::user::UserId;
 use crate::store::{
     decode_index, decode_user, encode_index, encode_user, grace_key, GraceToken, IndexEntry, Store,
     StoreError, UserRecord,
 };
-use crate::token::{display_prefix_bytes, TOKEN_PREFIX};
-use crate::user::UserId;
 
 /// The header's `format`: what this file is.
 pub const FORMAT: &str = "agent-tokens-export";
@@ -85,7 +85,7 @@ impl BackupError {
 /// With `must_exist`, a path that holds no store is refused instead of
 /// being turned into a new, empty store.
 pub fn open_offline(path: &Path, cache_mb: u64, must_exist: bool) -> Result<Store, BackupError> {
-    if must_exist && !crate::layout::holds_store(path) {
+    if must_exist && !crate::store::layout::holds_store(path) {
         return Err(BackupError::NoStore {
             path: path.to_owned(),
         });
@@ -651,8 +651,8 @@ fn write_json(out: &mut impl Write, value: &impl Serialize) -> Result<(), Backup
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::token::PlainToken;
     use crate::store::NewToken;
-    use crate::token::PlainToken;
     use ring::rand::SystemRandom;
 
     fn new_token(rng: &SystemRandom) -> NewToken {
@@ -695,7 +695,10 @@ mod tests {
             .unwrap()
             .unwrap();
         source
-            .touch(&crate::token::TokenHash::from_bytes(alice.hash), 1_500)
+            .touch(
+                &crate::domain::token::TokenHash::from_bytes(alice.hash),
+                1_500,
+            )
             .await
             .unwrap();
 

@@ -29,9 +29,9 @@ pub fn compact_offline(store: Store) -> Result<(u64, u64), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::token::PlainToken;
+    use crate::domain::user::UserId;
     use crate::store::NewToken;
-    use crate::token::PlainToken;
-    use crate::user::UserId;
     use ring::rand::SystemRandom;
 
     #[tokio::test]

@@ -30,8 +30,8 @@ use actix_web::http::header::{HeaderName, CONTENT_LENGTH};
 use actix_web::HttpRequest;
 
 use crate::config::{LimitSettings, RateLimitSettings};
-use crate::error::ApiError;
-use crate::user::UserId;
+use crate::domain::user::UserId;
+use crate::http::error::ApiError;
 
 /// Keys each rate limit tracks at most (about 16 bytes each, so a full
 /// table is a few MB whatever the keys are).

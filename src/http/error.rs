@@ -12,9 +12,9 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
-use crate::jwt::JwtError;
-use crate::policy::Inactive;
-use crate::token::TokenError;
+use crate::domain::jwt::JwtError;
+use crate::domain::policy::Inactive;
+use crate::domain::token::TokenError;
 
 pub const REALM: &str = "agent-tokens";
 
@@ -206,7 +206,7 @@ impl ResponseError for ApiError {
             _ => {}
         }
         let mut response = HttpResponse::build(self.status_code());
-        response.insert_header(crate::routes::no_store());
+        response.insert_header(crate::http::routes::no_store());
         if let ApiError::MethodNotAllowed { allow } = self {
             response.insert_header((header::ALLOW, *allow));
         }

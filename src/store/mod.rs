@@ -1,5 +1,5 @@
-//! The token store, on fjall (an LSM tree; see [`crate::layout`] for where
-//! its files are and [`crate::legacy`] for stores of earlier releases).
+//! The token store, on fjall (an LSM tree; see [`crate::store::layout`] for where
+//! its files are and [`crate::store::legacy`] for stores of earlier releases).
 //!
 //! Keyspaces:
 //! - `user_token`: user id → [`UserRecord`] (current token hash, prefix,
@@ -13,12 +13,19 @@
 //! Guarantees: every change to the first three goes through the flusher
 //! thread, which applies everything queued in a cycle in order and writes
 //! the result as *one* fjall write batch, fdatasynced into the journal
-//! before any of it becomes visible (see [`crate::mutation`] and
-//! [`crate::durability`]). So the keyspaces never disagree, a user has at
+//! before any of it becomes visible (see [`crate::store::mutation`] and
+//! [`crate::store::durability`]). So the keyspaces never disagree, a user has at
 //! most one current token (plus at most one rotated-out token in its grace
 //! window), and no reader ever sees a change a crash could undo. Values are
 //! bincode with a leading format-version byte. Raw tokens never reach this
 //! module: it sees only [`TokenHash`]es and display prefixes.
+
+pub mod durability;
+pub mod layout;
+pub mod legacy;
+pub mod live;
+pub(crate) mod mutation;
+pub mod stamps;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,13 +34,13 @@ use fjall::compaction::Leveled;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use serde::{Deserialize, Serialize};
 
-use crate::durability::{DurabilityError, FlushStats, Flusher};
-use crate::layout::{self, Current};
-use crate::mutation::{
+use self::layout::Current;
+use crate::domain::token::TokenHash;
+use crate::domain::user::UserId;
+use crate::store::durability::{DurabilityError, FlushStats, Flusher};
+use crate::store::mutation::{
     Apply, Create, ExpireGrace, Mutation, Queued, Revoke, Rotate, Stamp, TreeCommitter,
 };
-use crate::token::TokenHash;
-use crate::user::UserId;
 
 /// The record formats this binary writes. Older ones are migrated when a
 /// store of an earlier release is opened; newer ones are refused.
@@ -172,7 +179,7 @@ impl IndexEntry {
 mod compact_prefix {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    use crate::token::{display_prefix_bytes, display_prefix_from_bytes};
+    use crate::domain::token::{display_prefix_bytes, display_prefix_from_bytes};
 
     #[derive(Serialize)]
     enum Stored<'a> {
@@ -251,7 +258,7 @@ pub struct NewToken {
 
 impl NewToken {
     /// What is stored of `token`: its hash and display prefix.
-    pub fn of(token: &crate::token::PlainToken) -> Self {
+    pub fn of(token: &crate::domain::token::PlainToken) -> Self {
         Self {
             hash: token.hash(),
             prefix: token.display_prefix(),
@@ -427,7 +434,7 @@ pub(crate) fn open_current(path: &Path, cache_mb: u64) -> Result<Opened, StoreEr
         Current::Lsm(dir) => open_db(path, &dir, cache_mb)?,
         new_copy => {
             let made = match new_copy {
-                Current::Sled(old) => crate::legacy::migrate(path, &old, cache_mb)?,
+                Current::Sled(old) => crate::store::legacy::migrate(path, &old, cache_mb)?,
                 _ => create(path, cache_mb)?,
             };
             // The copy it replaced (a migrated sled store) goes now.
@@ -664,7 +671,7 @@ impl Store {
     /// user record while it is the user's current token. Skips tokens that
     /// are gone and times older than the stored one. Returns how many were
     /// written, once readers see them. Verify does not call this: it
-    /// records uses in memory ([`crate::stamps`]) and a background thread
+    /// records uses in memory ([`crate::store::stamps`]) and a background thread
     /// writes them.
     pub async fn stamp(&self, stamps: Vec<([u8; 32], u64)>) -> Result<usize, StoreError> {
         self.run(Stamp { stamps }).await

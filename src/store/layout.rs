@@ -10,7 +10,7 @@
 //! - `gen-N/`: the store, a fjall database. Stores written by releases
 //!   before 0.2 are sled directories, either `gen-N/` or sled's files
 //!   directly in `storage.path`; they are migrated at the first open
-//!   ([`crate::legacy`]).
+//!   ([`crate::store::legacy`]).
 //!
 //! Whatever the current copy is not (a migrated sled store, older
 //! generations, a copy a crash interrupted) is removed once the store is

@@ -12,7 +12,7 @@ use actix_web::HttpResponse;
 use pulldown_cmark::{CowStr, Event, Options, Parser, Tag, TagEnd};
 use utoipa::ToSchema;
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 const MARKDOWN: &str = "text/markdown; charset=utf-8";
 const HTML: &str = "text/html; charset=utf-8";
@@ -60,10 +60,10 @@ impl DocPage {
     pub fn markdown(self) -> &'static str {
         match self {
             DocPage::TokenManagementUserJwt => {
-                include_str!("../../docs/token-management-user-jwt.md")
+                include_str!("../../../docs/token-management-user-jwt.md")
             }
             DocPage::AgentTokenVerification => {
-                include_str!("../../docs/agent-token-verification.md")
+                include_str!("../../../docs/agent-token-verification.md")
             }
         }
     }
@@ -116,7 +116,7 @@ static RENDERED: LazyLock<Rendered> = LazyLock::new(|| Rendered {
 
 /// The OpenAPI document, serialised on first use.
 static OPENAPI: LazyLock<Result<Bytes, String>> = LazyLock::new(|| {
-    crate::openapi::json()
+    crate::http::openapi::json()
         .map(Bytes::from)
         .map_err(|e| e.to_string())
 });
@@ -148,7 +148,7 @@ pub async fn index() -> HttpResponse {
     params(("page" = DocPage, Path, description = "The page name.")),
     responses(
         (status = 200, description = "The page rendered to HTML.", body = String, content_type = "text/html"),
-        (status = 404, description = "No such page: `No such route.`", body = crate::error::ErrorBody),
+        (status = 404, description = "No such page: `No such route.`", body = crate::http::error::ErrorBody),
     )
 )]
 pub async fn html(page: web::Path<String>) -> Result<HttpResponse, ApiError> {
@@ -171,7 +171,7 @@ pub async fn html(page: web::Path<String>) -> Result<HttpResponse, ApiError> {
     params(("page" = DocPage, Path, description = "The page name.")),
     responses(
         (status = 200, description = "The page as markdown.", body = String, content_type = "text/markdown"),
-        (status = 404, description = "No such page: `No such route.`", body = crate::error::ErrorBody),
+        (status = 404, description = "No such page: `No such route.`", body = crate::http::error::ErrorBody),
     )
 )]
 pub async fn raw(page: web::Path<String>) -> Result<HttpResponse, ApiError> {
@@ -190,7 +190,7 @@ pub async fn raw(page: web::Path<String>) -> Result<HttpResponse, ApiError> {
     summary = "This OpenAPI 3.1 document",
     responses(
         (status = 200, description = "The OpenAPI document of every route.", body = Object, content_type = "application/json"),
-        (status = 500, description = "The document could not be serialised: `Internal server error.`", body = crate::error::ErrorBody),
+        (status = 500, description = "The document could not be serialised: `Internal server error.`", body = crate::http::error::ErrorBody),
     )
 )]
 pub async fn openapi_json() -> Result<HttpResponse, ApiError> {

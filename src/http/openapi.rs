@@ -9,7 +9,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::OpenApi as OpenApiDoc;
 use utoipa::{Modify, OpenApi};
 
-use crate::routes;
+use crate::http::routes;
 
 /// The security scheme name of the user JWT (management routes).
 pub const USER_JWT: &str = "user_jwt";

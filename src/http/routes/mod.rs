@@ -8,8 +8,8 @@ pub mod verify;
 use actix_web::http::header::{HeaderName, HeaderValue, CACHE_CONTROL};
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use crate::app::AppState;
-use crate::error::ApiError;
+use crate::http::app::AppState;
+use crate::http::error::ApiError;
 
 /// Registers every route. The router tries resources in this order, so the
 /// ones called on every request come first: liveness probes, verify (what

@@ -1,12 +1,12 @@
 //! Last-used stamps waiting to be written: verify records a token's use
 //! here, in memory, and never waits for the disk; a background thread
-//! ([`crate::live`]) writes what gathered through the flusher queue every
+//! ([`crate::store::live`]) writes what gathered through the flusher queue every
 //! [`STAMP_INTERVAL`] and at a graceful stop.
 //!
 //! So a crash loses at most the last interval's last-used times, never a
 //! token or a revocation: writing a stamp changes only a token that is
 //! still stored, and the user record only while that token is its current
-//! one (see [`crate::mutation::Stamp`]).
+//! one (see [`crate::store::mutation::Stamp`]).
 //!
 //! A stamp handed to the writer stays readable here (as "being written")
 //! until the next hand-over, so `GET /me`, which reads the record and then
@@ -17,7 +17,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use crate::policy::needs_touch;
+use crate::domain::policy::needs_touch;
 
 /// How long a last-used stamp may wait in memory before it is written; what
 /// a crash may lose of them.

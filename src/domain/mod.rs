@@ -1,0 +1,7 @@
+//! What a token and a user are: format, identity, policy, time, user JWTs.
+
+pub mod clock;
+pub mod jwt;
+pub mod policy;
+pub mod token;
+pub mod user;
