@@ -26,25 +26,11 @@ use crate::domain::policy::TokenPolicy;
 use crate::http::answers::Answers;
 use crate::http::conn::{Deadlines, RequestPhase, TimedStream};
 use crate::http::limits::RequestLimits;
-use crate::http::routes;
-use crate::http::routes::health::Readiness;
+use crate::http::state::{AppState, Readiness};
+use crate::http::{openapi, routes};
 use crate::metrics::METRICS;
 use crate::store::live::LiveStore;
 use crate::store::{ChangeListener, StoreError};
-
-/// What every request handler shares.
-pub struct AppState {
-    pub store: LiveStore,
-    /// Remembered verify and status answers; the store's writes keep them exact.
-    pub answers: Arc<Answers>,
-    pub jwt: JwtVerifier,
-    pub rng: SystemRandom,
-    pub clock: Clock,
-    pub policy: TokenPolicy,
-    pub limits: RequestLimits,
-    /// `/readyz`'s recent probe result.
-    pub readiness: Readiness,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -203,6 +189,7 @@ impl Application {
                             }
                         })
                         .configure(|cfg| routes::configure(cfg, metrics_on_main))
+                        .configure(openapi::configure)
                         .default_service(web::to(routes::not_found));
                     http.service(app)
                 }

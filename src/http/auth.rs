@@ -91,7 +91,7 @@ pub struct UserJwt(pub UserId);
 
 impl UserJwt {
     fn authenticate(req: &HttpRequest) -> Result<Self, ApiError> {
-        let state = crate::http::routes::app_state(req)?;
+        let state = crate::http::state::app_state(req)?;
         state.limits.check(req)?;
         authenticate_user(req.headers().get(AUTHORIZATION), &state.jwt).map(UserJwt)
     }

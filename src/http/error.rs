@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::header::{self, HeaderName, HeaderValue, CACHE_CONTROL};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
@@ -206,7 +206,7 @@ impl ResponseError for ApiError {
             _ => {}
         }
         let mut response = HttpResponse::build(self.status_code());
-        response.insert_header(crate::http::routes::no_store());
+        response.insert_header(no_store());
         if let ApiError::MethodNotAllowed { allow } = self {
             response.insert_header((header::ALLOW, *allow));
         }
@@ -301,4 +301,10 @@ impl fmt::Display for ErrorChain<'_> {
         }
         Ok(())
     }
+}
+
+/// Token answers and errors must never be cached by a proxy or browser
+/// (RFC 6749 §5.1).
+pub fn no_store() -> (HeaderName, HeaderValue) {
+    (CACHE_CONTROL, HeaderValue::from_static("no-store"))
 }

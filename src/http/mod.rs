@@ -8,3 +8,4 @@ pub mod error;
 pub mod limits;
 pub mod openapi;
 pub mod routes;
+pub mod state;

@@ -9,6 +9,12 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::OpenApi as OpenApiDoc;
 use utoipa::{Modify, OpenApi};
 
+use std::sync::LazyLock;
+
+use actix_web::web::Bytes;
+use actix_web::{web, HttpResponse};
+
+use crate::http::error::ApiError;
 use crate::http::routes;
 
 /// The security scheme name of the user JWT (management routes).
@@ -36,7 +42,7 @@ pub const AGENT_TOKEN: &str = "agent_token";
         routes::docs::index,
         routes::docs::html,
         routes::docs::raw,
-        routes::docs::openapi_json,
+        openapi_json,
     ),
     // Path parameters' schemas are not collected automatically.
     components(schemas(routes::docs::DocPage)),
@@ -209,6 +215,45 @@ fn camel_case_link_fields(doc: &mut serde_json::Value) {
                     link.insert(camel.to_owned(), value);
                 }
             }
+        }
+    }
+}
+
+/// Registers `GET /openapi.json`; other methods get a JSON 405.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/openapi.json")
+            .route(web::get().to(openapi_json))
+            .default_service(web::to(routes::method_not_allowed)),
+    );
+}
+
+/// The OpenAPI document, serialised on first use.
+static OPENAPI: LazyLock<Result<Bytes, String>> =
+    LazyLock::new(|| json().map(Bytes::from).map_err(|e| e.to_string()));
+
+/// Handles `GET /openapi.json`.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "docs",
+    operation_id = "openapi_document",
+    summary = "This OpenAPI 3.1 document",
+    responses(
+        (status = 200, description = "The OpenAPI document of every route.", body = Object, content_type = "application/json"),
+        (status = 500, description = "The document could not be serialised: `Internal server error.`", body = crate::http::error::ErrorBody),
+    )
+)]
+pub async fn openapi_json() -> Result<HttpResponse, ApiError> {
+    match &*OPENAPI {
+        Ok(json) => Ok(HttpResponse::Ok()
+            .content_type("application/json")
+            .body(json.clone())),
+        Err(e) => {
+            log::error!("cannot serialise the OpenAPI document: {e}");
+            Err(ApiError::Internal(
+                "the OpenAPI document cannot be serialised",
+            ))
         }
     }
 }

@@ -92,11 +92,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::resource("/api/doc/raw/{page}")
             .route(web::get().to(raw))
             .default_service(web::to(super::method_not_allowed)),
-    )
-    .service(
-        web::resource("/openapi.json")
-            .route(web::get().to(openapi_json))
-            .default_service(web::to(super::method_not_allowed)),
     );
 }
 
@@ -112,13 +107,6 @@ static RENDERED: LazyLock<Rendered> = LazyLock::new(|| Rendered {
         .iter()
         .map(|&p| Bytes::from(render_page(p)))
         .collect(),
-});
-
-/// The OpenAPI document, serialised on first use.
-static OPENAPI: LazyLock<Result<Bytes, String>> = LazyLock::new(|| {
-    crate::http::openapi::json()
-        .map(Bytes::from)
-        .map_err(|e| e.to_string())
 });
 
 /// Handles `GET /docs`.
@@ -179,32 +167,6 @@ pub async fn raw(page: web::Path<String>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok()
         .content_type(MARKDOWN)
         .body(page.markdown()))
-}
-
-/// Handles `GET /openapi.json`.
-#[utoipa::path(
-    get,
-    path = "/openapi.json",
-    tag = "docs",
-    operation_id = "openapi_document",
-    summary = "This OpenAPI 3.1 document",
-    responses(
-        (status = 200, description = "The OpenAPI document of every route.", body = Object, content_type = "application/json"),
-        (status = 500, description = "The document could not be serialised: `Internal server error.`", body = crate::http::error::ErrorBody),
-    )
-)]
-pub async fn openapi_json() -> Result<HttpResponse, ApiError> {
-    match &*OPENAPI {
-        Ok(json) => Ok(HttpResponse::Ok()
-            .content_type("application/json")
-            .body(json.clone())),
-        Err(e) => {
-            log::error!("cannot serialise the OpenAPI document: {e}");
-            Err(ApiError::Internal(
-                "the OpenAPI document cannot be serialised",
-            ))
-        }
-    }
 }
 
 fn render_index() -> String {

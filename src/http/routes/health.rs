@@ -1,41 +1,10 @@
 //! Liveness, readiness and metrics: the operator's routes.
 
-use std::time::{Duration, Instant};
-
 use actix_web::{web, HttpResponse};
 
-use crate::http::app::AppState;
 use crate::http::error::ApiError;
+use crate::http::state::AppState;
 use crate::metrics::METRICS;
-use crate::store::live::LiveStore;
-use crate::store::StoreError;
-
-/// How long a successful durable-write probe answers for `/readyz`.
-const PROBE_REUSE: Duration = Duration::from_secs(1);
-
-/// `/readyz` needs no credential: a flood of probes must not become a
-/// flood of disk syncs. A success is reused for [`PROBE_REUSE`]; a failed
-/// store answers not-ready at once, without a probe.
-#[derive(Debug, Default)]
-pub struct Readiness {
-    /// When the last probe succeeded; callers queue here while one probes.
-    last_success: tokio::sync::Mutex<Option<Instant>>,
-}
-
-impl Readiness {
-    pub async fn check(&self, store: &LiveStore, now: u64) -> Result<(), StoreError> {
-        if store.is_failed() {
-            return Err(StoreError::Recovering);
-        }
-        let mut last = self.last_success.lock().await;
-        if last.is_some_and(|at| at.elapsed() < PROBE_REUSE) {
-            return Ok(());
-        }
-        store.probe_write(now).await?;
-        *last = Some(Instant::now());
-        Ok(())
-    }
-}
 
 /// Registers `/healthz`; other methods get a JSON 405.
 pub fn configure_liveness(cfg: &mut web::ServiceConfig) {

@@ -5,10 +5,8 @@ pub mod health;
 pub mod tokens;
 pub mod verify;
 
-use actix_web::http::header::{HeaderName, HeaderValue, CACHE_CONTROL};
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use crate::http::app::AppState;
 use crate::http::error::ApiError;
 
 /// Registers every route. The router tries resources in this order, so the
@@ -29,21 +27,6 @@ pub fn configure(cfg: &mut web::ServiceConfig, with_metrics: bool) {
 pub fn configure_private(cfg: &mut web::ServiceConfig) {
     health::configure_liveness(cfg);
     health::configure(cfg, true);
-}
-
-/// The shared state, borrowed from the request. The hot handlers use this
-/// rather than extracting `web::Data`, which clones an `Arc` whose count
-/// every worker writes on every request.
-pub fn app_state(req: &HttpRequest) -> Result<&AppState, ApiError> {
-    req.app_data::<web::Data<AppState>>()
-        .map(|data| data.get_ref())
-        .ok_or(ApiError::Internal("application state is not registered"))
-}
-
-/// Token answers and errors must never be cached by a proxy or browser
-/// (RFC 6749 §5.1).
-pub fn no_store() -> (HeaderName, HeaderValue) {
-    (CACHE_CONTROL, HeaderValue::from_static("no-store"))
 }
 
 /// The JSON 405 for a known path with an unsupported method.

@@ -4,14 +4,14 @@ use actix_web::http::header::ContentType;
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::no_store;
+use crate::http::error::no_store;
 use serde::Serialize;
 
 use crate::domain::clock::Timestamp;
 use crate::domain::token::PlainToken;
-use crate::http::app::AppState;
 use crate::http::auth::UserJwt;
 use crate::http::error::{ApiError, Operation};
+use crate::http::state::AppState;
 use crate::metrics::{TokenOperation, METRICS};
 use crate::store::{GetOrCreate, NewToken};
 
@@ -121,7 +121,7 @@ fn fresh_token(state: &AppState, op: Operation) -> Result<(PlainToken, NewToken)
     )
 )]
 async fn status(req: HttpRequest, UserJwt(user): UserJwt) -> Result<HttpResponse, ApiError> {
-    let state = super::app_state(&req)?;
+    let state = crate::http::state::app_state(&req)?;
     let key = user.as_str().as_bytes();
     let body = match state.answers.status(key) {
         Some(body) => body,

@@ -15,9 +15,9 @@ use serde::Serialize;
 use crate::domain::clock::Timestamp;
 use crate::domain::policy::needs_touch;
 use crate::http::answers::VerifyAnswer;
-use crate::http::app::AppState;
 use crate::http::auth::presented_agent_token;
 use crate::http::error::{ApiError, Operation, VerifyRefusal};
+use crate::http::state::AppState;
 use crate::metrics::{TokenOperation, METRICS};
 use crate::store::IndexEntry;
 
@@ -67,7 +67,7 @@ pub struct ActiveResponse<'a> {
     )
 )]
 async fn verify(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let answer = answer(&req, super::app_state(&req)?).await;
+    let answer = answer(&req, crate::http::state::app_state(&req)?).await;
     METRICS.token_operation(match answer {
         Ok(_) => TokenOperation::VerifyOk,
         Err(_) => TokenOperation::VerifyFailed,
@@ -118,7 +118,7 @@ async fn answer(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, Api
         .map_err(|e| ApiError::failed(Operation::Verify, e))?;
     Ok(HttpResponse::Ok()
         .insert_header((USER_ID_HEADER, user_header))
-        .insert_header(super::no_store())
+        .insert_header(crate::http::error::no_store())
         .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
         .body(Bytes::copy_from_slice(known.body())))
 }

@@ -1,0 +1,66 @@
+//! What every request handler shares, and how a handler borrows it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::{web, HttpRequest};
+use ring::rand::SystemRandom;
+
+use crate::domain::clock::Clock;
+use crate::domain::jwt::JwtVerifier;
+use crate::domain::policy::TokenPolicy;
+use crate::http::answers::Answers;
+use crate::http::error::ApiError;
+use crate::http::limits::RequestLimits;
+use crate::store::live::LiveStore;
+use crate::store::StoreError;
+
+/// What every request handler shares.
+pub struct AppState {
+    pub store: LiveStore,
+    /// Remembered verify and status answers; the store's writes keep them exact.
+    pub answers: Arc<Answers>,
+    pub jwt: JwtVerifier,
+    pub rng: SystemRandom,
+    pub clock: Clock,
+    pub policy: TokenPolicy,
+    pub limits: RequestLimits,
+    /// `/readyz`'s recent probe result.
+    pub readiness: Readiness,
+}
+
+/// The shared state, borrowed from the request. The hot handlers use this
+/// rather than extracting `web::Data`, which clones an `Arc` whose count
+/// every worker writes on every request.
+pub fn app_state(req: &HttpRequest) -> Result<&AppState, ApiError> {
+    req.app_data::<web::Data<AppState>>()
+        .map(|data| data.get_ref())
+        .ok_or(ApiError::Internal("application state is not registered"))
+}
+
+/// How long a successful durable-write probe answers for `/readyz`.
+const PROBE_REUSE: Duration = Duration::from_secs(1);
+
+/// `/readyz` needs no credential: a flood of probes must not become a
+/// flood of disk syncs. A success is reused for [`PROBE_REUSE`]; a failed
+/// store answers not-ready at once, without a probe.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    /// When the last probe succeeded; callers queue here while one probes.
+    last_success: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl Readiness {
+    pub async fn check(&self, store: &LiveStore, now: u64) -> Result<(), StoreError> {
+        if store.is_failed() {
+            return Err(StoreError::Recovering);
+        }
+        let mut last = self.last_success.lock().await;
+        if last.is_some_and(|at| at.elapsed() < PROBE_REUSE) {
+            return Ok(());
+        }
+        store.probe_write(now).await?;
+        *last = Some(Instant::now());
+        Ok(())
+    }
+}
