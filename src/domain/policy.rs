@@ -3,7 +3,6 @@
 //! functions of a stored entry and the time, so verify stays one read.
 
 use crate::config::TokenSettings;
-use crate::store::IndexEntry;
 
 /// Last-used is stamped at most once per this many seconds per token, so
 /// verify stays a read on the hot path.
@@ -43,14 +42,11 @@ impl TokenPolicy {
         self.max_age_secs.map(|age| created_at.saturating_add(age))
     }
 
-    /// Whether a stored token verifies at `now`. A token stops verifying at
-    /// the very second its expiry or grace end is reached.
-    pub fn assess(&self, entry: &IndexEntry, now: u64) -> Result<Active, Inactive> {
-        self.assess_times(entry.created_at, entry.grace_until, now)
-    }
-
-    /// [`TokenPolicy::assess`] from the two times it depends on.
-    pub fn assess_times(
+    /// Whether a stored token, created at `created_at` and rotated out with
+    /// a grace window ending at `grace_until` (if so), verifies at `now`. A
+    /// token stops verifying at the very second its expiry or grace end is
+    /// reached.
+    pub fn assess(
         &self,
         created_at: u64,
         grace_until: Option<u64>,
@@ -80,21 +76,11 @@ pub fn needs_touch(last_used_at: Option<u64>, now: u64) -> bool {
 mod tests {
     use super::*;
 
-    fn entry(created_at: u64, grace_until: Option<u64>) -> IndexEntry {
-        IndexEntry {
-            user_id: "u".into(),
-            prefix: "sk_agt_00000000...".into(),
-            created_at,
-            last_used_at: None,
-            grace_until,
-        }
-    }
-
     #[test]
     fn without_limits_a_token_never_expires() {
         let p = TokenPolicy::default();
         assert_eq!(
-            p.assess(&entry(0, None), u64::MAX / 2),
+            p.assess(0, None, u64::MAX / 2),
             Ok(Active { expires_at: None })
         );
     }
@@ -106,12 +92,12 @@ mod tests {
             max_age_secs: Some(100),
         };
         assert_eq!(
-            p.assess(&entry(1000, None), 1099),
+            p.assess(1000, None, 1099),
             Ok(Active {
                 expires_at: Some(1100)
             })
         );
-        assert_eq!(p.assess(&entry(1000, None), 1100), Err(Inactive::Expired));
+        assert_eq!(p.assess(1000, None, 1100), Err(Inactive::Expired));
     }
 
     #[test]
@@ -121,25 +107,19 @@ mod tests {
             max_age_secs: Some(1000),
         };
         assert_eq!(
-            p.assess(&entry(0, Some(500)), 499),
+            p.assess(0, Some(500), 499),
             Ok(Active {
                 expires_at: Some(500)
             })
         );
+        assert_eq!(p.assess(0, Some(500), 500), Err(Inactive::RotatedOut));
         assert_eq!(
-            p.assess(&entry(0, Some(500)), 500),
-            Err(Inactive::RotatedOut)
-        );
-        assert_eq!(
-            p.assess(&entry(0, Some(5000)), 999),
+            p.assess(0, Some(5000), 999),
             Ok(Active {
                 expires_at: Some(1000)
             })
         );
-        assert_eq!(
-            p.assess(&entry(0, Some(5000)), 1000),
-            Err(Inactive::Expired)
-        );
+        assert_eq!(p.assess(0, Some(5000), 1000), Err(Inactive::Expired));
     }
 
     #[test]

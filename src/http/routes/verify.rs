@@ -106,7 +106,7 @@ async fn answer(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, Api
     // Expiry and grace end are decided again on every answer.
     state
         .policy
-        .assess_times(known.created_at(), known.grace_until(), now)
+        .assess(known.created_at(), known.grace_until(), now)
         .map_err(|inactive| ApiError::InvalidAgentToken(inactive.into()))?;
     // Recorded in memory and written in the background: never waited for.
     if needs_touch(known.last_used_at(), now) && state.store.record_use(hash, now) {
@@ -128,7 +128,7 @@ async fn answer(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, Api
 fn render(entry: &IndexEntry, state: &AppState, now: u64) -> Result<VerifyAnswer, ApiError> {
     let active = state
         .policy
-        .assess(entry, now)
+        .assess(entry.created_at, entry.grace_until, now)
         .map_err(|inactive| ApiError::InvalidAgentToken(inactive.into()))?;
     // Sized for the whole answer up front: no regrowth while serializing.
     let mut body = Vec::with_capacity(BODY_CAPACITY + entry.user_id.len());
