@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Benchmark agent-tokens end to end on this machine and print one summary table.
 #
-#   ./scripts/bench.sh [--tokens N] [--out FILE] [options]
+#   ./scripts/bench.sh [--tokens N[,N...]] [--out FILE] [options]
 #
-# In one run: builds the release binary, seeds a fresh store with N tokens
+# By default it runs twice: on a store of a million tokens, then on one of
+# a thousand. In each run: builds the release binary, seeds a fresh store with N tokens
 # through `agent-tokens import` (timed), starts the server (timed to the first
 # 200 from /readyz), loads it with wrk over loopback, measures the raw
 # 4 KiB append + fdatasync rate of the data directory's filesystem, runs the
@@ -17,6 +18,15 @@
 # the ratio is what checking an agent token costs. For context the table
 # also gives the ratio to a `return 204` server inside the front nginx
 # itself, which pays no hop to another process at all.
+#
+# Working sets: verify and GET /me are measured on each of three sets of
+# tokens (and their users) at once: a small hot set (1,000), 100,000
+# distinct tokens and users, and every token uniformly (verify only: a
+# million signed JWTs is more than the client should hold). Each list is
+# walked in a shuffled order, each token once per pass, so a set larger
+# than the server's caches cannot hide in them. On a small store the sets
+# that would be as large as the store are dropped. Latency runs and the
+# gateway use the 100,000 set (the largest with JWTs).
 #
 # Each ratio with a route as its baseline (GET /me and verify to /healthz,
 # the nginx recipe to the same nginx whose auth subrequest goes to
@@ -34,7 +44,12 @@
 # non-zero only when something in the benchmark itself broke).
 #
 # Options:
-#   --tokens N         tokens (users) in the seed (default 1000)
+#   --tokens N[,N...]  tokens (users) in the seed; a list runs the whole benchmark
+#                      once per store size (default 1000000,1000)
+#   --sets SPEC        working sets, NAME=SIZE,... (SIZE all: every token not
+#                      kept for rotations; default hot=1000,distinct=100000,uniform=all)
+#   --bin PATH         benchmark this binary instead of building one (a before/after
+#                      comparison: an older build copied aside)
 #   --out FILE         also write the summary table to FILE
 #   --ab-seconds S     seconds of each interleaved ratio run, after the warmup (default 30)
 #   --slice-ms MS      slice length of the interleaved runs (default 50)
@@ -44,12 +59,8 @@
 #                      its first fifth is not counted, for the other side's last requests)
 #   --threads T        wrk threads (default 1)
 #   --connections C    wrk connections (default 64)
-#   --sample K         tokens/JWTs the verify and GET /me load rotates over
-#                      (default 500: the same working set at every store size,
-#                      so a 1k and a 1M run differ in the store alone; a larger
-#                      one measures the remembered answers' capacity instead)
 #   --rotate-users R   users the rotation run cycles through (default 512, at least 256)
-#   --cache-mb M       storage.cache_mb for the server (default 4, the product default)
+#   --cache-mb M       storage.cache_mb for the server (default: unset, the product default)
 #   --workers W        server.workers for the server (default: unset, the product
 #                      default of one per CPU)
 #   --nginx-workers W  nginx worker_processes (default auto, as Debian ships it: with
@@ -78,7 +89,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HELPER=(python3 "$ROOT/scripts/bench_helper.py")
 LUA="$ROOT/scripts/bench_wrk.lua"
 
-TOKENS=1000
+TOKENS=1000000,1000
+SETS="hot=1000,distinct=100000,uniform=all"
+BIN_GIVEN=""
 OUT=""
 AB_SECONDS=30
 SLICE_MS=50
@@ -87,9 +100,8 @@ WARMUP=1
 ROT_SLICE_MS=200
 THREADS=1
 CONNECTIONS=64
-SAMPLE=500
 ROTATE_USERS=512
-CACHE_MB=4
+CACHE_MB=0
 WORKERS=0
 NGINX_WORKERS=auto
 PARENT=/var/tmp
@@ -104,6 +116,7 @@ die() {
     exit 1
 }
 
+ARGS=("$@")
 while [ $# -gt 0 ]; do
     case "$1" in
     --tokens) TOKENS=${2:?}; shift 2 ;;
@@ -115,7 +128,9 @@ while [ $# -gt 0 ]; do
     --rotate-slice-ms) ROT_SLICE_MS=${2:?}; shift 2 ;;
     --threads) THREADS=${2:?}; shift 2 ;;
     --connections) CONNECTIONS=${2:?}; shift 2 ;;
-    --sample) SAMPLE=${2:?}; shift 2 ;;
+    --sets) SETS=${2:?}; shift 2 ;;
+    --bin) BIN_GIVEN=${2:?}; shift 2 ;;
+    --sample) die "--sample is gone: working sets are --sets NAME=SIZE,... (see --help)" ;;
     --rotate-users) ROTATE_USERS=${2:?}; shift 2 ;;
     --cache-mb) CACHE_MB=${2:?}; shift 2 ;;
     --workers) WORKERS=${2:?}; shift 2 ;;
@@ -129,7 +144,30 @@ while [ $# -gt 0 ]; do
     *) die "unknown option $1 (see --help)" ;;
     esac
 done
-for v in TOKENS AB_SECONDS SLICE_MS ROT_SLICE_MS DURATION WARMUP THREADS CONNECTIONS SAMPLE ROTATE_USERS CACHE_MB WORKERS; do
+if [ -n "$OUT" ]; then
+    case "$OUT" in /*) ;; *) OUT="$PWD/$OUT" ;; esac
+fi
+[[ $TOKENS =~ ^[0-9]+(,[0-9]+)*$ ]] || die "--tokens must be a whole number or a list of them"
+if [[ $TOKENS == *,* ]]; then
+    # One whole run per store size (later options win, so --tokens last).
+    # The first builds; the report is each run's, one after the other.
+    reports=$(mktemp -d /tmp/agent-tokens-bench-reports.XXXXXX)
+    build=()
+    n=0
+    for tokens in ${TOKENS//,/ }; do
+        n=$((n + 1))
+        "$0" "${ARGS[@]}" "${build[@]}" --tokens "$tokens" --out "$reports/$n.txt" >/dev/null ||
+            { rm -rf "$reports"; die "the run with $tokens tokens failed"; }
+        build=(--no-build)
+    done
+    for i in $(seq "$n"); do
+        [ "$i" -eq 1 ] || echo
+        cat "$reports/$i.txt"
+    done | tee ${OUT:+"$OUT"}
+    rm -rf "$reports"
+    exit 0
+fi
+for v in TOKENS AB_SECONDS SLICE_MS ROT_SLICE_MS DURATION WARMUP THREADS CONNECTIONS ROTATE_USERS CACHE_MB WORKERS; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "--${v,,} must be a whole number"
 done
 [ "$TOKENS" -ge 1 ] || die "--tokens must be at least 1"
@@ -138,9 +176,6 @@ done
 [ "$ROT_SLICE_MS" -ge 10 ] || die "--rotate-slice-ms must be at least 10"
 [ "$ROTATE_USERS" -ge 256 ] || die "--rotate-users must be at least 256"
 [ "$CONNECTIONS" -ge "$THREADS" ] || die "--connections must be at least --threads"
-if [ -n "$OUT" ]; then
-    case "$OUT" in /*) ;; *) OUT="$PWD/$OUT" ;; esac
-fi
 
 # ---------------------------------------------------------------- tools
 
@@ -152,6 +187,10 @@ command -v python3 >/dev/null || missing+=(python3)
 
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/agent-tokens"
 case "$BIN" in /*) ;; *) BIN="$ROOT/$BIN" ;; esac
+if [ -n "$BIN_GIVEN" ]; then
+    BIN=$(realpath "$BIN_GIVEN")
+    BUILD=0
+fi
 if [ "$BUILD" -eq 1 ]; then
     echo "bench.sh: cargo build --release" >&2
     (cd "$ROOT" && cargo build --release --quiet --bin agent-tokens) || die "the release build failed"
@@ -230,7 +269,8 @@ meta ab_seconds "$AB_SECONDS"
 meta slice_ms "$SLICE_MS"
 meta warmup "$WARMUP"
 meta rotate_slice_ms "$ROT_SLICE_MS"
-meta cache_mb "$CACHE_MB"
+meta cache_mb "$([ "$CACHE_MB" -gt 0 ] && echo "$CACHE_MB" || echo "default")"
+meta bin "$BIN"
 meta workers "$WORKERS"
 meta nginx_workers "$NGINX_WORKERS"
 meta cpus "$(nproc)"
@@ -244,10 +284,13 @@ meta busy "$busy"
 echo "bench.sh: generating $TOKENS tokens" >&2
 t0=$(now_ns)
 "${HELPER[@]}" gen --tokens "$TOKENS" --dir "$WORK" --secret "$SECRET" \
-    --sample "$SAMPLE" --rotate-users "$ROTATE_USERS" >/dev/null
+    --sets "$SETS" --rotate-users "$ROTATE_USERS" >/dev/null || die "cannot generate the seed (--sets $SETS?)"
 meta gen_s "$(elapsed_s "$t0" "$(now_ns)")"
 meta rotate_users "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["rotate_users"])' "$WORK/gen.json")"
 meta sample "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["sample"])' "$WORK/gen.json")"
+# "NAME ME" per working set (ME: 1 when it has JWTs for GET /me).
+mapfile -t WORKING_SETS < <(python3 -c 'import json,sys
+for s in json.load(open(sys.argv[1]))["sets"]: print(s["name"], int(s["me"]))' "$WORK/gen.json")
 
 cat >"$WORK/config.toml" <<EOF
 [server]
@@ -257,7 +300,7 @@ workers = $WORKERS
 
 [storage]
 path = "$DATA"
-cache_mb = $CACHE_MB
+$([ "$CACHE_MB" -gt 0 ] && echo "cache_mb = $CACHE_MB")
 
 [jwt]
 algorithms = ["HS256"]
@@ -353,10 +396,15 @@ run_ab() {
 ME=/api/agent-tokens/me
 VERIFY=/api/agent-tokens/verify
 
-echo "bench.sh: GET /healthz and GET $ME, interleaved" >&2
-run_ab ab_healthz_me "$PORT" /healthz "" "" "$ME" "$WORK/me_jwts.txt" ""
-echo "bench.sh: GET /healthz and GET $VERIFY, interleaved" >&2
-run_ab ab_healthz_verify "$PORT" /healthz "" "" "$VERIFY" "$WORK/verify_tokens.txt" ""
+for set in "${WORKING_SETS[@]}"; do
+    read -r name me <<<"$set"
+    if [ "$me" -eq 1 ]; then
+        echo "bench.sh: GET /healthz and GET $ME over the $name set, interleaved" >&2
+        run_ab "ab_healthz_me.$name" "$PORT" /healthz "" "" "$ME" "$WORK/me_jwts.$name.txt" ""
+    fi
+    echo "bench.sh: GET /healthz and GET $VERIFY over the $name set, interleaved" >&2
+    run_ab "ab_healthz_verify.$name" "$PORT" /healthz "" "" "$VERIFY" "$WORK/verify_tokens.$name.txt" ""
+done
 echo "bench.sh: latency, one run per route" >&2
 run_wrk lat_healthz "$PORT" GET /healthz ""
 run_wrk lat_me "$PORT" GET "$ME" "$WORK/me_jwts.txt"
