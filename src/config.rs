@@ -146,12 +146,17 @@ impl Default for ServerSettings {
     }
 }
 
+/// Holds every block of a million-token store (about 115 MiB of tables),
+/// so 100,000 active tokens spread over all of it are answered without
+/// reading files; what it costs is in docs/configuration.md.
+pub const DEFAULT_CACHE_MB: u64 = 192;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSettings {
     /// The data directory (see [`crate::store::layout`]).
     pub path: PathBuf,
-    /// The store's block cache in MiB.
+    /// The store's block cache in MiB (see docs/configuration.md, "Memory").
     pub cache_mb: u64,
     /// Settings of the online compaction of releases before 0.2 (on sled),
     /// still accepted so their config files load; the store compacts itself
@@ -165,7 +170,7 @@ impl Default for StorageSettings {
     fn default() -> Self {
         Self {
             path: PathBuf::from("/var/lib/agent-tokens/db"),
-            cache_mb: 4,
+            cache_mb: DEFAULT_CACHE_MB,
             compact_growth_percent: None,
             compact_min_growth_mb: None,
             compact_check_secs: None,
@@ -639,7 +644,7 @@ mod tests {
         assert_eq!(s.server.bind, "127.0.0.1:8080");
         assert!(s.server.access_log);
         assert_eq!(s.storage.path, PathBuf::from("/var/lib/agent-tokens/db"));
-        assert_eq!(s.storage.cache_mb, 4);
+        assert_eq!(s.storage.cache_mb, DEFAULT_CACHE_MB);
         assert!(s.obsolete_keys().is_empty());
         assert_eq!(s.jwt.algorithms, vec!["HS256"]);
         assert_eq!(s.jwt.leeway_secs, 30);

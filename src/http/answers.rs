@@ -26,9 +26,9 @@ use quick_cache::{DefaultHashBuilder, Equivalent};
 
 use crate::store::{ChangeListener, Changes, IndexEntry};
 
-/// Entries per cache: the hot working set of tokens (and of users), not
-/// every token. About 0.5 KiB each, so at most ~8 MiB per cache.
-pub const ANSWER_CACHE_ENTRIES: usize = 16_384;
+/// Entries per cache: room for 100,000 active tokens (and users) visited
+/// in turn; what it costs is in docs/configuration.md, "Memory".
+pub const ANSWER_CACHE_ENTRIES: usize = 131_072;
 
 /// A cache whose entries are forgotten whenever the store changes them.
 pub struct AnswerCache<K, V> {

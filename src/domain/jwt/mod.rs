@@ -36,8 +36,9 @@ use crate::domain::user::{UserId, UserIdError};
 pub const MIN_HMAC_SECRET_LEN: usize = 32;
 /// Longest JWT we try to parse; anything bigger is refused unread.
 const MAX_JWT_LEN: usize = 16 * 1024;
-/// Verified JWTs remembered (about 100 bytes each).
-const VERIFIED_CACHE_ENTRIES: usize = 16 * 1024;
+/// Verified JWTs remembered: room for 100,000 active users (about 100
+/// bytes each; docs/configuration.md, "Memory").
+const VERIFIED_CACHE_ENTRIES: usize = 128 * 1024;
 
 /// The validity window of a verified JWT, from its `nbf` to its `exp`.
 #[derive(Clone, Copy)]
