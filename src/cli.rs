@@ -12,7 +12,7 @@ use crate::domain::jwt::JwtVerifier;
 use crate::http::app::{Application, StartupError};
 use crate::ops::backup::{self, BackupError};
 use crate::ops::dev::DevMode;
-use crate::store::StoreError;
+use crate::store::error::StoreError;
 
 #[derive(Debug, Parser)]
 #[command(

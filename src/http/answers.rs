@@ -24,7 +24,7 @@ use actix_web::web::{Buf, Bytes};
 use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Equivalent};
 
-use crate::store::{ChangeListener, Changes, IndexEntry};
+use crate::store::records::{ChangeListener, Changes, IndexEntry};
 
 /// Entries per cache: room for 100,000 active tokens (and users) visited
 /// in turn; what it costs is in docs/configuration.md, "Memory".

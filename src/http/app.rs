@@ -29,8 +29,9 @@ use crate::http::limits::RequestLimits;
 use crate::http::state::{AppState, Readiness};
 use crate::http::{openapi, routes};
 use crate::metrics::METRICS;
+use crate::store::error::StoreError;
 use crate::store::live::LiveStore;
-use crate::store::{ChangeListener, StoreError};
+use crate::store::records::ChangeListener;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {

@@ -12,8 +12,8 @@ use crate::domain::policy::TokenPolicy;
 use crate::http::answers::Answers;
 use crate::http::error::ApiError;
 use crate::http::limits::RequestLimits;
+use crate::store::error::StoreError;
 use crate::store::live::LiveStore;
-use crate::store::StoreError;
 
 /// What every request handler shares.
 pub struct AppState {

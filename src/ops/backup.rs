@@ -21,10 +21,12 @@ use serde_json::{Map, Value};
 
 use crate::domain::token::{display_prefix_bytes, TOKEN_PREFIX};
 use crate::domain::user::UserId;
-use crate::store::{
-    decode_index, decode_user, encode_index, encode_user, grace_key, GraceToken, IndexEntry, Store,
-    StoreError, UserRecord,
+use crate::store::error::StoreError;
+use crate::store::records::{
+    decode_index, decode_user, encode_index, encode_user, grace_key, GraceToken, IndexEntry,
+    UserRecord,
 };
+use crate::store::Store;
 
 /// The header's `format`: what this file is.
 pub const FORMAT: &str = "agent-tokens-export";
@@ -652,7 +654,7 @@ fn write_json(out: &mut impl Write, value: &impl Serialize) -> Result<(), Backup
 mod tests {
     use super::*;
     use crate::domain::token::PlainToken;
-    use crate::store::NewToken;
+    use crate::store::records::NewToken;
     use ring::rand::SystemRandom;
 
     fn new_token(rng: &SystemRandom) -> NewToken {

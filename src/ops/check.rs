@@ -12,11 +12,11 @@ use std::fmt;
 use std::path::Path;
 
 use crate::domain::user::UserId;
+use crate::store::error::StoreError;
+use crate::store::keyspaces::{self, open_db, Keyspaces, GRACE_EXPIRY, TOKENHASH_USER, USER_TOKEN};
 use crate::store::layout::{self, Current};
-use crate::store::{
-    decode_index, decode_user, open_db, IndexEntry, Keyspaces, StoreError, UserRecord, GRACE_TREE,
-    INDEX_TREE, META_TREE, SCHEMA_KEY, SCHEMA_VERSION, USER_TREE,
-};
+use crate::store::records::{decode_index, decode_user, IndexEntry, UserRecord};
+use crate::store::schema::{SCHEMA_KEY, SCHEMA_VERSION};
 
 /// What a check found.
 #[derive(Debug, Default)]
@@ -133,7 +133,7 @@ impl Raw {
             Current::Sled(dir) => {
                 let db =
                     crate::store::legacy::open_sled(path, &dir, CHECK_CACHE_MB).map_err(in_use)?;
-                let trees = [USER_TREE, INDEX_TREE, GRACE_TREE, META_TREE]
+                let trees = [USER_TOKEN, TOKENHASH_USER, GRACE_EXPIRY, keyspaces::META]
                     .map(|name| db.open_tree(name).map_err(StoreError::Legacy));
                 let [users, index, grace, meta] = trees;
                 let trees = [
@@ -316,7 +316,7 @@ pub fn check_store(path: &Path) -> Result<Report, CheckError> {
                 }
                 Some(_) => {}
             }
-            let key = crate::store::grace_key(prev.until, &prev.hash);
+            let key = crate::store::records::grace_key(prev.until, &prev.hash);
             if !grace_keys.remove(&key[..]) {
                 report.problems.push(format!(
                     "user {user:?}: its rotated-out token {} has no grace-expiry entry, so it would never be swept",
@@ -349,7 +349,8 @@ pub fn check_store(path: &Path) -> Result<Report, CheckError> {
 mod tests {
     use super::*;
     use crate::domain::token::PlainToken;
-    use crate::store::{NewToken, Store};
+    use crate::store::records::NewToken;
+    use crate::store::Store;
     use ring::rand::SystemRandom;
 
     async fn store_with_users(path: &Path, grace_secs: u64) -> Vec<PlainToken> {
@@ -404,7 +405,7 @@ mod tests {
             k.users.insert("bob", &b"\x02garbage"[..]).unwrap();
             // carol's grace-expiry entry is lost.
             let carol_prev = tokens[4].hash();
-            let key = crate::store::grace_key(1_000 + 3600, carol_prev.as_bytes());
+            let key = crate::store::records::grace_key(1_000 + 3600, carol_prev.as_bytes());
             k.grace.remove(&key[..]).unwrap();
             opened.db.persist(fjall::PersistMode::SyncAll).unwrap();
         }

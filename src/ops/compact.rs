@@ -8,7 +8,8 @@
 //! into one sorted run, dropping what was removed or overwritten, and
 //! syncs it.
 
-use crate::store::{Store, StoreError};
+use crate::store::error::StoreError;
+use crate::store::Store;
 
 /// Compacts every keyspace of `store` fully; returns its size on disk
 /// before and after, in bytes.
@@ -31,7 +32,7 @@ mod tests {
     use super::*;
     use crate::domain::token::PlainToken;
     use crate::domain::user::UserId;
-    use crate::store::NewToken;
+    use crate::store::records::NewToken;
     use ring::rand::SystemRandom;
 
     #[tokio::test]

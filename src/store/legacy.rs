@@ -20,12 +20,14 @@ use std::path::{Path, PathBuf};
 use fjall::{Database, Keyspace, PersistMode};
 use sled::Tree;
 
+use crate::store::error::StoreError;
+use crate::store::keyspaces::{open_db, Keyspaces, GRACE_EXPIRY, META, TOKENHASH_USER, USER_TOKEN};
 use crate::store::layout;
-use crate::store::{
-    decode_body, decode_index, decode_schema, decode_user, encode_index, encode_user, open_db,
-    IndexEntry, Keyspaces, StoreError, UserRecord, FORMAT_V1, FORMAT_V2, GRACE_TREE, INDEX_TREE,
-    META_TREE, SCHEMA_KEY, SCHEMA_VERSION, USER_TREE,
+use crate::store::records::{
+    decode_body, decode_index, decode_user, encode_index, encode_user, IndexEntry, UserRecord,
+    FORMAT_V1, FORMAT_V2,
 };
+use crate::store::schema::{decode_schema, SCHEMA_KEY, SCHEMA_VERSION};
 
 /// Whether opening failed because another process (or handle) holds sled's
 /// directory lock. sled wraps the `WouldBlock` from `flock` in its own error.
@@ -78,10 +80,10 @@ pub(crate) fn migrate(
     );
     let started = std::time::Instant::now();
     let sled_db = open_sled(path, old, cache_mb)?;
-    let users = sled_db.open_tree(USER_TREE)?;
-    let index = sled_db.open_tree(INDEX_TREE)?;
-    let grace = sled_db.open_tree(GRACE_TREE)?;
-    let meta = sled_db.open_tree(META_TREE)?;
+    let users = sled_db.open_tree(USER_TOKEN)?;
+    let index = sled_db.open_tree(TOKENHASH_USER)?;
+    let grace = sled_db.open_tree(GRACE_EXPIRY)?;
+    let meta = sled_db.open_tree(META)?;
     match meta.get(SCHEMA_KEY)? {
         Some(v) => {
             let found = decode_schema(&v)?;
@@ -92,6 +94,7 @@ pub(crate) fn migrate(
                     return Err(StoreError::UnknownSchema {
                         path: path.to_owned(),
                         found,
+                        known: SCHEMA_VERSION,
                     })
                 }
             }
@@ -236,14 +239,14 @@ mod v2 {
         pub grace_until: Option<u64>,
     }
 
-    impl From<UserRecord> for crate::store::UserRecord {
+    impl From<UserRecord> for crate::store::records::UserRecord {
         fn from(old: UserRecord) -> Self {
             Self {
                 hash: old.hash,
                 prefix: old.prefix,
                 created_at: old.created_at,
                 last_used_at: old.last_used_at,
-                previous: old.previous.map(|p| crate::store::GraceToken {
+                previous: old.previous.map(|p| crate::store::records::GraceToken {
                     hash: p.hash,
                     prefix: p.prefix,
                     until: p.until,
@@ -252,7 +255,7 @@ mod v2 {
         }
     }
 
-    impl From<IndexEntry> for crate::store::IndexEntry {
+    impl From<IndexEntry> for crate::store::records::IndexEntry {
         fn from(old: IndexEntry) -> Self {
             Self {
                 user_id: old.user_id,
@@ -289,7 +292,8 @@ mod tests {
     use super::*;
     use crate::domain::token::TokenHash;
     use crate::domain::user::UserId;
-    use crate::store::{grace_key, GraceToken, Store};
+    use crate::store::records::{grace_key, GraceToken};
+    use crate::store::Store;
 
     fn names(path: &Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(path)
@@ -318,23 +322,23 @@ mod tests {
         let entry = IndexEntry::fresh("alice", &record.prefix, record.created_at);
         let db = sled::Config::new().path(path.join("gen-2")).open().unwrap();
         let tree = |name| db.open_tree(name).unwrap();
-        tree(META_TREE)
+        tree(META)
             .insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())
             .unwrap();
-        tree(USER_TREE)
+        tree(USER_TOKEN)
             .insert("alice", encode_user(&record).unwrap())
             .unwrap();
-        tree(INDEX_TREE)
+        tree(TOKENHASH_USER)
             .insert(record.hash, encode_index(&entry).unwrap())
             .unwrap();
         let grace_entry = IndexEntry {
             grace_until: Some(previous.until),
             ..IndexEntry::fresh("alice", &previous.prefix, 1_780_000_000)
         };
-        tree(INDEX_TREE)
+        tree(TOKENHASH_USER)
             .insert(previous.hash, encode_index(&grace_entry).unwrap())
             .unwrap();
-        tree(GRACE_TREE)
+        tree(GRACE_EXPIRY)
             .insert(grace_key(previous.until, &previous.hash), "alice")
             .unwrap();
         db.flush().unwrap();

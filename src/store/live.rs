@@ -28,10 +28,10 @@ use arc_swap::ArcSwapOption;
 use crate::domain::token::TokenHash;
 use crate::domain::user::UserId;
 use crate::store::durability::DurabilityError;
+use crate::store::error::StoreError;
+use crate::store::records::{ChangeListener, GetOrCreate, IndexEntry, NewToken, UserRecord};
 use crate::store::stamps::{PendingStamps, STAMP_INTERVAL};
-use crate::store::{
-    ChangeListener, GetOrCreate, IndexEntry, NewToken, Store, StoreError, UserRecord,
-};
+use crate::store::Store;
 
 /// Free space needed before a reopen is tried: the reopen writes a new
 /// journal and may flush memtables into tables.
@@ -449,7 +449,7 @@ mod tests {
 
     use super::*;
     use crate::domain::token::{PlainToken, TokenHash};
-    use crate::store::NoListener;
+    use crate::store::records::NoListener;
 
     fn new_token(rng: &SystemRandom) -> NewToken {
         NewToken::of(&PlainToken::generate(rng).unwrap())

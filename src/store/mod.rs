@@ -21,250 +21,39 @@
 //! module: it sees only [`TokenHash`]es and display prefixes.
 
 pub mod durability;
+pub mod error;
+pub mod keyspaces;
 pub mod layout;
 pub mod legacy;
 pub mod live;
 pub(crate) mod mutation;
+pub mod records;
+pub mod schema;
 pub mod stamps;
+
+pub use error::StoreError;
+pub use keyspaces::{GRACE_EXPIRY, META, TOKENHASH_USER, USER_TOKEN};
+pub use records::{
+    decode_index, decode_user, ChangeListener, Changes, GetOrCreate, GraceToken, IndexEntry,
+    NewToken, NoListener, UserRecord,
+};
+pub use schema::SCHEMA_VERSION;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use fjall::compaction::Leveled;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use serde::{Deserialize, Serialize};
+use fjall::{Database, Keyspace, PersistMode};
 
+use self::keyspaces::{open_db, Keyspaces};
 use self::layout::Current;
+use self::records::{encode_index, encode_user};
+use self::schema::{check_schema, PROBE_KEY, SCHEMA_KEY};
 use crate::domain::token::TokenHash;
 use crate::domain::user::UserId;
 use crate::store::durability::{DurabilityError, FlushStats, Flusher};
 use crate::store::mutation::{
     Apply, Create, ExpireGrace, Mutation, Queued, Revoke, Rotate, Stamp, TreeCommitter,
 };
-
-/// The record formats this binary writes. Older ones are migrated when a
-/// store of an earlier release is opened; newer ones are refused.
-pub const SCHEMA_VERSION: u32 = 3;
-pub(crate) const SCHEMA_KEY: &[u8] = b"schema_version";
-/// Rewritten by every readiness probe.
-pub(crate) const PROBE_KEY: &[u8] = b"readyz_probe";
-/// Format bytes of user records and index entries written by schemas 1 and 2.
-pub(crate) const FORMAT_V1: u8 = 1;
-pub(crate) const FORMAT_V2: u8 = 2;
-const RECORD_FORMAT: u8 = 3;
-const INDEX_FORMAT: u8 = 3;
-
-pub const USER_TREE: &str = "user_token";
-pub const INDEX_TREE: &str = "tokenhash_user";
-pub const GRACE_TREE: &str = "grace_expiry";
-pub const META_TREE: &str = "meta";
-
-const MIB: u64 = 1024 * 1024;
-/// Memtable of the user records and of the token index each: a rotation
-/// writes both. Measured (tools/engine-compare) against the 128 MiB RSS
-/// budget at a million tokens; see README's "Memory".
-const MEMTABLE_BYTES: u64 = 8 * MIB;
-/// The grace and meta keyspaces see a few writes.
-const SMALL_MEMTABLE_BYTES: u64 = MIB;
-/// Tables in level 0 before they are merged into level 1 (fjall's default:
-/// 4). Rotations change keys spread over the whole key space (user ids,
-/// random token hashes), so every merge rewrites all of level 1: merging
-/// twice as many tables at a time halves that rewriting. Measured at a
-/// million tokens under sustained rotations (three runs each): 13.7-13.8k
-/// rotations/s with 4, 14.6-15.9k with 8; the directory's peak during two
-/// minutes of them 287 vs 292 MiB. Costs: reads probe up to 8 bloom
-/// filters in level 0; lsm-tree sizes level 1 as table size x this (512
-/// instead of 256 MiB, all of a million tokens fits either way); fjall
-/// stalls writers at 20 level-0 tables, so 12 flushes of headroom instead
-/// of 16 while a merge runs (none seen at a million). fjall keeps it per
-/// keyspace from its creation, so it applies to stores created from this
-/// release on.
-const L0_TABLES_BEFORE_MERGE: u8 = 8;
-/// Journal kept before memtables are flushed to tables: bounds the disk
-/// it takes and what a restart replays (fjall's smallest).
-const JOURNAL_BYTES: u64 = 64 * MIB;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("storage error: {0}")]
-    Engine(#[from] fjall::Error),
-    #[error("cannot read the store of an earlier release (sled): {0}")]
-    Legacy(#[from] sled::Error),
-    #[error("stored data cannot be decoded ({what}); the database may be damaged")]
-    Corrupt { what: &'static str },
-    #[error("the store at {path} has schema version {found}, but this binary knows versions up to {SCHEMA_VERSION}; use a newer release")]
-    UnknownSchema { path: PathBuf, found: u32 },
-    #[error(
-        "the store at {path} holds data but no schema version; it was not written by agent-tokens"
-    )]
-    MissingSchema { path: PathBuf },
-    #[error("cannot find the store's current copy in {path}: {source}")]
-    Layout {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// Another process (or another open in this one) holds the store's lock.
-    #[error("the store at {} is in use by another process", path.display())]
-    InUse { path: PathBuf },
-    #[error("cannot open the store at {path}: {source}")]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: fjall::Error,
-    },
-    #[error(transparent)]
-    Durability(#[from] DurabilityError),
-    #[error("cannot encode a record: {0}")]
-    Encode(String),
-    /// Cannot happen: a batch committed without running one of its operations.
-    #[error("a queued change was not applied")]
-    NotApplied,
-    /// Writes are refused while the store reopens after an I/O failure.
-    #[error("the store is recovering from an I/O failure and refuses writes for now")]
-    Recovering,
-}
-
-/// A rotated-out token that keeps verifying until `until`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GraceToken {
-    pub hash: [u8; 32],
-    #[serde(with = "compact_prefix")]
-    pub prefix: String,
-    pub until: u64,
-}
-
-/// What the store keeps per user. Never the token itself. Times are Unix seconds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UserRecord {
-    pub hash: [u8; 32],
-    #[serde(with = "compact_prefix")]
-    pub prefix: String,
-    pub created_at: u64,
-    pub last_used_at: Option<u64>,
-    pub previous: Option<GraceToken>,
-}
-
-/// What the token index keeps per token hash: enough to answer verify in one read.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IndexEntry {
-    pub user_id: String,
-    #[serde(with = "compact_prefix")]
-    pub prefix: String,
-    pub created_at: u64,
-    pub last_used_at: Option<u64>,
-    /// Set when the token was rotated out: it verifies until then.
-    pub grace_until: Option<u64>,
-}
-
-impl IndexEntry {
-    /// The entry of a token just issued to `user_id`: never used, not in grace.
-    pub fn fresh(user_id: &str, prefix: &str, created_at: u64) -> Self {
-        Self {
-            user_id: user_id.to_owned(),
-            prefix: prefix.to_owned(),
-            created_at,
-            last_used_at: None,
-            grace_until: None,
-        }
-    }
-}
-
-/// Display prefixes on disk (schema 3): a tag and the 4 bytes behind the 8
-/// hex characters of `sk_agt_xxxxxxxx...` instead of the length and the
-/// 18-character text, 14 bytes less per prefix (~28 MB over a million
-/// tokens, and smaller sled pages to read, cache and rewrite). Anything else
-/// (no code path makes one) keeps its text, so encoding never fails and
-/// nothing is lost.
-mod compact_prefix {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    use crate::domain::token::{display_prefix_bytes, display_prefix_from_bytes};
-
-    #[derive(Serialize)]
-    enum Stored<'a> {
-        Hex([u8; 4]),
-        Text(&'a str),
-    }
-
-    #[derive(Deserialize)]
-    enum Loaded {
-        Hex([u8; 4]),
-        Text(String),
-    }
-
-    pub fn serialize<S: Serializer>(prefix: &str, serializer: S) -> Result<S::Ok, S::Error> {
-        match display_prefix_bytes(prefix) {
-            Some(bytes) => Stored::Hex(bytes),
-            None => Stored::Text(prefix),
-        }
-        .serialize(serializer)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
-        Ok(match Loaded::deserialize(deserializer)? {
-            Loaded::Hex(bytes) => display_prefix_from_bytes(bytes),
-            Loaded::Text(text) => text,
-        })
-    }
-}
-
-/// What one committed write changed: the keys it wrote or removed in the
-/// user records, the token index (token hashes) and the grace expiries.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Changes {
-    pub users: Vec<Vec<u8>>,
-    pub tokens: Vec<Vec<u8>>,
-    pub grace: Vec<Vec<u8>>,
-}
-
-impl Changes {
-    pub fn is_empty(&self) -> bool {
-        self.users.is_empty() && self.tokens.is_empty() && self.grace.is_empty()
-    }
-}
-
-/// Hears about every write to user records and the token index, from the
-/// thread that made it, once readers can see it and before any operation
-/// in it is answered. This is what keeps remembered answers exact.
-pub trait ChangeListener: Send + Sync {
-    fn committed(&self, changes: &Changes);
-    /// The store is being reopened: what it holds afterwards is what was
-    /// durable, which may differ from anything heard before.
-    fn reopening(&self);
-}
-
-/// For stores nobody remembers answers from (tools, tests).
-pub struct NoListener;
-
-impl ChangeListener for NoListener {
-    fn committed(&self, _: &Changes) {}
-    fn reopening(&self) {}
-}
-
-/// The outcome of [`Store::get_or_create`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GetOrCreate {
-    Created(UserRecord),
-    Existing(UserRecord),
-}
-
-/// A new token's stored form, made by the caller from a fresh `PlainToken`.
-#[derive(Debug, Clone)]
-pub struct NewToken {
-    pub hash: TokenHash,
-    pub prefix: String,
-}
-
-impl NewToken {
-    /// What is stored of `token`: its hash and display prefix.
-    pub fn of(token: &crate::domain::token::PlainToken) -> Self {
-        Self {
-            hash: token.hash(),
-            prefix: token.display_prefix(),
-        }
-    }
-}
 
 pub struct Store {
     // Dropped first: the flusher thread holds the database and is joined.
@@ -285,63 +74,6 @@ impl std::fmt::Debug for Store {
     }
 }
 
-fn bincode_config() -> bincode::config::Configuration {
-    bincode::config::standard()
-}
-
-fn encode<T: Serialize>(format: u8, value: &T) -> Result<Vec<u8>, StoreError> {
-    let mut out = vec![format];
-    let body = bincode::serde::encode_to_vec(value, bincode_config())
-        .map_err(|e| StoreError::Encode(e.to_string()))?;
-    out.extend_from_slice(&body);
-    Ok(out)
-}
-
-pub(crate) fn decode_body<T: for<'de> Deserialize<'de>>(
-    body: &[u8],
-    what: &'static str,
-) -> Result<T, StoreError> {
-    match bincode::serde::decode_from_slice::<T, _>(body, bincode_config()) {
-        Ok((value, used)) if used == body.len() => Ok(value),
-        _ => Err(StoreError::Corrupt { what }),
-    }
-}
-
-fn decode<T: for<'de> Deserialize<'de>>(
-    format: u8,
-    bytes: &[u8],
-    what: &'static str,
-) -> Result<T, StoreError> {
-    match bytes.split_first() {
-        Some((v, body)) if *v == format => decode_body(body, what),
-        _ => Err(StoreError::Corrupt { what }),
-    }
-}
-
-pub fn decode_user(bytes: &[u8]) -> Result<UserRecord, StoreError> {
-    decode(RECORD_FORMAT, bytes, "user record")
-}
-
-pub fn decode_index(bytes: &[u8]) -> Result<IndexEntry, StoreError> {
-    decode(INDEX_FORMAT, bytes, "token index entry")
-}
-
-pub(crate) fn encode_user(record: &UserRecord) -> Result<Vec<u8>, StoreError> {
-    encode(RECORD_FORMAT, record)
-}
-
-pub(crate) fn encode_index(entry: &IndexEntry) -> Result<Vec<u8>, StoreError> {
-    encode(INDEX_FORMAT, entry)
-}
-
-/// Key of a `grace_expiry` entry: ordered by time, so expired ones come first.
-pub(crate) fn grace_key(until: u64, hash: &[u8; 32]) -> [u8; 40] {
-    let mut key = [0u8; 40];
-    key[..8].copy_from_slice(&until.to_be_bytes());
-    key[8..].copy_from_slice(hash);
-    key
-}
-
 #[cfg(test)]
 pub(crate) fn now_secs_for_tests() -> u64 {
     now_secs()
@@ -352,52 +84,6 @@ fn now_secs() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// The store's keyspaces in one database.
-pub(crate) struct Keyspaces {
-    pub users: Keyspace,
-    pub index: Keyspace,
-    pub grace: Keyspace,
-    pub meta: Keyspace,
-}
-
-impl Keyspaces {
-    pub fn open(db: &Database) -> Result<Self, StoreError> {
-        let sized = |bytes: u64| {
-            move || {
-                KeyspaceCreateOptions::default()
-                    .max_memtable_size(bytes)
-                    .compaction_strategy(Arc::new(
-                        Leveled::default().with_l0_threshold(L0_TABLES_BEFORE_MERGE),
-                    ))
-            }
-        };
-        Ok(Self {
-            users: db.keyspace(USER_TREE, sized(MEMTABLE_BYTES))?,
-            index: db.keyspace(INDEX_TREE, sized(MEMTABLE_BYTES))?,
-            grace: db.keyspace(GRACE_TREE, sized(SMALL_MEMTABLE_BYTES))?,
-            meta: db.keyspace(META_TREE, sized(SMALL_MEMTABLE_BYTES))?,
-        })
-    }
-}
-
-/// Opens (or creates) the fjall database in `dir`, with its memory sized
-/// from `cache_mb` (the block cache) and the constants above.
-pub(crate) fn open_db(path: &Path, dir: &Path, cache_mb: u64) -> Result<Database, StoreError> {
-    Database::builder(dir)
-        .cache_size(cache_mb.saturating_mul(MIB))
-        .max_journaling_size(JOURNAL_BYTES)
-        .open()
-        .map_err(|source| match source {
-            fjall::Error::Locked => StoreError::InUse {
-                path: path.to_owned(),
-            },
-            source => StoreError::Open {
-                path: path.to_owned(),
-                source,
-            },
-        })
 }
 
 /// An open database of the current format, and the lock that makes it ours.
@@ -467,34 +153,6 @@ fn create(path: &Path, cache_mb: u64) -> Result<(Database, PathBuf), StoreError>
     layout::sync_dir(&dir).map_err(layout_error)?;
     layout::commit(path, generation).map_err(layout_error)?;
     Ok((db, dir))
-}
-
-/// A stored schema version (4 bytes, big-endian).
-pub(crate) fn decode_schema(bytes: &[u8]) -> Result<u32, StoreError> {
-    <[u8; 4]>::try_from(bytes)
-        .map(u32::from_be_bytes)
-        .map_err(|_| StoreError::Corrupt {
-            what: "schema version",
-        })
-}
-
-/// Checks the schema version of an open store. Every store this release
-/// creates or migrates has one; an empty store without one has nothing to
-/// misread.
-fn check_schema(path: &Path, keyspaces: &Keyspaces) -> Result<(), StoreError> {
-    match keyspaces.meta.get(SCHEMA_KEY)? {
-        Some(v) => match decode_schema(&v)? {
-            SCHEMA_VERSION => Ok(()),
-            found => Err(StoreError::UnknownSchema {
-                path: path.to_owned(),
-                found,
-            }),
-        },
-        None if keyspaces.users.is_empty()? && keyspaces.index.is_empty()? => Ok(()),
-        None => Err(StoreError::MissingSchema {
-            path: path.to_owned(),
-        }),
-    }
 }
 
 impl Store {
@@ -792,6 +450,7 @@ pub mod raw {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::records::FORMAT_V2;
 
     fn entry(prefix: &str) -> IndexEntry {
         IndexEntry::fresh("alice", prefix, 1_790_000_000)

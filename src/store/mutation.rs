@@ -22,9 +22,10 @@ use fjall::{Database, Keyspace, PersistMode};
 use tokio::sync::oneshot;
 
 use crate::store::durability::{Applied, Committer, Completion, DurabilityError};
-use crate::store::{
+use crate::store::error::StoreError;
+use crate::store::records::{
     decode_index, decode_user, encode_index, encode_user, grace_key, ChangeListener, Changes,
-    GetOrCreate, GraceToken, IndexEntry, StoreError, UserRecord,
+    GetOrCreate, GraceToken, IndexEntry, UserRecord,
 };
 
 type TxResult<T> = Result<T, StoreError>;

@@ -13,7 +13,7 @@ use crate::http::auth::UserJwt;
 use crate::http::error::{ApiError, Operation};
 use crate::http::state::AppState;
 use crate::metrics::{TokenOperation, METRICS};
-use crate::store::{GetOrCreate, NewToken};
+use crate::store::records::{GetOrCreate, NewToken};
 
 pub const ME_PATH: &str = "/api/agent-tokens/me";
 pub const GET_OR_CREATE_PATH: &str = "/api/agent-tokens/me/get-or-create";

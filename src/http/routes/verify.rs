@@ -19,7 +19,7 @@ use crate::http::auth::presented_agent_token;
 use crate::http::error::{ApiError, Operation, VerifyRefusal};
 use crate::http::state::AppState;
 use crate::metrics::{TokenOperation, METRICS};
-use crate::store::IndexEntry;
+use crate::store::records::IndexEntry;
 
 pub const VERIFY_PATH: &str = "/api/agent-tokens/verify";
 

@@ -1,0 +1,86 @@
+//! The store's four keyspaces, their names, and how the database holding
+//! them is opened and sized.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use fjall::compaction::Leveled;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+
+use crate::store::error::StoreError;
+
+pub const USER_TOKEN: &str = "user_token";
+pub const TOKENHASH_USER: &str = "tokenhash_user";
+pub const GRACE_EXPIRY: &str = "grace_expiry";
+pub const META: &str = "meta";
+
+const MIB: u64 = 1024 * 1024;
+/// Memtable of the user records and of the token index each: a rotation
+/// writes both. Measured (tools/engine-compare) against the 128 MiB RSS
+/// budget at a million tokens; see README's "Memory".
+const MEMTABLE_BYTES: u64 = 8 * MIB;
+/// The grace and meta keyspaces see a few writes.
+const SMALL_MEMTABLE_BYTES: u64 = MIB;
+/// Tables in level 0 before they are merged into level 1 (fjall's default:
+/// 4). Rotations change keys spread over the whole key space (user ids,
+/// random token hashes), so every merge rewrites all of level 1: merging
+/// twice as many tables at a time halves that rewriting. Measured at a
+/// million tokens under sustained rotations (three runs each): 13.7-13.8k
+/// rotations/s with 4, 14.6-15.9k with 8; the directory's peak during two
+/// minutes of them 287 vs 292 MiB. Costs: reads probe up to 8 bloom
+/// filters in level 0; lsm-tree sizes level 1 as table size x this (512
+/// instead of 256 MiB, all of a million tokens fits either way); fjall
+/// stalls writers at 20 level-0 tables, so 12 flushes of headroom instead
+/// of 16 while a merge runs (none seen at a million). fjall keeps it per
+/// keyspace from its creation, so it applies to stores created from this
+/// release on.
+const L0_TABLES_BEFORE_MERGE: u8 = 8;
+/// Journal kept before memtables are flushed to tables: bounds the disk
+/// it takes and what a restart replays (fjall's smallest).
+const JOURNAL_BYTES: u64 = 64 * MIB;
+
+/// The store's keyspaces in one database.
+pub(crate) struct Keyspaces {
+    pub users: Keyspace,
+    pub index: Keyspace,
+    pub grace: Keyspace,
+    pub meta: Keyspace,
+}
+
+impl Keyspaces {
+    pub fn open(db: &Database) -> Result<Self, StoreError> {
+        let sized = |bytes: u64| {
+            move || {
+                KeyspaceCreateOptions::default()
+                    .max_memtable_size(bytes)
+                    .compaction_strategy(Arc::new(
+                        Leveled::default().with_l0_threshold(L0_TABLES_BEFORE_MERGE),
+                    ))
+            }
+        };
+        Ok(Self {
+            users: db.keyspace(USER_TOKEN, sized(MEMTABLE_BYTES))?,
+            index: db.keyspace(TOKENHASH_USER, sized(MEMTABLE_BYTES))?,
+            grace: db.keyspace(GRACE_EXPIRY, sized(SMALL_MEMTABLE_BYTES))?,
+            meta: db.keyspace(META, sized(SMALL_MEMTABLE_BYTES))?,
+        })
+    }
+}
+
+/// Opens (or creates) the fjall database in `dir`, with its memory sized
+/// from `cache_mb` (the block cache) and the constants above.
+pub(crate) fn open_db(path: &Path, dir: &Path, cache_mb: u64) -> Result<Database, StoreError> {
+    Database::builder(dir)
+        .cache_size(cache_mb.saturating_mul(MIB))
+        .max_journaling_size(JOURNAL_BYTES)
+        .open()
+        .map_err(|source| match source {
+            fjall::Error::Locked => StoreError::InUse {
+                path: path.to_owned(),
+            },
+            source => StoreError::Open {
+                path: path.to_owned(),
+                source,
+            },
+        })
+}
