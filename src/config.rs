@@ -190,6 +190,9 @@ pub struct JwtSettings {
     pub jwks_file: Option<PathBuf>,
     pub issuer: Option<String>,
     pub audience: Option<String>,
+    /// With keys someone else issues for many clients (a public key, a
+    /// JWKS), `audience` is required unless this is false.
+    pub require_audience: bool,
     pub leeway_secs: u64,
     pub user_claim: String,
 }
@@ -204,6 +207,7 @@ impl Default for JwtSettings {
             jwks_file: None,
             issuer: None,
             audience: None,
+            require_audience: true,
             leeway_secs: 30,
             user_claim: "sub".to_owned(),
         }

@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -271,6 +272,52 @@ fn check_config_names_the_bad_key_in_one_sentence_and_exits_non_zero() {
         assert!(!stderr.contains("panicked"), "{stderr}");
         assert!(!stderr.contains("short"), "secret echoed: {stderr}");
     }
+}
+
+#[test]
+fn a_public_key_without_audience_is_refused_unless_opted_out_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rs256.toml");
+    let base = format!(
+        "[server]\nbind = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n[jwt]\nalgorithms = [\"RS256\"]\npublic_key_file = \"{}\"\n",
+        dir.path().join("db").display(),
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/rsa_public.pem")
+            .display()
+    );
+    std::fs::write(&file, &base).unwrap();
+    let sentence = "jwt.audience is required with jwt.public_key_file (the issuer's tokens for other applications would pass): set it to the aud your application's tokens carry, or set jwt.require_audience = false to accept any audience.";
+    for command in ["check-config", "serve"] {
+        let out = Command::new(BIN)
+            .args([command, "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{command}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{command}: {stderr}");
+        assert!(stderr.contains(sentence), "{command}: {stderr}");
+    }
+    std::fs::write(&file, format!("{base}require_audience = false\n")).unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("WARN") && stderr.contains("jwt.require_audience = false"),
+        "{stderr}"
+    );
+    std::fs::write(&file, format!("{base}audience = \"my-app\"\n")).unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!String::from_utf8(out.stderr).unwrap().contains("WARN"));
 }
 
 #[test]

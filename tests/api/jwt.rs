@@ -641,12 +641,12 @@ async fn jwks_tokens_that_fail_any_check_are_rejected() {
 #[tokio::test]
 async fn key_confusion_fails_even_when_hs256_is_also_allowed() {
     let app = spawn_app_with(TestConfig::jwt(&format!(
-        "algorithms = [\"RS256\", \"HS256\"]\nhmac_secret = \"{HMAC_SECRET}\"\npublic_key_file = \"{}\"",
+        "algorithms = [\"RS256\", \"HS256\"]\nhmac_secret = \"{HMAC_SECRET}\"\npublic_key_file = \"{}\"\naudience = \"{AUDIENCE}\"",
         fixture("rsa_public.pem").display()
     )))
     .await;
     // Both configured keys work for their own algorithm.
-    let claims = json!({ "sub": "user-1", "exp": now() + 3600 });
+    let claims = json!({ "sub": "user-1", "exp": now() + 3600, "aud": AUDIENCE });
     let resp = app
         .get_me(&sign_with_key(Algorithm::RS256, &claims, "rsa", None))
         .await;
@@ -670,11 +670,11 @@ async fn key_confusion_fails_even_when_hs256_is_also_allowed() {
 #[tokio::test]
 async fn key_confusion_through_a_jwks_kid_fails_even_when_hs256_is_also_allowed() {
     let app = spawn_app_with(TestConfig::jwt(&format!(
-        "algorithms = [\"RS256\", \"HS256\"]\nhmac_secret = \"{HMAC_SECRET}\"\njwks_file = \"{}\"",
+        "algorithms = [\"RS256\", \"HS256\"]\nhmac_secret = \"{HMAC_SECRET}\"\njwks_file = \"{}\"\naudience = \"{AUDIENCE}\"",
         fixture("jwks.json").display()
     )))
     .await;
-    let claims = json!({ "sub": "user-1", "exp": now() + 3600 });
+    let claims = json!({ "sub": "user-1", "exp": now() + 3600, "aud": AUDIENCE });
     let resp = app
         .get_me(&sign_with_key(
             Algorithm::RS256,
@@ -821,7 +821,7 @@ async fn a_token_that_carries_its_own_key_is_not_trusted() {
     // CVE-2018-0114 style: the attacker signs with their own Ed25519 key and
     // embeds its public half (or a URL to it) in the header.
     let app = spawn_app_with(TestConfig::jwt(&format!(
-        "algorithms = [\"EdDSA\"]\npublic_key_file = \"{}\"",
+        "algorithms = [\"EdDSA\"]\npublic_key_file = \"{}\"\naudience = \"{AUDIENCE}\"",
         fixture("ed25519_public.pem").display()
     )))
     .await;
@@ -829,7 +829,7 @@ async fn a_token_that_carries_its_own_key_is_not_trusted() {
     let raw = &spki.contents()[spki.contents().len() - 32..];
     let pem = std::fs::read(fixture("ed25519_other_private.pem")).unwrap();
     let attacker = EncodingKey::from_ed_pem(&pem).unwrap();
-    let claims = json!({ "sub": "user-1", "exp": now() + 3600 });
+    let claims = json!({ "sub": "user-1", "exp": now() + 3600, "aud": AUDIENCE });
 
     let mut header = Header::new(Algorithm::EdDSA);
     header.jwk = Some(
@@ -897,4 +897,14 @@ async fn a_user_id_a_gateway_would_rewrite_gets_401_and_no_token() {
     }
     let (stored, _dir) = app.stop_and_inspect().await;
     assert!(stored.users.is_empty(), "no token was stored");
+}
+
+#[tokio::test]
+async fn an_id_token_the_issuer_minted_for_another_client_is_refused() {
+    // The red-team case: an IdP's ID token for an unrelated client.
+    let app = spawn_app_with(rs256().config()).await;
+    let other_client = claims_with(json!({ "aud": "third-party-client-123" }));
+    let token = sign_with_key(Algorithm::RS256, &other_client, "rsa", None);
+    assert_rejected(&app, "RS256", "aud of another client", &token, "audience").await;
+    assert_invalid_jwt(app.rotate(&token).await).await;
 }

@@ -330,6 +330,7 @@ impl JwtVerifier {
             }
         }
 
+        check_audience(settings)?;
         Ok(Self {
             allowed,
             static_keys,
@@ -418,6 +419,33 @@ impl JwtVerifier {
             (None, _) => Err(JwtError::NoKey),
         }
     }
+}
+
+/// A public key or a JWKS usually belongs to an identity provider that signs
+/// ID tokens for many applications with the same keys; without an audience
+/// check, a token it issued to any of them would be accepted here. An HMAC
+/// secret is shared with one application, so `aud` stays optional with it.
+fn check_audience(settings: &JwtSettings) -> Result<(), ConfigError> {
+    let third_party: Vec<&str> = [
+        ("jwt.public_key_file", settings.public_key_file.is_some()),
+        ("jwt.jwks_file", settings.jwks_file.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(key, set)| set.then_some(key))
+    .collect();
+    if third_party.is_empty() || settings.audience.is_some() {
+        return Ok(());
+    }
+    if settings.require_audience {
+        return Err(ConfigError::new(format!(
+            "jwt.audience is required with {} (the issuer's tokens for other applications would pass): set it to the aud your application's tokens carry, or set jwt.require_audience = false to accept any audience.",
+            third_party.join(" and ")
+        )));
+    }
+    log::warn!(
+        "jwt.require_audience = false: user JWTs are accepted whatever their aud, including tokens the issuer minted for other applications; set jwt.audience"
+    );
+    Ok(())
 }
 
 fn base_validation(settings: &JwtSettings) -> Validation {

@@ -36,9 +36,13 @@ fn with_secret(algorithms: &[&str], secret: &str) -> JwtSettings {
     }
 }
 
+/// The audience third-party keys require.
+const AUDIENCE: &str = "agent-tokens";
+
 fn with_public_key(algorithms: &[&str], file: PathBuf) -> JwtSettings {
     JwtSettings {
         public_key_file: Some(file),
+        audience: Some(AUDIENCE.to_owned()),
         ..settings(algorithms)
     }
 }
@@ -46,6 +50,7 @@ fn with_public_key(algorithms: &[&str], file: PathBuf) -> JwtSettings {
 fn with_jwks(algorithms: &[&str], file: PathBuf) -> JwtSettings {
     JwtSettings {
         jwks_file: Some(file),
+        audience: Some(AUDIENCE.to_owned()),
         ..settings(algorithms)
     }
 }
@@ -98,7 +103,8 @@ fn sign(alg: Algorithm, key: &str, kid: Option<&str>) -> String {
     let mut header = Header::new(alg);
     header.kid = kid.map(str::to_owned);
     let exp = jsonwebtoken::get_current_timestamp() + 3600;
-    encode(&header, &json!({ "sub": "user-1", "exp": exp }), &encoding).unwrap()
+    let claims = json!({ "sub": "user-1", "exp": exp, "aud": AUDIENCE });
+    encode(&header, &claims, &encoding).unwrap()
 }
 
 // --- algorithms ---
@@ -930,4 +936,100 @@ fn a_user_claim_a_gateway_would_rewrite_is_refused() {
             "{sub:?}"
         );
     }
+}
+
+// --- audience with third-party keys ---
+
+#[test]
+fn a_public_key_or_jwks_without_audience_is_refused_naming_the_key() {
+    let pem = fixture("rsa_public.pem");
+    let jwks = jwks_file(&fixture_jwks());
+    let cases = [
+        (
+            JwtSettings {
+                audience: None,
+                ..with_public_key(&["RS256"], pem.clone())
+            },
+            "jwt.public_key_file",
+        ),
+        (
+            JwtSettings {
+                audience: None,
+                ..with_jwks(&["RS256", "ES256", "EdDSA"], jwks.path().to_owned())
+            },
+            "jwt.jwks_file",
+        ),
+        (
+            JwtSettings {
+                audience: None,
+                public_key_file: Some(pem.clone()),
+                ..with_jwks(&["RS256", "ES256", "EdDSA"], jwks.path().to_owned())
+            },
+            "jwt.public_key_file and jwt.jwks_file",
+        ),
+    ];
+    for (settings, keys) in cases {
+        assert_eq!(
+            config_error(&settings),
+            format!(
+                "jwt.audience is required with {keys} (the issuer's tokens for other applications would pass): set it to the aud your application's tokens carry, or set jwt.require_audience = false to accept any audience."
+            )
+        );
+    }
+}
+
+#[test]
+fn require_audience_false_accepts_any_audience_with_a_public_key() {
+    let settings = JwtSettings {
+        audience: None,
+        require_audience: false,
+        ..with_public_key(&["RS256"], fixture("rsa_public.pem"))
+    };
+    let verifier = JwtVerifier::from_settings(&settings).unwrap();
+    let exp = jsonwebtoken::get_current_timestamp() + 600;
+    let pem = std::fs::read(fixture("rsa_private.pem")).unwrap();
+    let token = encode(
+        &Header::new(Algorithm::RS256),
+        &json!({ "sub": "u", "exp": exp, "aud": "third-party-client-123" }),
+        &EncodingKey::from_rsa_pem(&pem).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(verifier.verify(&token).unwrap().as_str(), "u");
+}
+
+#[test]
+fn with_an_audience_a_token_for_another_client_is_refused() {
+    let verifier =
+        JwtVerifier::from_settings(&with_public_key(&["RS256"], fixture("rsa_public.pem")))
+            .unwrap();
+    let exp = jsonwebtoken::get_current_timestamp() + 600;
+    let pem = std::fs::read(fixture("rsa_private.pem")).unwrap();
+    let sign = |claims: serde_json::Value| {
+        encode(
+            &Header::new(Algorithm::RS256),
+            &claims,
+            &EncodingKey::from_rsa_pem(&pem).unwrap(),
+        )
+        .unwrap()
+    };
+    let other = sign(json!({ "sub": "u", "exp": exp, "aud": "third-party-client-123" }));
+    assert_eq!(
+        verifier.verify(&other).unwrap_err(),
+        JwtError::WrongAudience
+    );
+    let none = sign(json!({ "sub": "u", "exp": exp }));
+    assert_eq!(
+        verifier.verify(&none).unwrap_err(),
+        JwtError::MissingClaim("aud".to_owned())
+    );
+    let ours = sign(json!({ "sub": "u", "exp": exp, "aud": AUDIENCE }));
+    assert_eq!(verifier.verify(&ours).unwrap().as_str(), "u");
+}
+
+#[test]
+fn an_hmac_secret_needs_no_audience() {
+    let verifier = hs256_verifier();
+    let exp = jsonwebtoken::get_current_timestamp() + 600;
+    let token = hs256(&json!({ "sub": "u", "exp": exp, "aud": "anything" }));
+    assert_eq!(verifier.verify(&token).unwrap().as_str(), "u");
 }
