@@ -476,3 +476,42 @@ fn commands_whose_reader_goes_away_exit_quietly_without_a_panic() {
         assert!(!stderr.contains("Broken pipe"), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn serve_dev_keeps_serving_when_the_reader_of_its_banner_goes_away() {
+    use std::process::{Command, Stdio};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(common::BIN)
+        .args(["serve", "--dev"])
+        .env("AGENT_TOKENS__SERVER__BIND", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("serve --dev exited with {status} once its stdout was closed");
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            std::thread::sleep(Duration::from_millis(300));
+            break exchange(
+                port,
+                "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            );
+        }
+        assert!(Instant::now() < deadline, "serve --dev never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let exited = child.try_wait().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(exited.is_none(), "serve --dev exited with {exited:?}");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}

@@ -4,6 +4,8 @@
 //! layered between the config file and the environment, plus a ready user
 //! JWT on stdout. Never for production: the secret dies with the process.
 
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
@@ -87,29 +89,52 @@ impl DevMode {
             h => h.to_owned(),
         };
         let base = format!("http://{host}:{port}");
-        println!("agent-tokens {} — DEV MODE", env!("CARGO_PKG_VERSION"));
-        println!("  This is a development mode: data lives in a throw-away directory and the JWT");
-        println!("  secret is random and dies with the process. Do not use it in production.");
-        println!("  Data directory: {}", settings.storage.path.display());
-        println!("  Listening on:   {base}");
+        // One write, and none of it may panic: `serve --dev | head` must
+        // not take the server down when the reader leaves.
+        let mut text = String::new();
+        let _ = writeln!(
+            text,
+            "agent-tokens {} — DEV MODE",
+            env!("CARGO_PKG_VERSION")
+        );
+        let _ = writeln!(
+            text,
+            "  This is a development mode: data lives in a throw-away directory and the JWT"
+        );
+        let _ = writeln!(
+            text,
+            "  secret is random and dies with the process. Do not use it in production."
+        );
+        let _ = writeln!(
+            text,
+            "  Data directory: {}",
+            settings.storage.path.display()
+        );
+        let _ = writeln!(text, "  Listening on:   {base}");
         match self.user_jwt(settings) {
             Some(jwt) => {
-                println!();
-                println!("A user JWT for {DEV_USER:?}, valid for 24 hours:");
-                println!();
-                println!("  {jwt}");
-                println!();
-                println!("Get (or create) that user's agent token:");
-                println!();
-                println!(
+                let _ = writeln!(text);
+                let _ = writeln!(text, "A user JWT for {DEV_USER:?}, valid for 24 hours:");
+                let _ = writeln!(text);
+                let _ = writeln!(text, "  {jwt}");
+                let _ = writeln!(text);
+                let _ = writeln!(text, "Get (or create) that user's agent token:");
+                let _ = writeln!(text);
+                let _ = writeln!(
+                    text,
                     "  curl -s -X POST {base}/api/agent-tokens/me/get-or-create -H \"Authorization: Bearer {jwt}\""
                 );
             }
             None => {
-                println!("  (No user JWT printed: the environment replaced the dev HS256 secret.)")
+                let _ = writeln!(
+                    text,
+                    "  (No user JWT printed: the environment replaced the dev HS256 secret.)"
+                );
             }
         }
-        println!();
+        let _ = writeln!(text);
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
     }
 
     /// A JWT signed with the effective HMAC secret, if it is still HS256-capable.
