@@ -2,6 +2,8 @@
 # Builds one tarball for an air-gapped host:
 #   dist/agent-tokens-<version>-offline.tar.gz, unpacking to agent-tokens-<version>/ with
 #     bin/agent-tokens        the release binary (x86_64 Linux, glibc, as built here)
+#     deb/agent-tokens_<version>-1_amd64.deb   the Debian package of that binary
+#                             (cargo-deb; docs/install.md)
 #     systemd/ config/ scripts/install.sh README.md
 #     the full source (Cargo.toml, Cargo.lock, src/, tests/, ...)
 #     vendor/                 every crate in Cargo.lock (`cargo vendor`)
@@ -9,13 +11,15 @@
 #
 # On the air-gapped host:
 #   tar xzf agent-tokens-<version>-offline.tar.gz && cd agent-tokens-<version>
+#   sudo apt install ./deb/agent-tokens_*.deb       # Debian/Ubuntu, or
 #   sudo scripts/install.sh                         # the shipped binary, or
 #   cargo build --release --offline --frozen && sudo scripts/install.sh target/release/agent-tokens
 #
 # Usage: scripts/offline-bundle.sh [--binary PATH] [--out DIR]
 #   --binary PATH  ship this binary instead of building one with `cargo build --release`
 #   --out DIR      where to write the tarball (default: dist/)
-# Needs network access (or a warm cargo cache) for `cargo vendor`.
+# Needs network access (or a warm cargo cache) for `cargo vendor`, and
+# cargo-deb (`cargo install cargo-deb --version 3.8.0 --locked`).
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -40,7 +44,7 @@ while [ $# -gt 0 ]; do
       shift 2
       ;;
     -h | --help)
-      sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *) die "unknown argument $1; see --help" ;;
@@ -91,6 +95,17 @@ sed -i 's|^directory = .*|directory = "vendor"|' "$stage/.cargo/config.toml"
 
 mkdir -p "$stage/bin"
 install -m 0755 "$binary" "$stage/bin/agent-tokens"
+
+# The package of the shipped binary: cargo-deb packs target/release/ of the
+# target directory it is given, so give it one holding that binary.
+echo "building the Debian package (cargo deb --no-build)"
+cargo deb --version >/dev/null 2>&1 ||
+  die "cargo-deb is missing: cargo install cargo-deb --version 3.8.0 --locked"
+mkdir -p "$work/deb-target/release" "$stage/deb"
+install -m 0755 "$binary" "$work/deb-target/release/agent-tokens"
+CARGO_TARGET_DIR="$work/deb-target" cargo deb --no-build --fast --quiet \
+  --manifest-path "$root/Cargo.toml" -o "$stage/deb/" >/dev/null
+ls "$stage/deb/"*.deb >/dev/null 2>&1 || die "cargo deb made no package"
 
 mkdir -p "$out"
 tarball="$(cd "$out" && pwd)/$name-offline.tar.gz"

@@ -29,6 +29,12 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
     || { as_root apt-get update && as_root apt-get install -y --no-install-recommends systemd; }
 fi
 
+# cargo-deb, for the Debian package (tests/deb.rs, scripts/offline-bundle.sh).
+CARGO_DEB_VERSION=3.8.0
+if [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb $CARGO_DEB_VERSION" ]; then
+  cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked
+fi
+
 # third_party/fjall is the published fjall plus third_party/fjall.patch, nothing else.
 ./scripts/fjall-patch.sh
 

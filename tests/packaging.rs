@@ -367,6 +367,20 @@ fn the_offline_bundle_builds_with_no_registry_access() {
         );
     }
     assert!(!bundle.join("target").exists(), "build output was bundled");
+    // The Debian package of the shipped binary.
+    let deb = bundle.join(format!("deb/agent-tokens_{version}-1_amd64.deb"));
+    let out = Command::new("dpkg-deb")
+        .arg("--field")
+        .arg(&deb)
+        .args(["Package", "Version"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}: {}", deb.display(), text(&out));
+    let fields = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        fields.contains(&format!("Version: {version}-1")),
+        "{fields}"
+    );
     let mode = std::fs::metadata(bundle.join("bin/agent-tokens"))
         .unwrap()
         .permissions()
@@ -432,4 +446,54 @@ fn version_of(binary: &Path) -> String {
     let out = Command::new(binary).arg("--version").output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// `[Service]` lines of a unit file, comments and blank lines left out.
+fn service_lines(unit: &str) -> Vec<String> {
+    unit.lines()
+        .map(str::trim)
+        .skip_while(|l| *l != "[Service]")
+        .take_while(|l| *l != "[Install]")
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn both_units_allow_more_files_than_the_default_max_connections() {
+    for unit in [UNIT, "debian/agent-tokens.service"] {
+        let lines = service_lines(&std::fs::read_to_string(repo().join(unit)).unwrap());
+        let limit: u64 = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("LimitNOFILE="))
+            .unwrap_or_else(|| panic!("{unit} sets no LimitNOFILE="))
+            .parse()
+            .unwrap();
+        // limits.max_connections defaults to 10000; the store, the admin
+        // socket and outgoing fetches need descriptors too.
+        assert!(limit >= 10_000 + 1024, "{unit}: LimitNOFILE={limit}");
+        assert!(
+            !lines.iter().any(|l| l.starts_with("ExecReload=")),
+            "the binary does not handle SIGHUP"
+        );
+    }
+}
+
+#[test]
+fn the_package_unit_differs_from_the_install_sh_unit_only_in_paths_and_user() {
+    let ours = service_lines(&std::fs::read_to_string(repo().join(UNIT)).unwrap());
+    let package = service_lines(
+        &std::fs::read_to_string(repo().join("debian/agent-tokens.service")).unwrap(),
+    );
+    let expected: Vec<String> = ours
+        .iter()
+        .flat_map(|l| match l.as_str() {
+            "DynamicUser=yes" => vec![
+                "User=agent-tokens".to_owned(),
+                "Group=agent-tokens".to_owned(),
+            ],
+            _ => vec![l.replace("/usr/local/bin/agent-tokens", "/usr/bin/agent-tokens")],
+        })
+        .collect();
+    assert_eq!(package, expected);
 }
