@@ -166,7 +166,8 @@ impl RequestLimits {
     }
 
     /// Keys tracked now: (per user, per address).
-    pub fn tracked_keys(&self) -> (usize, usize) {
+    #[cfg(test)]
+    fn tracked_keys(&self) -> (usize, usize) {
         (
             self.changes.as_ref().map_or(0, KeyedLimiter::len),
             self.per_address.as_ref().map_or(0, |a| a.limiter.len()),
@@ -528,6 +529,43 @@ mod tests {
         let gap = u64::try_from(FULL_TABLE_SWEEP_GAP.as_nanos()).unwrap();
         limiter.take_at(102, gap).unwrap();
         assert_eq!(limiter.lock().arrival.len(), 1);
+    }
+
+    #[test]
+    fn spoofed_addresses_in_the_client_ip_header_cost_bounded_memory() {
+        use actix_web::test::TestRequest;
+        let limits = RequestLimits::new(
+            &LimitSettings::default(),
+            &RateLimitSettings {
+                client_ip_header: "X-Real-IP".to_owned(),
+                // One a minute: every spoofed address stays busy (unsweepable)
+                // for the whole test, the worst case for the table.
+                address_per_minute: 1,
+                ..RateLimitSettings::default()
+            },
+        );
+        let request = |n: u32| {
+            TestRequest::default()
+                .insert_header(("X-Real-IP", std::net::Ipv4Addr::from(n).to_string()))
+                .to_http_request()
+        };
+        let flood = MAX_TRACKED_KEYS as u32 + 20_000;
+        let mut refused = 0;
+        for n in 0..flood {
+            match limits.check(&request(n)) {
+                Ok(()) => {}
+                Err(ApiError::RateLimited { retry_after_secs }) => {
+                    assert_eq!(retry_after_secs, 1);
+                    refused += 1;
+                }
+                Err(other) => panic!("{other}"),
+            }
+        }
+        // Nothing is idle: the table stops at its cap and the rest are refused alike.
+        assert_eq!(limits.tracked_keys(), (0, MAX_TRACKED_KEYS));
+        assert_eq!(refused, 20_000);
+        // An address already known keeps its own quota.
+        limits.check(&request(7)).unwrap();
     }
 
     #[test]
