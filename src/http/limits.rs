@@ -397,6 +397,7 @@ impl KeyedLimiter {
         }
     }
 
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.lock().arrival.len()
     }
