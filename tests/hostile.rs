@@ -180,7 +180,7 @@ async fn with_per_address_on_management_routes_are_limited_per_client_but_verify
     let dir = tempfile::tempdir().unwrap();
     let config = write_config_with(
         dir.path(),
-        "[rate_limit]\nper_address = true\naddress_per_minute = 60\naddress_burst = 5\n",
+        "[rate_limit]\nper_address = true\naddress_per_minute = 1\naddress_burst = 5\n",
     );
     let server = Server::start(&config);
     let client = reqwest::Client::new();

@@ -92,6 +92,7 @@ async fn with_defaults_100_bad_jwts_from_one_address_get_401_and_then_a_good_req
 async fn with_defaults_a_user_rotating_in_a_tight_loop_is_limited_and_others_are_not() {
     let app = spawn_app_with(defaults()).await;
     let looping = user_jwt("looper");
+    let started = std::time::Instant::now();
     let mut rotations = 0;
     let retry_after = loop {
         let resp = app.rotate(&looping).await;
@@ -100,9 +101,10 @@ async fn with_defaults_a_user_rotating_in_a_tight_loop_is_limited_and_others_are
         }
         assert_eq!(resp.status().as_u16(), 200);
         rotations += 1;
-        assert!(rotations <= 110, "a tight loop must reach the limit");
+        // The default burst, plus one a second refilled while it ran.
+        let allowed = 101 + started.elapsed().as_secs();
+        assert!(rotations <= allowed, "a tight loop must reach the limit");
     };
-    // The default burst, plus what refilled at one a second while it ran.
     assert!(rotations >= 100, "{rotations} rotations before the 429");
     assert!(retry_after <= 2, "{retry_after}");
     // Reads and no-op answers are free for the limited user.
@@ -177,7 +179,7 @@ async fn a_get_or_create_that_finds_a_token_costs_nothing() {
 #[tokio::test]
 async fn with_a_client_ip_header_each_address_is_limited_before_the_jwt() {
     let app = spawn_app_with(TestConfig::hs256().with(
-        "[rate_limit]\nclient_ip_header = \"X-Real-IP\"\naddress_per_minute = 60\naddress_burst = 5",
+        "[rate_limit]\nclient_ip_header = \"X-Real-IP\"\naddress_per_minute = 1\naddress_burst = 5",
     ))
     .await;
     let good = user_jwt("dave");
@@ -218,7 +220,7 @@ async fn with_a_client_ip_header_each_address_is_limited_before_the_jwt() {
 async fn per_address_on_a_directly_exposed_server_keys_on_the_peer() {
     let app = spawn_app_with(
         TestConfig::hs256()
-            .with("[rate_limit]\nper_address = true\naddress_per_minute = 60\naddress_burst = 5"),
+            .with("[rate_limit]\nper_address = true\naddress_per_minute = 1\naddress_burst = 5"),
     )
     .await;
     for _ in 0..5 {
