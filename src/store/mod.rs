@@ -52,7 +52,7 @@ use crate::domain::token::TokenHash;
 use crate::domain::user::UserId;
 use crate::store::durability::{DurabilityError, FlushStats, Flusher};
 use crate::store::mutation::{
-    Apply, Create, ExpireGrace, Mutation, Queued, Revoke, Rotate, Stamp, TreeCommitter,
+    Apply, Create, ExpireGrace, Mutation, Queued, Revoke, Rotate, Stamp, StoreCommitter,
 };
 
 pub struct Store {
@@ -170,7 +170,7 @@ impl Store {
         let Opened { db, lock } = open_current(path, cache_mb)?;
         let keyspaces = Keyspaces::open(&db)?;
         check_schema(path, &keyspaces)?;
-        let committer = TreeCommitter {
+        let committer = StoreCommitter {
             db: db.clone(),
             users: keyspaces.users.clone(),
             index: keyspaces.index.clone(),

@@ -6,7 +6,7 @@
 //! Each operation is a small struct implementing [`Apply`]: its arguments,
 //! prepared by the request (encoding happens there, not on the one thread
 //! every write goes through), and a function that applies it to the
-//! batch's [`TxTrees`]. Later operations in a batch read earlier ones'
+//! batch's [`BatchView`]. Later operations in a batch read earlier ones'
 //! writes, so two rotations of one user in the same batch behave exactly as
 //! they would one after the other. An operation that fails (a damaged
 //! record) leaves nothing of itself in the batch.
@@ -114,13 +114,13 @@ impl<'a> Tracked<'a> {
 }
 
 /// The keyspaces a batch writes.
-pub(crate) struct TxTrees<'a> {
+pub(crate) struct BatchView<'a> {
     pub users: Tracked<'a>,
     pub index: Tracked<'a>,
     pub grace: Tracked<'a>,
 }
 
-impl<'a> TxTrees<'a> {
+impl<'a> BatchView<'a> {
     fn new(users: &'a Keyspace, index: &'a Keyspace, grace: &'a Keyspace) -> Self {
         Self {
             users: Tracked::new(users),
@@ -150,7 +150,7 @@ impl<'a> TxTrees<'a> {
 pub(crate) trait Apply: Send + 'static {
     type Output: Send + 'static;
     /// Applies the operation to the batch; on an error nothing of it stays.
-    fn apply(&self, trees: &TxTrees<'_>) -> TxResult<Self::Output>;
+    fn apply(&self, trees: &BatchView<'_>) -> TxResult<Self::Output>;
     /// Whether the answer waits until everything before it is durable;
     /// `false` answers as soon as the change is visible to readers.
     fn durable(&self) -> bool {
@@ -162,7 +162,7 @@ pub(crate) trait Apply: Send + 'static {
 
 /// A queued operation as the flusher thread sees it.
 pub(crate) trait Mutation: Send {
-    fn apply(&self, trees: &TxTrees<'_>) -> TxResult<()>;
+    fn apply(&self, trees: &BatchView<'_>) -> TxResult<()>;
     /// Answers now, or returns what answers once the flush is done.
     fn answer(self: Box<Self>) -> Option<Completion>;
     fn fail(self: Box<Self>, err: StoreError);
@@ -192,7 +192,7 @@ impl<A: Apply> Queued<A> {
 }
 
 impl<A: Apply> Mutation for Queued<A> {
-    fn apply(&self, trees: &TxTrees<'_>) -> TxResult<()> {
+    fn apply(&self, trees: &BatchView<'_>) -> TxResult<()> {
         let output = self.args.apply(trees)?;
         *self.output.borrow_mut() = Some(output);
         Ok(())
@@ -225,7 +225,7 @@ impl<A: Apply> Mutation for Queued<A> {
 }
 
 /// Applies batches to the store's keyspaces on the flusher thread.
-pub(crate) struct TreeCommitter {
+pub(crate) struct StoreCommitter {
     pub db: Database,
     pub users: Keyspace,
     pub index: Keyspace,
@@ -236,7 +236,7 @@ pub(crate) struct TreeCommitter {
     pub listener: Arc<dyn ChangeListener>,
 }
 
-impl Committer for TreeCommitter {
+impl Committer for StoreCommitter {
     type Op = Box<dyn Mutation>;
 
     /// A journal file is deleted only once every keyspace's memtable holding
@@ -261,7 +261,7 @@ impl Committer for TreeCommitter {
     }
 
     fn apply(&mut self, ops: Vec<Box<dyn Mutation>>) -> Applied {
-        let trees = TxTrees::new(&self.users, &self.index, &self.grace);
+        let trees = BatchView::new(&self.users, &self.index, &self.grace);
         let mut kept = Vec::with_capacity(ops.len());
         for op in ops {
             match op.apply(&trees) {
@@ -313,7 +313,7 @@ impl Committer for TreeCommitter {
 }
 
 /// Ends a rotated-out token's grace window now.
-fn end_grace(trees: &TxTrees<'_>, previous: Option<&GraceToken>) -> TxResult<()> {
+fn end_grace(trees: &BatchView<'_>, previous: Option<&GraceToken>) -> TxResult<()> {
     if let Some(prev) = previous {
         trees.index.remove(&prev.hash)?;
         trees.grace.remove(&grace_key(prev.until, &prev.hash))?;
@@ -335,7 +335,7 @@ pub(crate) struct Rotate {
 impl Apply for Rotate {
     type Output = (UserRecord, bool);
 
-    fn apply(&self, t: &TxTrees<'_>) -> TxResult<(UserRecord, bool)> {
+    fn apply(&self, t: &BatchView<'_>) -> TxResult<(UserRecord, bool)> {
         let key = self.user.as_bytes();
         let mut previous = None;
         let old = t.users.get(key)?;
@@ -389,7 +389,7 @@ pub(crate) struct Create {
 impl Apply for Create {
     type Output = GetOrCreate;
 
-    fn apply(&self, t: &TxTrees<'_>) -> TxResult<GetOrCreate> {
+    fn apply(&self, t: &BatchView<'_>) -> TxResult<GetOrCreate> {
         let key = self.user.as_bytes();
         if let Some(existing) = t.users.get(key)? {
             return Ok(GetOrCreate::Existing(decode_user(&existing)?));
@@ -409,7 +409,7 @@ pub(crate) struct Revoke {
 impl Apply for Revoke {
     type Output = bool;
 
-    fn apply(&self, t: &TxTrees<'_>) -> TxResult<bool> {
+    fn apply(&self, t: &BatchView<'_>) -> TxResult<bool> {
         match t.users.remove(self.user.as_bytes())? {
             Some(old) => {
                 let old = decode_user(&old)?;
@@ -434,7 +434,7 @@ pub(crate) struct Stamp {
 impl Apply for Stamp {
     type Output = usize;
 
-    fn apply(&self, t: &TxTrees<'_>) -> TxResult<usize> {
+    fn apply(&self, t: &BatchView<'_>) -> TxResult<usize> {
         let mut written = 0;
         for &(hash, now) in &self.stamps {
             let Some(bytes) = t.index.get(&hash)? else {
@@ -480,7 +480,7 @@ pub(crate) struct ExpireGrace {
 impl Apply for ExpireGrace {
     type Output = usize;
 
-    fn apply(&self, t: &TxTrees<'_>) -> TxResult<usize> {
+    fn apply(&self, t: &BatchView<'_>) -> TxResult<usize> {
         let end = grace_key(self.now, &[0xff; 32]);
         let mut removed = 0;
         for key in t.grace.stored_keys_through(&end)? {
@@ -524,11 +524,11 @@ impl Apply for ExpireGrace {
 mod tests {
     use super::*;
 
-    fn trees() -> (tempfile::TempDir, TreeCommitter) {
+    fn committer() -> (tempfile::TempDir, StoreCommitter) {
         let dir = tempfile::tempdir().unwrap();
         let db = fjall::Database::builder(dir.path()).open().unwrap();
         let keyspaces = crate::store::Keyspaces::open(&db).unwrap();
-        let committer = TreeCommitter {
+        let committer = StoreCommitter {
             db,
             users: keyspaces.users,
             index: keyspaces.index,
@@ -557,7 +557,7 @@ mod tests {
 
     #[test]
     fn one_batch_applies_in_order_and_a_refusal_spoils_only_its_own_operation() {
-        let (_dir, mut committer) = trees();
+        let (_dir, mut committer) = committer();
         committer.users.insert("bob", &b"\x02garbage"[..]).unwrap();
         let (a1, mut a1_rx) = Queued::queue(rotate("alice", 1, 10));
         let (b, mut b_rx) = Queued::queue(rotate("bob", 2, 10));
@@ -588,7 +588,7 @@ mod tests {
 
     #[test]
     fn answers_carry_a_failed_flush_and_reads_still_wait_for_it() {
-        let (_dir, mut committer) = trees();
+        let (_dir, mut committer) = committer();
         let (r, mut r_rx) = Queued::queue(Revoke {
             user: "nobody".into(),
         });
@@ -606,7 +606,7 @@ mod tests {
 
     #[test]
     fn stamps_change_only_stored_tokens_and_never_go_back_in_time() {
-        let (_dir, mut committer) = trees();
+        let (_dir, mut committer) = committer();
         let (a, _a) = Queued::queue(rotate("alice", 1, 10));
         let (b, _b) = Queued::queue(rotate("bob", 2, 10));
         for complete in committer.apply(vec![a, b]).completions {
