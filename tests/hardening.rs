@@ -124,6 +124,25 @@ fn one_byte_of_a_second_request_holds_the_connection_no_longer_than_the_timeout(
 }
 
 #[test]
+fn a_connection_that_never_sends_is_closed_at_the_timeout_without_a_408() {
+    // HTTP clients keep spare connections in their pools; a 408 written to
+    // one would be read as the answer to whatever they send on it later.
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&write_config_with(dir.path(), SLOW_LIMITS));
+    let mut conn = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    let started = Instant::now();
+    let mut received = Vec::new();
+    let _ = conn.read_to_end(&mut received);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "an unused connection was held {:?}",
+        started.elapsed()
+    );
+    assert_eq!(String::from_utf8_lossy(&received), "");
+}
+
+#[test]
 fn a_chunked_body_trickled_after_the_answer_is_cut_off() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&write_config_with(dir.path(), SLOW_LIMITS));

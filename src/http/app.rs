@@ -134,7 +134,6 @@ impl Application {
         }
         let http = HttpSettings {
             deadlines: Deadlines::from_limits(limits),
-            client_request_timeout: Duration::from_millis(limits.client_request_timeout_ms),
             keep_alive: Duration::from_secs(limits.keep_alive_secs),
             local,
             shutdown: builder.graceful_shutdown_signal(),
@@ -307,7 +306,6 @@ fn bind(
 #[derive(Clone)]
 struct HttpSettings {
     deadlines: Deadlines,
-    client_request_timeout: Duration,
     keep_alive: Duration,
     local: SocketAddr,
     shutdown: GracefulShutdownSignal,
@@ -333,7 +331,10 @@ impl HttpSettings {
         let shutdown = self.shutdown.clone();
         let http = HttpService::<TimedStream, _, _>::build()
             .keep_alive(self.keep_alive)
-            .client_request_timeout(self.client_request_timeout)
+            // The timed stream bounds every request's head, the first one
+            // included; actix's own timer (first request only) would answer
+            // 408 on a connection an HTTP client opened and kept unused.
+            .client_request_timeout(Duration::ZERO)
             .client_disconnect_timeout(Duration::from_secs(1))
             .local_addr(self.local)
             .graceful_shutdown_signal(move || {

@@ -125,6 +125,10 @@ pub struct TimedStream {
     armed: Option<Instant>,
     /// The last write was refused: part of an answer may be unwritten.
     write_blocked: bool,
+    /// Some byte has arrived. A connection opened and never used (an HTTP
+    /// client's spare, kept in its pool) is closed at its deadline without
+    /// a 408, which that client would read as the answer to a later request.
+    used: bool,
     expired: bool,
 }
 
@@ -142,6 +146,7 @@ impl TimedStream {
             sleep: Box::pin(tokio::time::sleep_until(deadline)),
             armed: Some(deadline),
             write_blocked: false,
+            used: false,
             expired: false,
         }
     }
@@ -181,7 +186,7 @@ impl TimedStream {
 
     fn expire(&mut self, cx: &mut Context<'_>) {
         self.expired = true;
-        if self.shared.phase.get() == Phase::Head && !self.write_blocked {
+        if self.shared.phase.get() == Phase::Head && self.used && !self.write_blocked {
             // Best effort: whatever the socket takes now, never waiting.
             let _ = Pin::new(&mut self.io).poll_write(cx, REQUEST_TIMEOUT);
         }
@@ -201,6 +206,7 @@ impl AsyncRead for TimedStream {
         let before = buf.filled().len();
         match Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
+                this.used |= buf.filled().len() > before;
                 if buf.filled().len() > before && this.shared.phase.get() == Phase::Idle {
                     this.shared
                         .enter(Phase::Head, Some(this.shared.limits.request));
