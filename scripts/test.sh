@@ -39,7 +39,7 @@ fi
 ./scripts/fjall-patch.sh
 
 # The benchmark's own analysis (interleaved-run ratios) and its nginx config.
-python3 scripts/bench_helper.py selftest
+python3 bench/bench_helper.py selftest
 
 cargo test --all-targets "$@"
 

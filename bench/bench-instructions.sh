@@ -4,7 +4,7 @@
 # host's noise (throughput on a shared 2-core host moves by +-15% between
 # runs of the same binary; these counts repeat within about 1%).
 #
-#   ./scripts/bench-instructions.sh [--no-build] [--bin PATH] [--tokens N] [--seconds S]
+#   ./bench/bench-instructions.sh [--no-build] [--bin PATH] [--tokens N] [--seconds S]
 #
 # Seeds a store with N tokens (default 1000), starts the release binary
 # under valgrind --tool=callgrind, and for each route runs wrk (-t1 -c8)
@@ -19,8 +19,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-HELPER=(python3 "$ROOT/scripts/bench_helper.py")
-LUA="$ROOT/scripts/bench_wrk.lua"
+HELPER=(python3 "$ROOT/bench/bench_helper.py")
+LUA="$ROOT/bench/bench_wrk.lua"
 TOKENS=1000
 SECONDS_PER_ROUTE=5
 BUILD=1

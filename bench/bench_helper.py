@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Helper for scripts/bench.sh (standard library only).
+"""Helper for bench/bench.sh (standard library only).
 
 Subcommands:
   gen         seed file (the `agent-tokens import` JSON Lines format) plus
@@ -134,7 +134,7 @@ def cmd_gen(a):
                     "version": 1,
                     "users": n,
                     "exported_at": now,
-                    "generator": "scripts/bench_helper.py",
+                    "generator": "bench/bench_helper.py",
                 },
                 separators=(",", ":"),
             )

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark agent-tokens end to end on this machine and print one summary table.
 #
-#   ./scripts/bench.sh [--tokens N[,N...]] [--out FILE] [options]
+#   ./bench/bench.sh [--tokens N[,N...]] [--out FILE] [options]
 #
 # By default it runs twice: on a store of a million tokens, then on one of
 # a thousand. In each run: builds the release binary, seeds a fresh store with N tokens
@@ -34,7 +34,7 @@
 # the nginx recipe to the same nginx whose auth subrequest goes to
 # `return 204`) comes from one wrk run in which the two take turns in short
 # slices on the same connections (A B B A ..., 50 ms each; see
-# scripts/bench_wrk.lua): this host's speed moves by 15% from one 100 ms to
+# bench/bench_wrk.lua): this host's speed moves by 15% from one 100 ms to
 # the next and stays correlated for about a second, so separate runs seconds
 # apart measured the host as much as the routes (per-pair ratios of 5 s runs
 # spread over +-10%; a median of 300 slice pairs repeats within about 2%).
@@ -80,7 +80,7 @@
 # ~1 core, wrk ~0.9), while -c32 leaves ~15% idle (loopback ping-pong, so the
 # "ceiling" would be a latency figure), and a second wrk thread only takes
 # CPU from the server. 64 concurrent writers also give group commit a fair
-# batch. Every run uses the same Lua script (scripts/bench_wrk.lua, requests
+# batch. Every run uses the same Lua script (bench/bench_wrk.lua, requests
 # built up front), so the client's cost per request is the same for every
 # route. Ratios are medians of per-pair ratios (A B B A ...), which cancels
 # slow drifts in what else the host is doing; the report warns when other
@@ -88,8 +88,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-HELPER=(python3 "$ROOT/scripts/bench_helper.py")
-LUA="$ROOT/scripts/bench_wrk.lua"
+HELPER=(python3 "$ROOT/bench/bench_helper.py")
+LUA="$ROOT/bench/bench_wrk.lua"
 
 TOKENS=1000000,1000
 SETS="hot=1000,distinct=100000,uniform=all"

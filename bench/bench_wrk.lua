@@ -1,4 +1,4 @@
--- wrk script for scripts/bench.sh: one request shape (or two, interleaved in
+-- wrk script for bench/bench.sh: one request shape (or two, interleaved in
 -- time slices), rotating over a list of bearer credentials, and a JSON
 -- summary written at the end.
 --
