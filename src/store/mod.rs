@@ -407,7 +407,8 @@ impl Store {
 }
 
 /// Stored values as they are, around every rule of [`Store`]: for tests
-/// that fabricate damage and for looking at a stopped store by hand.
+/// that fabricate damage (the `test-support` feature, on only for tests).
+#[cfg(feature = "test-support")]
 pub mod raw {
     use super::*;
 
