@@ -126,7 +126,7 @@ mod tests {
     }
 
     fn jwt(sub: &str) -> String {
-        let exp = crate::store::now_secs_for_tests() + 600;
+        let exp = crate::domain::clock::Clock::system().now() + 600;
         encode(
             &Header::default(),
             &serde_json::json!({"sub": sub, "exp": exp}),

@@ -110,12 +110,7 @@ impl Raw {
             path: shown(),
             source,
         };
-        let layout_error = |source| {
-            open_error(StoreError::Layout {
-                path: path.to_owned(),
-                source,
-            })
-        };
+        let layout_error = |source| open_error(StoreError::layout(path)(source));
         let lock = layout::lock(path)
             .map_err(layout_error)?
             .ok_or_else(|| CheckError::InUse(shown()))?;

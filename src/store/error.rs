@@ -48,3 +48,13 @@ pub enum StoreError {
     #[error("the store is recovering from an I/O failure and refuses writes for now")]
     Recovering,
 }
+
+impl StoreError {
+    /// Maps an I/O error about the store's directory at `path`.
+    pub(crate) fn layout(path: &std::path::Path) -> impl Fn(std::io::Error) -> Self + '_ {
+        move |source| Self::Layout {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}

@@ -11,18 +11,17 @@
 //! and 2 are upgraded in place as earlier releases did, then every tree is
 //! written in key order into a new fjall database in the next generation
 //! directory, which is synced and named current with one atomic rename
-//! ([`layout::commit`]). A crash before the rename leaves the sled store
+//! ([`crate::store::layout::commit`]). A crash before the rename leaves the sled store
 //! current (the next open starts over); after it the new copy holds every
 //! record. The sled files are removed once the new copy is current.
 
 use std::path::{Path, PathBuf};
 
-use fjall::{Database, Keyspace, PersistMode};
+use fjall::{Database, Keyspace};
 use sled::Tree;
 
 use crate::store::error::StoreError;
-use crate::store::keyspaces::{open_db, Keyspaces, GRACE_EXPIRY, META, TOKENHASH_USER, USER_TOKEN};
-use crate::store::layout;
+use crate::store::keyspaces::{GRACE_EXPIRY, META, TOKENHASH_USER, USER_TOKEN};
 use crate::store::records::{
     decode_body, decode_index, decode_user, encode_index, encode_user, IndexEntry, UserRecord,
     FORMAT_V1, FORMAT_V2,
@@ -70,10 +69,6 @@ pub(crate) fn migrate(
     old: &Path,
     cache_mb: u64,
 ) -> Result<(Database, PathBuf), StoreError> {
-    let layout_error = |source| StoreError::Layout {
-        path: path.to_owned(),
-        source,
-    };
     log::info!(
         "the store at {} is in the format of an earlier release (sled); copying it into the current one",
         path.display()
@@ -107,19 +102,12 @@ pub(crate) fn migrate(
         }
     }
 
-    let generation = layout::next_generation(path).map_err(layout_error)?;
-    let dir = layout::generation_dir(path, generation);
-    let db = open_db(path, &dir, cache_mb)?;
-    let keyspaces = Keyspaces::open(&db)?;
-    let copied = copy_tree(&users, &keyspaces.users)?;
-    copy_tree(&index, &keyspaces.index)?;
-    copy_tree(&grace, &keyspaces.grace)?;
-    keyspaces
-        .meta
-        .insert(SCHEMA_KEY, SCHEMA_VERSION.to_be_bytes())?;
-    db.persist(PersistMode::SyncAll)?;
-    layout::sync_dir(&dir).map_err(layout_error)?;
-    layout::commit(path, generation).map_err(layout_error)?;
+    let (db, dir, copied) = crate::store::generation::write(path, cache_mb, |keyspaces| {
+        let copied = copy_tree(&users, &keyspaces.users)?;
+        copy_tree(&index, &keyspaces.index)?;
+        copy_tree(&grace, &keyspaces.grace)?;
+        Ok(copied)
+    })?;
     drop((users, index, grace, meta, sled_db));
     log::info!(
         "copied the store into the current format: {copied} users in {:?}",
@@ -343,7 +331,7 @@ mod tests {
             .unwrap();
         db.flush().unwrap();
         drop(db);
-        layout::commit(path, 2).unwrap();
+        crate::store::layout::commit(path, 2).unwrap();
         (record, entry)
     }
 

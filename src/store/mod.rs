@@ -22,6 +22,7 @@
 
 pub mod durability;
 pub mod error;
+mod generation;
 pub mod keyspaces;
 pub mod layout;
 pub mod legacy;
@@ -47,7 +48,8 @@ use fjall::{Database, Keyspace, PersistMode};
 use self::keyspaces::{open_db, Keyspaces};
 use self::layout::Current;
 use self::records::{encode_index, encode_user};
-use self::schema::{check_schema, PROBE_KEY, SCHEMA_KEY};
+use self::schema::{check_schema, PROBE_KEY};
+use crate::domain::clock::Clock;
 use crate::domain::token::TokenHash;
 use crate::domain::user::UserId;
 use crate::store::durability::{DurabilityError, FlushStats, Flusher};
@@ -74,18 +76,6 @@ impl std::fmt::Debug for Store {
     }
 }
 
-#[cfg(test)]
-pub(crate) fn now_secs_for_tests() -> u64 {
-    now_secs()
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// An open database of the current format, and the lock that makes it ours.
 pub(crate) struct Opened {
     pub db: Database,
@@ -97,17 +87,13 @@ pub(crate) struct Opened {
 /// that are not current (an interrupted creation or migration, a migrated
 /// sled store) are removed.
 pub(crate) fn open_current(path: &Path, cache_mb: u64) -> Result<Opened, StoreError> {
-    let layout_error = |source| StoreError::Layout {
-        path: path.to_owned(),
-        source,
-    };
-    std::fs::create_dir_all(path).map_err(layout_error)?;
+    std::fs::create_dir_all(path).map_err(StoreError::layout(path))?;
     let lock = layout::lock(path)
-        .map_err(layout_error)?
+        .map_err(StoreError::layout(path))?
         .ok_or_else(|| StoreError::InUse {
             path: path.to_owned(),
         })?;
-    let current = layout::current(path).map_err(layout_error)?;
+    let current = layout::current(path).map_err(StoreError::layout(path))?;
     // Ours alone now (the lock): what is not current can go, before a new
     // copy is written where an interrupted one may have been.
     if let Err(e) = layout::remove_stale(path) {
@@ -138,20 +124,7 @@ pub(crate) fn open_current(path: &Path, cache_mb: u64) -> Result<Opened, StoreEr
 
 /// Writes a new, empty store into the next generation and makes it current.
 fn create(path: &Path, cache_mb: u64) -> Result<(Database, PathBuf), StoreError> {
-    let layout_error = |source| StoreError::Layout {
-        path: path.to_owned(),
-        source,
-    };
-    let generation = layout::next_generation(path).map_err(layout_error)?;
-    let dir = layout::generation_dir(path, generation);
-    let db = open_db(path, &dir, cache_mb)?;
-    let keyspaces = Keyspaces::open(&db)?;
-    keyspaces
-        .meta
-        .insert(SCHEMA_KEY, SCHEMA_VERSION.to_be_bytes())?;
-    db.persist(PersistMode::SyncAll)?;
-    layout::sync_dir(&dir).map_err(layout_error)?;
-    layout::commit(path, generation).map_err(layout_error)?;
+    let (db, dir, ()) = generation::write(path, cache_mb, |_| Ok(()))?;
     Ok((db, dir))
 }
 
@@ -366,7 +339,8 @@ impl Store {
 
     /// [`Store::probe_write`] for plain threads (not on an async runtime).
     pub fn probe_write_blocking(&self) -> Result<(), StoreError> {
-        self.meta.insert(PROBE_KEY, now_secs().to_be_bytes())?;
+        self.meta
+            .insert(PROBE_KEY, Clock::system().now().to_be_bytes())?;
         self.flusher.wrote_and_wait_blocking()?;
         Ok(())
     }
