@@ -85,7 +85,7 @@ pub enum ApiError {
     NotFound,
     #[error("method not allowed")]
     /// A known path with another method; `allow` lists the ones it takes.
-    MethodNotAllowed { allow: &'static str },
+    MethodNotAllowed { allow: std::sync::Arc<str> },
 }
 
 impl ApiError {
@@ -208,7 +208,7 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code());
         response.insert_header(no_store());
         if let ApiError::MethodNotAllowed { allow } = self {
-            response.insert_header((header::ALLOW, *allow));
+            response.insert_header((header::ALLOW, allow.as_ref()));
         }
         if let ApiError::RateLimited { retry_after_secs }
         | ApiError::TooManyChanges { retry_after_secs } = self

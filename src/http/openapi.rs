@@ -11,6 +11,7 @@ use utoipa::{Modify, OpenApi};
 
 use std::sync::LazyLock;
 
+use actix_web::http::Method;
 use actix_web::web::Bytes;
 use actix_web::{web, HttpResponse};
 
@@ -222,9 +223,9 @@ fn camel_case_link_fields(doc: &mut serde_json::Value) {
 /// Registers `GET /openapi.json`; other methods get a JSON 405.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::resource("/openapi.json")
-            .route(web::get().to(openapi_json))
-            .default_service(web::to(routes::method_not_allowed)),
+        routes::Resource::new("/openapi.json")
+            .on(Method::GET, openapi_json)
+            .done(),
     );
 }
 

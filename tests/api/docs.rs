@@ -94,7 +94,9 @@ fn management_errors() -> Vec<ApiError> {
         },
         ApiError::HeadersTooLarge,
         ApiError::NotFound,
-        ApiError::MethodNotAllowed { allow: "GET" },
+        ApiError::MethodNotAllowed {
+            allow: "GET".into(),
+        },
     ]
 }
 
@@ -283,7 +285,10 @@ async fn the_verification_page_covers_every_answer_and_recipe() {
             .replace(",\"", ", \""),
         "the 500",
     );
-    let (_, body, _) = rendered(ApiError::MethodNotAllowed { allow: "GET" }).await;
+    let (_, body, _) = rendered(ApiError::MethodNotAllowed {
+        allow: "GET".into(),
+    })
+    .await;
     assert_mentions(&page, body["message"].as_str().unwrap(), "the 405");
     for field in [
         "active",

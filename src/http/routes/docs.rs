@@ -12,7 +12,9 @@ use actix_web::HttpResponse;
 use pulldown_cmark::{CowStr, Event, Options, Parser, Tag, TagEnd};
 use utoipa::ToSchema;
 
+use super::Resource;
 use crate::http::error::ApiError;
+use actix_web::http::Method;
 
 const MARKDOWN: &str = "text/markdown; charset=utf-8";
 const HTML: &str = "text/html; charset=utf-8";
@@ -78,21 +80,13 @@ impl DocPage {
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/docs")
-            .route(web::get().to(index))
-            .default_service(web::to(super::method_not_allowed)),
-    )
-    .service(
-        web::resource("/docs/{page}")
-            .route(web::get().to(html))
-            .default_service(web::to(super::method_not_allowed)),
-    )
-    .service(
-        web::resource("/api/doc/raw/{page}")
-            .route(web::get().to(raw))
-            .default_service(web::to(super::method_not_allowed)),
-    );
+    cfg.service(Resource::new("/docs").on(Method::GET, index).done())
+        .service(Resource::new("/docs/{page}").on(Method::GET, html).done())
+        .service(
+            Resource::new("/api/doc/raw/{page}")
+                .on(Method::GET, raw)
+                .done(),
+        );
 }
 
 /// The HTML pages, rendered on first use.

@@ -2,31 +2,24 @@
 
 use actix_web::{web, HttpResponse};
 
+use super::Resource;
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
 use crate::metrics::METRICS;
+use actix_web::http::Method;
 
 /// Registers `/healthz`; other methods get a JSON 405.
 pub fn configure_liveness(cfg: &mut web::ServiceConfig) {
-    register(cfg, "/healthz", web::get().to(healthz));
+    cfg.service(Resource::new("/healthz").on(Method::GET, healthz).done());
 }
 
 /// Registers `/readyz`, and `/metrics` unless it has its own listener;
 /// other methods get a JSON 405.
 pub fn configure(cfg: &mut web::ServiceConfig, with_metrics: bool) {
-    register(cfg, "/readyz", web::get().to(readyz));
+    cfg.service(Resource::new("/readyz").on(Method::GET, readyz).done());
     if with_metrics {
-        register(cfg, "/metrics", web::get().to(metrics));
+        cfg.service(Resource::new("/metrics").on(Method::GET, metrics).done());
     }
-}
-
-fn register(cfg: &mut web::ServiceConfig, path: &'static str, handler: actix_web::Route) {
-    cfg.service(
-        web::resource(path)
-            .name(path)
-            .route(handler)
-            .default_service(web::to(super::method_not_allowed)),
-    );
 }
 
 /// Handles `GET /healthz`.

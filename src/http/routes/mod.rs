@@ -5,7 +5,10 @@ pub mod health;
 pub mod tokens;
 pub mod verify;
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use std::sync::Arc;
+
+use actix_web::http::Method;
+use actix_web::{web, FromRequest, Handler, HttpResponse, Responder};
 
 use crate::http::error::ApiError;
 
@@ -29,15 +32,54 @@ pub fn configure_private(cfg: &mut web::ServiceConfig) {
     health::configure(cfg, true);
 }
 
-/// The JSON 405 for a known path with an unsupported method.
-pub async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let allow = match req.match_pattern().as_deref() {
-        Some("/api/agent-tokens/me") => "GET, POST, DELETE",
-        Some("/api/agent-tokens/me/get-or-create") => "POST",
-        Some("/api/agent-tokens/verify") => "GET, HEAD",
-        _ => "GET",
-    };
-    Err(ApiError::MethodNotAllowed { allow })
+/// A route and the methods it answers, each said once: any other method
+/// gets the JSON 405 whose `Allow` header lists exactly these.
+pub struct Resource {
+    inner: actix_web::Resource,
+    allow: Vec<&'static str>,
+}
+
+impl Resource {
+    pub fn new(path: &'static str) -> Self {
+        Self {
+            inner: web::resource(path).name(path),
+            allow: Vec::new(),
+        }
+    }
+
+    /// Answers `method` with `handler`.
+    pub fn on<F, Args>(mut self, method: Method, handler: F) -> Self
+    where
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        self.allow.push(allow_name(&method));
+        self.inner = self.inner.route(web::method(method).to(handler));
+        self
+    }
+
+    /// The resource, with the 405 for every other method.
+    pub fn done(self) -> actix_web::Resource {
+        let allow: Arc<str> = self.allow.join(", ").into();
+        self.inner.default_service(web::to(move || {
+            let allow = Arc::clone(&allow);
+            async move { Err::<HttpResponse, ApiError>(ApiError::MethodNotAllowed { allow }) }
+        }))
+    }
+}
+
+/// The methods routes use, as `Allow` spells them.
+fn allow_name(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        _ => "OPTIONS",
+    }
 }
 
 /// The JSON 404 for every unknown path.

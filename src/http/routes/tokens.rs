@@ -4,7 +4,9 @@ use actix_web::http::header::ContentType;
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 
+use super::Resource;
 use crate::http::error::no_store;
+use actix_web::http::Method;
 use serde::Serialize;
 
 use crate::domain::clock::Timestamp;
@@ -25,18 +27,16 @@ pub const EXISTS_MESSAGE: &str =
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::resource(ME_PATH)
-            .name(ME_PATH)
-            .route(web::get().to(status))
-            .route(web::post().to(rotate))
-            .route(web::delete().to(revoke))
-            .default_service(web::to(super::method_not_allowed)),
+        Resource::new(ME_PATH)
+            .on(Method::GET, status)
+            .on(Method::POST, rotate)
+            .on(Method::DELETE, revoke)
+            .done(),
     )
     .service(
-        web::resource(GET_OR_CREATE_PATH)
-            .name(GET_OR_CREATE_PATH)
-            .route(web::post().to(get_or_create))
-            .default_service(web::to(super::method_not_allowed)),
+        Resource::new(GET_OR_CREATE_PATH)
+            .on(Method::POST, get_or_create)
+            .done(),
     );
 }
 

@@ -12,6 +12,7 @@ use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
+use super::Resource;
 use crate::domain::clock::Timestamp;
 use crate::domain::policy::needs_touch;
 use crate::http::answers::VerifyAnswer;
@@ -20,6 +21,7 @@ use crate::http::error::{ApiError, Operation, VerifyRefusal};
 use crate::http::state::AppState;
 use crate::metrics::{TokenOperation, METRICS};
 use crate::store::records::IndexEntry;
+use actix_web::http::Method;
 
 pub const VERIFY_PATH: &str = "/api/agent-tokens/verify";
 
@@ -28,11 +30,10 @@ pub const USER_ID_HEADER: HeaderName = HeaderName::from_static("x-agent-user-id"
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        web::resource(VERIFY_PATH)
-            .name(VERIFY_PATH)
-            .route(web::get().to(verify))
-            .route(web::head().to(verify))
-            .default_service(web::to(super::method_not_allowed)),
+        Resource::new(VERIFY_PATH)
+            .on(Method::GET, verify)
+            .on(Method::HEAD, verify)
+            .done(),
     );
 }
 
