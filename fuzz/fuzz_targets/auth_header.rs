@@ -5,7 +5,7 @@
 use std::sync::LazyLock;
 
 use actix_web::http::header::HeaderValue;
-use agent_tokens::http::auth::{agent_token_hash, authenticate_user};
+use agent_tokens::http::auth::{authenticate_user, presented_agent_token};
 use agent_tokens::config::JwtSettings;
 use agent_tokens::domain::jwt::JwtVerifier;
 use libfuzzer_sys::fuzz_target;
@@ -26,8 +26,10 @@ fuzz_target!(|data: &[u8]| {
     };
     // A random input cannot carry a valid HMAC signature for our secret.
     assert!(authenticate_user(Some(&value), &VERIFIER).is_err());
-    // It can only be a well-formed agent token if it has the exact shape.
-    if agent_token_hash(Some(&value)).is_ok() {
+    // The verify route's own two steps before any lookup (shape, then
+    // checksum): only the exact shape of an agent token gets through.
+    let accepted = presented_agent_token(Some(&value)).is_ok_and(|p| p.check().is_ok());
+    if accepted {
         let text = value.to_str().expect("accepted tokens are ASCII");
         let credential = text.split_once(' ').map(|(_, c)| c.trim()).unwrap_or("");
         assert!(credential.starts_with("sk_agt_") && credential.len() == 71);

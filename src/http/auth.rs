@@ -12,7 +12,7 @@ use actix_web::http::header::{HeaderValue, AUTHORIZATION};
 use actix_web::{FromRequest, HttpRequest};
 
 use crate::domain::jwt::JwtVerifier;
-use crate::domain::token::{looks_like_agent_token, PresentedToken, TokenError, TokenHash};
+use crate::domain::token::{looks_like_agent_token, PresentedToken, TokenError};
 use crate::domain::user::UserId;
 use crate::http::error::{ApiError, VerifyRefusal};
 
@@ -77,14 +77,6 @@ pub fn presented_agent_token(
     PresentedToken::new(credential).map_err(VerifyRefusal::Malformed)
 }
 
-/// The hash of a well-formed agent token with a valid checksum, or why it
-/// is refused: what verify decides before any lookup.
-pub fn agent_token_hash(header: Option<&HeaderValue>) -> Result<TokenHash, VerifyRefusal> {
-    let presented = presented_agent_token(header)?;
-    presented.check().map_err(VerifyRefusal::Malformed)?;
-    Ok(*presented.hash())
-}
-
 /// A request authenticated by a valid user JWT.
 #[derive(Debug)]
 pub struct UserJwt(pub UserId);
@@ -116,6 +108,16 @@ mod tests {
     use secrecy::SecretString;
 
     const SECRET: &str = "property-test-secret-of-32-bytes-or-more";
+
+    /// What the verify route decides before any lookup, in its own two
+    /// steps: the credential's shape, then its checksum.
+    fn agent_token_hash(
+        header: Option<&HeaderValue>,
+    ) -> Result<crate::domain::token::TokenHash, VerifyRefusal> {
+        let presented = presented_agent_token(header)?;
+        presented.check().map_err(VerifyRefusal::Malformed)?;
+        Ok(*presented.hash())
+    }
 
     fn verifier() -> JwtVerifier {
         JwtVerifier::from_settings(&JwtSettings {
