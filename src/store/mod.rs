@@ -43,7 +43,7 @@ pub use schema::SCHEMA_VERSION;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use fjall::{Database, Keyspace, PersistMode};
+use fjall::{Database, Keyspace};
 
 use self::keyspaces::{open_db, Keyspaces};
 use self::layout::Current;
@@ -384,6 +384,8 @@ impl Store {
 /// that fabricate damage (the `test-support` feature, on only for tests).
 #[cfg(feature = "test-support")]
 pub mod raw {
+    use fjall::PersistMode;
+
     use super::*;
 
     fn keyspace<'a>(k: &'a Keyspaces, name: &str) -> Option<&'a Keyspace> {
