@@ -6,6 +6,9 @@
 //! to touch an agent-tokens it did not install, and purges what it installed
 //! even when it fails. ./scripts/test.sh installs cargo-deb.
 
+mod common;
+
+use common::{output_text as text, repo};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -25,19 +28,6 @@ const UNIT: &str = "/usr/lib/systemd/system/agent-tokens.service";
 const CONFIG: &str = "/etc/agent-tokens/config.toml";
 const SECRET: &str = "/etc/agent-tokens/jwt-secret";
 const STATE: &str = "/var/lib/agent-tokens";
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn run(program: &str, args: &[&str]) -> Output {
     Command::new(program)

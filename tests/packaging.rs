@@ -2,6 +2,9 @@
 //! and the offline bundle, checked with the real tools (systemd-analyze, bash,
 //! tar, cargo). Nothing here skips: ./scripts/test.sh installs the tools.
 
+mod common;
+
+use common::{output_text as text, repo};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -14,19 +17,6 @@ const SYSTEMD_CONFIG: &str = "config/agent-tokens.systemd.toml";
 /// The exposure `systemd-analyze security` may report at most (0 = fully
 /// sandboxed, 10 = not at all).
 const MAX_EXPOSURE: f64 = 1.5;
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn systemd_analyze(args: &[&str]) -> Output {
     Command::new("systemd-analyze")

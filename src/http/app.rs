@@ -179,15 +179,7 @@ impl Application {
                             Logger::new("%a \"%{request}xi\" %s %b %Dms")
                                 .custom_request_replace("request", request_line_without_query),
                         ))
-                        .wrap_fn(|req, srv| {
-                            let phase = RequestPhase::start(&req);
-                            let call = srv.call(req);
-                            async move {
-                                let res = call.await;
-                                drop(phase);
-                                res
-                            }
-                        })
+                        .wrap_fn(in_request_phase)
                         .configure(|cfg| routes::configure(cfg, metrics_on_main))
                         .configure(openapi::configure)
                         .default_service(web::to(routes::not_found));
@@ -204,15 +196,7 @@ impl Application {
                 .listen("agent-tokens-metrics", listener, move || {
                     let app = App::new()
                         .app_data(data.clone())
-                        .wrap_fn(|req, srv| {
-                            let phase = RequestPhase::start(&req);
-                            let call = srv.call(req);
-                            async move {
-                                let res = call.await;
-                                drop(phase);
-                                res
-                            }
-                        })
+                        .wrap_fn(in_request_phase)
                         .configure(routes::configure_private)
                         .default_service(web::to(routes::not_found));
                     http.service(app)
@@ -415,5 +399,23 @@ fn notify_systemd(state: &[NotifyState]) {
         if let Err(e) = sd_notify::notify(state) {
             log::warn!("cannot notify systemd: {e}");
         }
+    }
+}
+
+/// Marks the request as the app's own time on its connection (see `conn`)
+/// until its answer is ready; both listeners' apps wrap their routes in it.
+fn in_request_phase<S, B>(
+    req: ServiceRequest,
+    srv: &S,
+) -> impl std::future::Future<Output = Result<ServiceResponse<B>, actix_web::Error>>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
+{
+    let phase = RequestPhase::start(&req);
+    let call = srv.call(req);
+    async move {
+        let res = call.await;
+        drop(phase);
+        res
     }
 }

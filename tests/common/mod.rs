@@ -197,3 +197,18 @@ pub async fn call(
     let body = resp.json().await.unwrap_or(serde_json::Value::Null);
     (status, body)
 }
+
+/// The repository's root, for the files tests read from it.
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A finished command's status and both outputs, for assertion messages.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
