@@ -30,8 +30,8 @@ use crate::http::state::{AppState, Readiness};
 use crate::http::{openapi, routes};
 use crate::metrics::METRICS;
 use crate::store::error::StoreError;
-use crate::store::live::LiveStore;
 use crate::store::records::ChangeListener;
+use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -86,7 +86,7 @@ impl Application {
             None => None,
         };
         let answers = Arc::new(Answers::default());
-        let store = LiveStore::open(
+        let store = Store::open(
             &settings.storage.path,
             settings.storage.cache_mb,
             Arc::clone(&answers) as Arc<dyn ChangeListener>,

@@ -13,11 +13,11 @@ use crate::http::answers::Answers;
 use crate::http::error::ApiError;
 use crate::http::limits::RequestLimits;
 use crate::store::error::StoreError;
-use crate::store::live::LiveStore;
+use crate::store::Store;
 
 /// What every request handler shares.
 pub struct AppState {
-    pub store: LiveStore,
+    pub store: Store,
     /// Remembered verify and status answers; the store's writes keep them exact.
     pub answers: Arc<Answers>,
     pub jwt: JwtVerifier,
@@ -51,8 +51,8 @@ pub struct Readiness {
 }
 
 impl Readiness {
-    pub async fn check(&self, store: &LiveStore, now: u64) -> Result<(), StoreError> {
-        if store.is_failed() {
+    pub async fn check(&self, store: &Store, now: u64) -> Result<(), StoreError> {
+        if store.refuses_writes() {
             return Err(StoreError::Recovering);
         }
         let mut last = self.last_success.lock().await;

@@ -21,12 +21,12 @@ use serde_json::{Map, Value};
 
 use crate::domain::token::{display_prefix_bytes, TOKEN_PREFIX};
 use crate::domain::user::UserId;
+use crate::store::db::Db;
 use crate::store::error::StoreError;
 use crate::store::records::{
     decode_index, decode_user, encode_index, encode_user, grace_key, GraceToken, IndexEntry,
     UserRecord,
 };
-use crate::store::Store;
 
 /// The header's `format`: what this file is.
 pub const FORMAT: &str = "agent-tokens-export";
@@ -86,13 +86,13 @@ impl BackupError {
 /// Opens a store for export or import, saying plainly when the server holds it.
 /// With `must_exist`, a path that holds no store is refused instead of
 /// being turned into a new, empty store.
-pub fn open_offline(path: &Path, cache_mb: u64, must_exist: bool) -> Result<Store, BackupError> {
+pub fn open_offline(path: &Path, cache_mb: u64, must_exist: bool) -> Result<Db, BackupError> {
     if must_exist && !crate::store::layout::holds_store(path) {
         return Err(BackupError::NoStore {
             path: path.to_owned(),
         });
     }
-    Store::open(path, cache_mb).map_err(|e| match e {
+    Db::open(path, cache_mb).map_err(|e| match e {
         StoreError::InUse { .. } => BackupError::InUse {
             path: path.to_owned(),
         },
@@ -478,7 +478,7 @@ fn check_unique(entries: &[Entry]) -> Result<(), BackupError> {
     }
 }
 
-impl Store {
+impl Db {
     /// Writes every user record as an export to `out`. Reads only; the
     /// store must not be served meanwhile (the CLI opens it exclusively),
     /// so the export is one consistent state.
@@ -623,7 +623,7 @@ fn remove_all(db: &fjall::Database, keyspace: &fjall::Keyspace) -> Result<(), Ba
 /// The grace part of an export line, from the rotated-out token's index
 /// entry. A grace token without one does not verify, so it is left out.
 fn grace_line<'a>(
-    store: &Store,
+    store: &Db,
     user_id: &str,
     prev: &'a GraceToken,
 ) -> Result<Option<GraceLine<'a>>, BackupError> {
@@ -661,13 +661,13 @@ mod tests {
         NewToken::of(&PlainToken::generate(rng).unwrap())
     }
 
-    fn export(store: &Store) -> String {
+    fn export(store: &Db) -> String {
         let mut out = Vec::new();
         store.export_to(&mut out, 1_800_000_000).unwrap();
         String::from_utf8(out).unwrap()
     }
 
-    fn snapshot(store: &Store) -> (Vec<(String, UserRecord)>, Vec<IndexEntry>, usize) {
+    fn snapshot(store: &Db) -> (Vec<(String, UserRecord)>, Vec<IndexEntry>, usize) {
         let users = store.users().collect::<Result<Vec<_>, _>>().unwrap();
         let mut index: Vec<IndexEntry> = store.index_entries().map(|r| r.unwrap().1).collect();
         index.sort_by(|a, b| (&a.user_id, &a.prefix).cmp(&(&b.user_id, &b.prefix)));
@@ -678,7 +678,7 @@ mod tests {
     async fn an_export_imports_into_an_identical_store() {
         let rng = SystemRandom::new();
         let dir = tempfile::tempdir().unwrap();
-        let source = Store::open(&dir.path().join("a"), 8).unwrap();
+        let source = Db::open(&dir.path().join("a"), 8).unwrap();
         for (i, name) in ["alice", "bob", "ünïcødé@example.com"].iter().enumerate() {
             let user = UserId::parse(name).unwrap();
             source
@@ -713,7 +713,7 @@ mod tests {
                 in_grace: 1
             }
         );
-        let target = Store::open(&dir.path().join("b"), 8).unwrap();
+        let target = Db::open(&dir.path().join("b"), 8).unwrap();
         let summary = target.import_from(&backup, false).await.unwrap();
         assert_eq!(
             summary,
@@ -726,7 +726,7 @@ mod tests {
         assert_eq!(snapshot(&target).2, 1);
         assert_eq!(export(&target), text);
         drop(target);
-        let target = Store::open(&dir.path().join("b"), 8).unwrap();
+        let target = Db::open(&dir.path().join("b"), 8).unwrap();
         assert_eq!(export(&target), text);
     }
 
@@ -734,7 +734,7 @@ mod tests {
     async fn import_refuses_a_non_empty_store_unless_forced_and_force_replaces_it() {
         let rng = SystemRandom::new();
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 8).unwrap();
+        let store = Db::open(dir.path(), 8).unwrap();
         let old = UserId::parse("old").unwrap();
         store.rotate(&old, &new_token(&rng), 1, 60).await.unwrap();
         store.rotate(&old, &new_token(&rng), 2, 60).await.unwrap();
@@ -756,7 +756,7 @@ mod tests {
         // What was cleared stays cleared, and the import stays, across a restart.
         let before = snapshot(&store);
         drop(store);
-        let store = Store::open(dir.path(), 8).unwrap();
+        let store = Db::open(dir.path(), 8).unwrap();
         assert_eq!(snapshot(&store), before);
     }
 

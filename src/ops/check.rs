@@ -344,12 +344,12 @@ pub fn check_store(path: &Path) -> Result<Report, CheckError> {
 mod tests {
     use super::*;
     use crate::domain::token::PlainToken;
+    use crate::store::db::Db;
     use crate::store::records::NewToken;
-    use crate::store::Store;
     use ring::rand::SystemRandom;
 
     async fn store_with_users(path: &Path, grace_secs: u64) -> Vec<PlainToken> {
-        let store = Store::open(path, 8).unwrap();
+        let store = Db::open(path, 8).unwrap();
         let rng = SystemRandom::new();
         let mut tokens = Vec::new();
         for user in ["alice", "bob", "carol"] {
@@ -365,8 +365,8 @@ mod tests {
     }
 
     /// The store's keyspaces, for damaging them by hand; persisted when dropped.
-    fn raw(path: &Path) -> (Keyspaces, crate::store::Opened) {
-        let opened = crate::store::open_current(path, 8).unwrap();
+    fn raw(path: &Path) -> (Keyspaces, crate::store::db::Opened) {
+        let opened = crate::store::db::open_current(path, 8).unwrap();
         (Keyspaces::open(&opened.db).unwrap(), opened)
     }
 
@@ -452,7 +452,7 @@ mod tests {
     async fn a_store_in_use_is_refused_plainly() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let _store = Store::open(&path, 8).unwrap();
+        let _store = Db::open(&path, 8).unwrap();
         let err = check_store(&path).unwrap_err();
         assert!(err.to_string().contains("is in use"), "{err}");
     }

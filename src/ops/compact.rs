@@ -8,12 +8,12 @@
 //! into one sorted run, dropping what was removed or overwritten, and
 //! syncs it.
 
+use crate::store::db::Db;
 use crate::store::error::StoreError;
-use crate::store::Store;
 
 /// Compacts every keyspace of `store` fully; returns its size on disk
 /// before and after, in bytes.
-pub fn compact_offline(store: Store) -> Result<(u64, u64), StoreError> {
+pub fn compact_offline(store: Db) -> Result<(u64, u64), StoreError> {
     let before = store.disk_bytes();
     // Memtables first, so what only the journal held is compacted too.
     if !store.flush_memtables(std::time::Duration::from_secs(600))? {
@@ -40,7 +40,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let rng = SystemRandom::new();
-        let store = Store::open(&path, 4).unwrap();
+        let store = Db::open(&path, 4).unwrap();
         let mut current = Vec::new();
         for n in 0..200 {
             let user = UserId::parse(&format!("user-{n}")).unwrap();
@@ -62,7 +62,7 @@ mod tests {
         let (before, after) = compact_offline(store).unwrap();
         assert!(before > 0 && after > 0, "{before} -> {after}");
 
-        let store = Store::open(&path, 4).unwrap();
+        let store = Db::open(&path, 4).unwrap();
         assert_eq!(store.users().count(), 100);
         assert_eq!(store.index_entries().count(), 100);
         for (user, token) in &current {

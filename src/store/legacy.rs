@@ -280,8 +280,8 @@ mod tests {
     use super::*;
     use crate::domain::token::TokenHash;
     use crate::domain::user::UserId;
+    use crate::store::db::Db;
     use crate::store::records::{grace_key, GraceToken};
-    use crate::store::Store;
 
     fn names(path: &Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(path)
@@ -344,7 +344,7 @@ mod tests {
         std::fs::create_dir_all(path.join("gen-3/keyspaces")).unwrap();
         std::fs::write(path.join("gen-3/junk"), b"half a copy").unwrap();
 
-        let store = Store::open(&path, 4).unwrap();
+        let store = Db::open(&path, 4).unwrap();
         let alice = UserId::parse("alice").unwrap();
         assert_eq!(store.get(&alice).unwrap().unwrap(), record);
         assert_eq!(
@@ -363,7 +363,7 @@ mod tests {
         assert!(report.is_consistent(), "{report}");
         assert_eq!((report.users, report.in_grace), (1, 1));
         // Opened again: the copy is the store, nothing is migrated twice.
-        let store = Store::open(&path, 4).unwrap();
+        let store = Db::open(&path, 4).unwrap();
         assert_eq!(store.get(&alice).unwrap().unwrap(), record);
         assert_eq!(names(&path), ["CURRENT", "LOCK", "gen-3"]);
     }

@@ -19,19 +19,40 @@
 //! window), and no reader ever sees a change a crash could undo. Values are
 //! bincode with a leading format-version byte. Raw tokens never reach this
 //! module: it sees only [`TokenHash`]es and display prefixes.
+//!
+//! [`Store`] is what the server holds: one open database ([`db::Db`]) that
+//! is reopened in-process after an I/O failure.
+//!
+//! fjall refuses every write after a failed journal write or sync (it is
+//! "poisoned": what reached the disk is unknown) until the database is
+//! reopened, which replays the journal up to its last whole batch. So
+//! after a failed write or sync this wrapper refuses further writes at once
+//! (500 with the page's message), keeps serving reads from the open
+//! database, and a recovery thread reopens it (dropping every handle first,
+//! which releases the store's lock) as soon as the disk has room again,
+//! backing off between attempts. No operator and no restart: exiting would
+//! let systemd's restart loop take reads down too.
+//!
+//! It also owns the last-used stamps verify records in memory
+//! ([`crate::store::stamps`]): a second thread writes them every
+//! [`STAMP_INTERVAL`], and a stop writes what is left before it closes the
+//! store. While writes are refused the stamps wait (in memory) for the
+//! reopen.
 
+pub mod db;
 pub mod durability;
 pub mod error;
 mod generation;
 pub mod keyspaces;
 pub mod layout;
 pub mod legacy;
-pub mod live;
 pub(crate) mod mutation;
 pub mod records;
 pub mod schema;
 pub mod stamps;
 
+#[cfg(feature = "test-support")]
+pub use db::raw;
 pub use error::StoreError;
 pub use keyspaces::{GRACE_EXPIRY, META, TOKENHASH_USER, USER_TOKEN};
 pub use records::{
@@ -41,204 +62,172 @@ pub use records::{
 pub use schema::SCHEMA_VERSION;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use fjall::{Database, Keyspace};
+use arc_swap::ArcSwapOption;
 
-use self::keyspaces::{open_db, Keyspaces};
-use self::layout::Current;
-use self::records::{encode_index, encode_user};
-use self::schema::{check_schema, PROBE_KEY};
-use crate::domain::clock::Clock;
 use crate::domain::token::TokenHash;
 use crate::domain::user::UserId;
-use crate::store::durability::{DurabilityError, FlushStats, Flusher};
-use crate::store::mutation::{
-    Apply, Create, ExpireGrace, Mutation, Queued, Revoke, Rotate, Stamp, StoreCommitter,
-};
+use crate::store::db::Db;
+use crate::store::durability::DurabilityError;
+use crate::store::stamps::{PendingStamps, STAMP_INTERVAL};
+
+/// Free space needed before a reopen is tried: the reopen writes a new
+/// journal and may flush memtables into tables.
+const MIN_FREE_BYTES: u64 = 4 * 1024 * 1024;
+const FIRST_RETRY: Duration = Duration::from_millis(250);
+const MAX_RETRY: Duration = Duration::from_secs(10);
+/// How long a stop waits for the memtables to be written out.
+const STOP_FLUSH_WAIT: Duration = Duration::from_secs(5);
+/// How long a reopen waits for in-flight operations to let go of the old database.
+const DRAIN_WAIT: Duration = Duration::from_secs(10);
+/// Stamps per queued operation: a rotation waits behind at most this many.
+const STAMPS_PER_BATCH: usize = 2048;
+
+struct Shared {
+    db: ArcSwapOption<Db>,
+    refusing_writes: AtomicBool,
+    path: PathBuf,
+    cache_mb: u64,
+    listener: Arc<dyn ChangeListener>,
+    wake: Condvar,
+    shutdown: Mutex<bool>,
+    stamps: PendingStamps,
+    /// Wakes the stamp writer early (a stop).
+    stamp_wake: Condvar,
+}
 
 pub struct Store {
-    // Dropped first: the flusher thread holds the database and is joined.
-    pub(crate) flusher: Flusher<Box<dyn Mutation>>,
-    pub(crate) users: Keyspace,
-    pub(crate) index: Keyspace,
-    pub(crate) grace: Keyspace,
-    pub(crate) meta: Keyspace,
-    path: PathBuf,
-    pub(crate) db: Database,
-    // Dropped last: no other process may open the store before it is closed.
-    _lock: layout::Lock,
+    shared: Arc<Shared>,
+    recovery: Option<JoinHandle<()>>,
+    stamp_writer: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
+        f.debug_struct("Store")
+            .field("path", &self.shared.path)
+            .field(
+                "failed",
+                &self.shared.refusing_writes.load(Ordering::Relaxed),
+            )
+            .finish()
     }
 }
 
-/// An open database of the current format, and the lock that makes it ours.
-pub(crate) struct Opened {
-    pub db: Database,
-    pub lock: layout::Lock,
-}
-
-/// Takes the store's lock and opens its current copy: creates a new store
-/// in an empty place, migrates one of an earlier release (sled). Copies
-/// that are not current (an interrupted creation or migration, a migrated
-/// sled store) are removed.
-pub(crate) fn open_current(path: &Path, cache_mb: u64) -> Result<Opened, StoreError> {
-    std::fs::create_dir_all(path).map_err(StoreError::layout(path))?;
-    let lock = layout::lock(path)
-        .map_err(StoreError::layout(path))?
-        .ok_or_else(|| StoreError::InUse {
-            path: path.to_owned(),
-        })?;
-    let current = layout::current(path).map_err(StoreError::layout(path))?;
-    // Ours alone now (the lock): what is not current can go, before a new
-    // copy is written where an interrupted one may have been.
-    if let Err(e) = layout::remove_stale(path) {
-        log::warn!(
-            "cannot remove old copies of the store in {}: {e}",
-            path.display()
-        );
-    }
-    let db = match current {
-        Current::Lsm(dir) => open_db(path, &dir, cache_mb)?,
-        new_copy => {
-            let made = match new_copy {
-                Current::Sled(old) => crate::store::legacy::migrate(path, &old, cache_mb)?,
-                _ => create(path, cache_mb)?,
-            };
-            // The copy it replaced (a migrated sled store) goes now.
-            if let Err(e) = layout::remove_stale(path) {
-                log::warn!(
-                    "cannot remove old copies of the store in {}: {e}",
-                    path.display()
-                );
-            }
-            made.0
-        }
-    };
-    Ok(Opened { db, lock })
-}
-
-/// Writes a new, empty store into the next generation and makes it current.
-fn create(path: &Path, cache_mb: u64) -> Result<(Database, PathBuf), StoreError> {
-    let (db, dir, ()) = generation::write(path, cache_mb, |_| Ok(()))?;
-    Ok((db, dir))
+/// Whether an error means the database must be reopened before writes can
+/// work again (I/O), as opposed to bad data or a conflict.
+fn needs_reopen(err: &StoreError) -> bool {
+    matches!(
+        err,
+        StoreError::Engine(fjall::Error::Io(_) | fjall::Error::Poisoned | fjall::Error::Storage(_))
+            | StoreError::Durability(DurabilityError::Flush(_))
+            | StoreError::Durability(DurabilityError::Stopped)
+    )
 }
 
 impl Store {
-    /// Opens (or creates) the store, migrates older ones, and starts the flusher.
-    pub fn open(path: &Path, cache_mb: u64) -> Result<Self, StoreError> {
-        Self::open_with_listener(path, cache_mb, Arc::new(NoListener))
-    }
-
-    /// [`Store::open`], telling `listener` about every write from then on.
-    pub fn open_with_listener(
+    /// Opens the store and starts the recovery thread; `listener` hears
+    /// about every write (see [`ChangeListener`]), across reopens too.
+    pub fn open(
         path: &Path,
         cache_mb: u64,
         listener: Arc<dyn ChangeListener>,
     ) -> Result<Self, StoreError> {
-        let Opened { db, lock } = open_current(path, cache_mb)?;
-        let keyspaces = Keyspaces::open(&db)?;
-        check_schema(path, &keyspaces)?;
-        let committer = StoreCommitter {
-            db: db.clone(),
-            users: keyspaces.users.clone(),
-            index: keyspaces.index.clone(),
-            grace: keyspaces.grace.clone(),
-            meta: keyspaces.meta.clone(),
-            listener,
-        };
-        let flusher = Flusher::start(db.clone(), committer)?;
-        Ok(Self {
-            flusher,
-            users: keyspaces.users,
-            index: keyspaces.index,
-            grace: keyspaces.grace,
-            meta: keyspaces.meta,
+        Self::open_with_stamp_interval(path, cache_mb, listener, STAMP_INTERVAL)
+    }
+
+    fn open_with_stamp_interval(
+        path: &Path,
+        cache_mb: u64,
+        listener: Arc<dyn ChangeListener>,
+        stamp_interval: Duration,
+    ) -> Result<Self, StoreError> {
+        let store = Db::open_with_listener(path, cache_mb, Arc::clone(&listener))?;
+        let shared = Arc::new(Shared {
+            db: ArcSwapOption::from_pointee(store),
+            refusing_writes: AtomicBool::new(false),
             path: path.to_owned(),
-            db,
-            _lock: lock,
+            cache_mb,
+            listener,
+            wake: Condvar::new(),
+            shutdown: Mutex::new(false),
+            stamps: PendingStamps::default(),
+            stamp_wake: Condvar::new(),
+        });
+        let spawn_error = |e: std::io::Error| {
+            StoreError::Durability(DurabilityError::Flush(e.to_string().into()))
+        };
+        let thread_shared = Arc::clone(&shared);
+        let recovery = std::thread::Builder::new()
+            .name("agent-tokens-recovery".into())
+            .spawn(move || reopen_after_io_failures(&thread_shared))
+            .map_err(spawn_error)?;
+        let mut live = Self {
+            shared,
+            recovery: Some(recovery),
+            stamp_writer: None,
+        };
+        let thread_shared = Arc::clone(&live.shared);
+        live.stamp_writer = Some(
+            std::thread::Builder::new()
+                .name("agent-tokens-stamps".into())
+                .spawn(move || write_stamps_periodically(&thread_shared, stamp_interval))
+                .map_err(spawn_error)?,
+        );
+        Ok(live)
+    }
+
+    /// What the store takes on disk in bytes, and its background jobs
+    /// (memtable flushes waiting, table merges running); zeros while it reopens.
+    pub fn storage_state(&self) -> (u64, usize) {
+        self.shared.db.load().as_ref().map_or((0, 0), |store| {
+            (store.disk_bytes(), store.background_jobs())
         })
     }
 
-    /// The storage path (`storage.path`), not necessarily fjall's directory.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Whether writes are currently refused while the store recovers.
+    pub fn refuses_writes(&self) -> bool {
+        self.shared.refusing_writes.load(Ordering::SeqCst)
     }
 
-    /// Writes every memtable out as a table and waits (up to `timeout`)
-    /// until that is done, so the journal holds nothing the next start
-    /// must replay. Returns whether it finished in time; if not, the
-    /// journal still holds everything and the next start replays it.
-    ///
-    /// (fjall's own `rotate_memtable_and_wait`, a test helper, was seen
-    /// waiting forever at a stop: this polls with a deadline instead.)
-    pub fn flush_memtables(&self, timeout: std::time::Duration) -> Result<bool, StoreError> {
-        let keyspaces = [&self.users, &self.index, &self.grace, &self.meta];
-        for keyspace in keyspaces {
-            keyspace.rotate_memtable()?;
+    fn db(&self) -> Result<Arc<Db>, StoreError> {
+        self.shared.db.load_full().ok_or(StoreError::Recovering)
+    }
+
+    fn db_for_writes(&self) -> Result<Arc<Db>, StoreError> {
+        if self.refuses_writes() {
+            return Err(StoreError::Recovering);
         }
-        let deadline = std::time::Instant::now() + timeout;
-        // Flushed journals are deleted after their flush: wait for that too,
-        // or the next start still reads them.
-        while self.db.outstanding_flushes() > 0
-            || keyspaces.iter().any(|k| k.sealed_memtable_count() > 0)
-            || self.db.journal_count() > 1
-        {
-            if std::time::Instant::now() >= deadline {
-                return Ok(false);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        Ok(true)
+        self.db()
     }
 
-    /// Memtable flushes waiting and table merges running.
-    pub fn background_jobs(&self) -> usize {
-        self.db.outstanding_flushes() + self.db.active_compactions()
+    fn refuse_writes_on_io_failure<T>(
+        &self,
+        result: Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.shared.refuse_writes_on_io_failure(result)
     }
 
-    /// What the store takes on disk: its tables and journals.
-    pub fn disk_bytes(&self) -> u64 {
-        self.db.disk_space().unwrap_or(0)
-    }
-
-    pub fn flush_stats(&self) -> &FlushStats {
-        self.flusher.stats()
-    }
-
-    /// Reads a user's record. Not a mutation: no durability wait.
     pub fn get(&self, user: &UserId) -> Result<Option<UserRecord>, StoreError> {
-        self.users
-            .get(user.as_str().as_bytes())?
-            .map(|v| decode_user(&v))
-            .transpose()
+        // A guard, not a clone: no shared reference count to bounce between cores.
+        match &*self.shared.db.load() {
+            Some(store) => store.get(user),
+            None => Err(StoreError::Recovering),
+        }
     }
 
-    /// Reads the index entry for a token hash: one read, the verify path.
+    /// The verify path's one read.
     pub fn lookup(&self, hash: &TokenHash) -> Result<Option<IndexEntry>, StoreError> {
-        self.index
-            .get(hash.as_bytes())?
-            .map(|v| decode_index(&v))
-            .transpose()
+        match &*self.shared.db.load() {
+            Some(store) => store.lookup(hash),
+            None => Err(StoreError::Recovering),
+        }
     }
 
-    /// Queues a mutation for the flusher thread and waits for its answer.
-    async fn run<A: Apply>(&self, args: A) -> Result<A::Output, StoreError> {
-        let (op, answer) = Queued::queue(args);
-        self.flusher.submit(op);
-        answer.await.map_err(|_| DurabilityError::Stopped)?
-    }
-
-    /// Replaces the user's token with `new` (or creates it): atomic across the
-    /// keyspaces, durable when it returns. With `grace_secs` 0 the previous
-    /// token stops verifying at once; otherwise it verifies until
-    /// `now + grace_secs`. A token already in its grace window ends when the
-    /// next rotation happens. Returns the new record and whether it replaced
-    /// a token.
     pub async fn rotate(
         &self,
         user: &UserId,
@@ -246,211 +235,457 @@ impl Store {
         now: u64,
         grace_secs: u64,
     ) -> Result<(UserRecord, bool), StoreError> {
-        let fresh_index = encode_index(&IndexEntry::fresh(user.as_str(), &new.prefix, now))?;
-        self.run(Rotate {
-            user: user.as_str().to_owned(),
-            hash: *new.hash.as_bytes(),
-            prefix: new.prefix.clone(),
-            now,
-            grace_secs,
-            fresh_index,
-        })
-        .await
+        let store = self.db_for_writes()?;
+        self.refuse_writes_on_io_failure(store.rotate(user, new, now, grace_secs).await)
     }
 
-    /// Returns the user's record, creating it from `candidate` if there is
-    /// none: atomic (concurrent callers see exactly one `Created`), and the
-    /// answer is durable when it returns.
     pub async fn get_or_create(
         &self,
         user: &UserId,
         candidate: &NewToken,
         now: u64,
     ) -> Result<GetOrCreate, StoreError> {
-        let record = UserRecord {
-            hash: *candidate.hash.as_bytes(),
-            prefix: candidate.prefix.clone(),
-            created_at: now,
-            last_used_at: None,
-            previous: None,
-        };
-        let record_bytes = encode_user(&record)?;
-        let index_bytes = encode_index(&IndexEntry::fresh(user.as_str(), &candidate.prefix, now))?;
-        self.run(Create {
-            user: user.as_str().to_owned(),
-            record,
-            record_bytes,
-            index_bytes,
-        })
-        .await
+        let store = self.db_for_writes()?;
+        self.refuse_writes_on_io_failure(store.get_or_create(user, candidate, now).await)
     }
 
-    /// Removes the user's token, and any rotated-out token still in grace:
-    /// atomic, durable when it returns. Returns whether a token existed.
-    /// Idempotent; "nothing to remove" also waits until everything before
-    /// it is durable, since a concurrent revoke may still be on its way to
-    /// disk and answering "gone" before it lands could let a crash
-    /// resurrect the token.
     pub async fn revoke(&self, user: &UserId) -> Result<bool, StoreError> {
-        self.run(Revoke {
-            user: user.as_str().to_owned(),
-        })
-        .await
+        let store = self.db_for_writes()?;
+        self.refuse_writes_on_io_failure(store.revoke(user).await)
     }
 
-    /// Writes last-used stamps (token hash, time): the index entry, and the
-    /// user record while it is the user's current token. Skips tokens that
-    /// are gone and times older than the stored one. Returns how many were
-    /// written, once readers see them. Verify does not call this: it
-    /// records uses in memory ([`crate::store::stamps`]) and a background thread
-    /// writes them.
-    pub async fn stamp(&self, stamps: Vec<([u8; 32], u64)>) -> Result<usize, StoreError> {
-        self.run(Stamp { stamps }).await
+    /// Records a use of the token at `now`, in memory: written within
+    /// [`STAMP_INTERVAL`], never waited for. Returns whether a new stamp
+    /// was recorded (at most once a minute per token), which changes the
+    /// user's `GET /me` answer.
+    pub fn record_use(&self, hash: &TokenHash, now: u64) -> bool {
+        self.shared.stamps.record(hash.as_bytes(), now)
     }
 
-    /// [`Store::stamp`] for plain threads (not on an async runtime).
-    pub fn stamp_blocking(&self, stamps: Vec<([u8; 32], u64)>) -> Result<usize, StoreError> {
-        let (op, answer) = Queued::queue(Stamp { stamps });
-        self.flusher.submit(op);
-        answer
-            .blocking_recv()
-            .map_err(|_| DurabilityError::Stopped)?
+    /// The user's record with its current token's newest last-used stamp,
+    /// written or not.
+    pub fn get_with_last_use(&self, user: &UserId) -> Result<Option<UserRecord>, StoreError> {
+        Ok(self.get(user)?.map(|mut record| {
+            // Read after the record: a stamp written since is still here.
+            let pending = self.shared.stamps.newest(&record.hash);
+            record.last_used_at = record.last_used_at.max(pending);
+            record
+        }))
     }
 
-    /// Stamps one token as used at `now`; see [`Store::stamp`].
-    pub async fn touch(&self, hash: &TokenHash, now: u64) -> Result<(), StoreError> {
-        self.stamp(vec![(*hash.as_bytes(), now)]).await.map(drop)
+    /// Writes the stamps recorded so far now, instead of at the next interval.
+    pub fn write_stamps(&self) {
+        write_stamps(&self.shared);
     }
 
-    /// Removes every rotated-out token whose grace window ended at or before
-    /// `now`, through the flusher like every other change. Returns how many
-    /// were removed. Verify already refuses them by time.
+    /// Skipped (0 removed) while the store recovers.
     pub async fn expire_grace(&self, now: u64) -> Result<usize, StoreError> {
-        self.run(ExpireGrace { now }).await
+        if self.refuses_writes() {
+            return Ok(0);
+        }
+        let store = self.db()?;
+        self.refuse_writes_on_io_failure(store.expire_grace(now).await)
     }
 
-    /// Writes a probe key and waits for it to be durable: proves the store
-    /// accepts a write and a sync right now (for `/readyz`).
-    pub async fn probe_write(&self, now: u64) -> Result<(), StoreError> {
-        self.meta.insert(PROBE_KEY, now.to_be_bytes())?;
-        self.flusher.wrote_and_wait().await?;
-        Ok(())
-    }
-
-    /// [`Store::probe_write`] for plain threads (not on an async runtime).
-    pub fn probe_write_blocking(&self) -> Result<(), StoreError> {
-        self.meta
-            .insert(PROBE_KEY, Clock::system().now().to_be_bytes())?;
-        self.flusher.wrote_and_wait_blocking()?;
-        Ok(())
-    }
-
-    /// Waits until every mutation applied so far is durable; for answers
-    /// that report state another request may still be committing.
     pub async fn wait_until_durable(&self) -> Result<(), StoreError> {
-        Ok(self.flusher.wait_for_all_writes().await?)
+        let store = self.db_for_writes()?;
+        self.refuse_writes_on_io_failure(store.wait_until_durable().await)
     }
 
-    /// Every user record, in key order, for checks, exports and tests.
-    pub fn users(&self) -> impl Iterator<Item = Result<(String, UserRecord), StoreError>> + '_ {
-        self.users.iter().map(|item| {
-            let (k, v) = item.into_inner()?;
-            let user = String::from_utf8(k.to_vec())
-                .map_err(|_| StoreError::Corrupt { what: "user key" })?;
-            Ok((user, decode_user(&v)?))
-        })
-    }
-
-    /// Every index entry, for checks and tests. Reads only.
-    pub fn index_entries(
-        &self,
-    ) -> impl Iterator<Item = Result<(TokenHash, IndexEntry), StoreError>> + '_ {
-        self.index.iter().map(|item| {
-            let (k, v) = item.into_inner()?;
-            let hash = <[u8; 32]>::try_from(k.as_ref())
-                .map(TokenHash::from_bytes)
-                .map_err(|_| StoreError::Corrupt { what: "index key" })?;
-            Ok((hash, decode_index(&v)?))
-        })
-    }
-
-    /// How many grace-expiry entries exist; for checks and tests.
-    pub fn grace_entries(&self) -> Result<usize, StoreError> {
-        Ok(self.grace.len()?)
+    pub async fn probe_write(&self, now: u64) -> Result<(), StoreError> {
+        let store = self.db_for_writes()?;
+        self.refuse_writes_on_io_failure(store.probe_write(now).await)
     }
 }
 
-/// Stored values as they are, around every rule of [`Store`]: for tests
-/// that fabricate damage (the `test-support` feature, on only for tests).
-#[cfg(feature = "test-support")]
-pub mod raw {
-    use fjall::PersistMode;
-
-    use super::*;
-
-    fn keyspace<'a>(k: &'a Keyspaces, name: &str) -> Option<&'a Keyspace> {
-        [&k.users, &k.index, &k.grace, &k.meta]
-            .into_iter()
-            .find(|ks| ks.name().as_ref() == name)
+impl Drop for Store {
+    fn drop(&mut self) {
+        *self
+            .shared
+            .shutdown
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = true;
+        self.shared.wake.notify_all();
+        self.shared.stamp_wake.notify_all();
+        // It writes what is pending before it ends.
+        if let Some(thread) = self.stamp_writer.take() {
+            let _ = thread.join();
+        }
+        if let Some(thread) = self.recovery.take() {
+            let _ = thread.join();
+        }
+        // Close the database here, not in whichever thread lets go last.
+        if let Some(store) = self.shared.db.swap(None) {
+            // A failed store is dropped as it is: its journal writer already
+            // discarded what it could not write (third_party/fjall/PATCHED.md).
+            if !self.refuses_writes() {
+                // Only the next start's speed depends on it: the journal has it all.
+                match store.flush_memtables(STOP_FLUSH_WAIT) {
+                    Ok(true) => {}
+                    Ok(false) => log::warn!(
+                        "the store's memtables were not flushed within {STOP_FLUSH_WAIT:?}; the next start replays the journal"
+                    ),
+                    Err(e) => log::warn!("cannot flush the store's memtables before stopping: {e}"),
+                }
+            }
+            drop(store);
+        }
     }
+}
 
-    /// Runs `f` on keyspace `name` of the stopped store at `path`.
-    fn with<T>(
-        path: &Path,
-        name: &str,
-        f: impl FnOnce(&Keyspace) -> Result<T, StoreError>,
+impl Shared {
+    /// Notes an error; an I/O failure stops writes and wakes the recovery thread.
+    fn refuse_writes_on_io_failure<T>(
+        &self,
+        result: Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let opened = open_current(path, 8)?;
-        let keyspaces = Keyspaces::open(&opened.db)?;
-        let ks = keyspace(&keyspaces, name).ok_or(StoreError::Corrupt {
-            what: "keyspace name",
-        })?;
-        let out = f(ks)?;
-        opened.db.persist(PersistMode::SyncAll)?;
-        Ok(out)
+        if let Err(e) = &result {
+            if needs_reopen(e) && !self.refusing_writes.swap(true, Ordering::SeqCst) {
+                log::error!(
+                    "storage write failed ({e}); refusing writes, serving reads, and reopening the store once the disk has room"
+                );
+                self.wake.notify_all();
+            }
+        }
+        result
     }
 
-    pub fn get(path: &Path, name: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        with(path, name, |ks| Ok(ks.get(key)?.map(|v| v.to_vec())))
+    fn is_shut_down(&self) -> bool {
+        *self.shutdown.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
 
-    /// Writes `value` under `key`, durably.
-    pub fn put(path: &Path, name: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        with(path, name, |ks| Ok(ks.insert(key, value)?))
+/// Writes the pending stamps through the flusher; what cannot be written
+/// now (the store recovers, a write failed) stays pending.
+fn write_stamps(shared: &Shared) {
+    let stamps = shared.stamps.hand_over();
+    if stamps.is_empty() {
+        return;
     }
+    let store = match shared.db.load_full() {
+        Some(store) if !shared.refusing_writes.load(Ordering::SeqCst) => store,
+        _ => {
+            shared.stamps.give_back(&stamps);
+            return;
+        }
+    };
+    for (n, chunk) in stamps.chunks(STAMPS_PER_BATCH).enumerate() {
+        if let Err(e) = shared.refuse_writes_on_io_failure(store.stamp_blocking(chunk.to_vec())) {
+            log::warn!("cannot write last-used stamps ({e}); keeping them for the next try");
+            shared.stamps.give_back(&stamps[n * STAMPS_PER_BATCH..]);
+            return;
+        }
+    }
+}
 
-    pub fn len(path: &Path, name: &str) -> Result<usize, StoreError> {
-        with(path, name, |ks| Ok(ks.len()?))
+/// The stamp writer's thread: every `interval`, and once more at a stop.
+fn write_stamps_periodically(shared: &Shared, interval: Duration) {
+    loop {
+        {
+            let guard = shared
+                .shutdown
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if !*guard {
+                let _ = shared
+                    .stamp_wake
+                    .wait_timeout(guard, interval)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+        }
+        let stopping = shared.is_shut_down();
+        write_stamps(shared);
+        if stopping {
+            if !shared.stamps.is_empty() {
+                log::warn!(
+                    "the store refuses writes: the last-used times recorded since the last write are lost"
+                );
+            }
+            return;
+        }
     }
+}
+
+fn free_bytes(path: &Path) -> Option<u64> {
+    let stat = rustix::fs::statvfs(path).ok()?;
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// The recovery thread: sleeps until a failure, then reopens when possible.
+fn reopen_after_io_failures(shared: &Shared) {
+    let mut retry = FIRST_RETRY;
+    loop {
+        {
+            let guard = shared
+                .shutdown
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            // A stop asked for while this thread was busy (reopening) was
+            // notified when nobody waited: look before sleeping.
+            if *guard {
+                return;
+            }
+            let timeout = if shared.refusing_writes.load(Ordering::SeqCst) {
+                retry
+            } else {
+                Duration::from_secs(3600)
+            };
+            let (guard, _) = shared
+                .wake
+                .wait_timeout(guard, timeout)
+                .unwrap_or_else(PoisonError::into_inner);
+            if *guard {
+                return;
+            }
+        }
+        if !shared.refusing_writes.load(Ordering::SeqCst) {
+            retry = FIRST_RETRY;
+            continue;
+        }
+        // Reopening drops the database reads are served from: only try when
+        // it can succeed. Unknown free space (statvfs failed) counts as room.
+        if free_bytes(&shared.path).is_some_and(|free| free < MIN_FREE_BYTES) {
+            continue;
+        }
+        match reopen_db(shared) {
+            Ok(()) => {
+                shared.refusing_writes.store(false, Ordering::SeqCst);
+                retry = FIRST_RETRY;
+                log::info!("storage recovered: the store was reopened and accepts writes again");
+            }
+            Err(e) => {
+                log::error!("reopening the store failed ({e}); retrying in {retry:?}");
+                retry = (retry * 2).min(MAX_RETRY);
+            }
+        }
+    }
+}
+
+fn reopen_db(shared: &Shared) -> Result<(), StoreError> {
+    // After the swap no new read reaches the old database; reads still in
+    // flight on it took their ticket before this, so none of them can
+    // remember what they read.
+    let old = shared.db.swap(None);
+    shared.listener.reopening();
+    if let Some(old) = old {
+        // In-flight operations hold their own reference; let them finish.
+        let deadline = Instant::now() + DRAIN_WAIT;
+        while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        match Arc::try_unwrap(old) {
+            Ok(store) => drop(store),
+            Err(old) => {
+                shared.db.store(Some(old));
+                return Err(StoreError::Recovering);
+            }
+        }
+    }
+    let store =
+        Db::open_with_listener(&shared.path, shared.cache_mb, Arc::clone(&shared.listener))?;
+    // Prove writes work before declaring victory.
+    store.probe_write_blocking()?;
+    shared.db.store(Some(Arc::new(store)));
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::store::records::FORMAT_V2;
+    use std::collections::HashMap;
 
-    fn entry(prefix: &str) -> IndexEntry {
-        IndexEntry::fresh("alice", prefix, 1_790_000_000)
+    use ring::rand::SystemRandom;
+
+    use super::*;
+    use crate::domain::token::{PlainToken, TokenHash};
+    use crate::store::records::NoListener;
+
+    fn new_token(rng: &SystemRandom) -> NewToken {
+        NewToken::of(&PlainToken::generate(rng).unwrap())
     }
 
-    #[test]
-    fn display_prefixes_round_trip_compactly_and_anything_else_as_text() {
-        let compact = encode_index(&entry("sk_agt_0a1b2c3d...")).unwrap();
-        assert_eq!(decode_index(&compact).unwrap(), entry("sk_agt_0a1b2c3d..."));
-        for odd in ["sk_agt_0A1B2C3D...", "sk_agt_0a1b2c3...", "other", ""] {
-            let bytes = encode_index(&entry(odd)).unwrap();
-            assert_eq!(decode_index(&bytes).unwrap(), entry(odd), "{odd:?}");
-            assert!(bytes.len() > compact.len() || odd.is_empty(), "{odd:?}");
+    fn user(n: usize) -> UserId {
+        UserId::parse(&format!("user-{n:05}")).unwrap()
+    }
+
+    /// What a client was last told about a user: its current token, or revoked.
+    type Acknowledged = HashMap<usize, Option<TokenHash>>;
+
+    fn assert_holds(store: &Db, expected: &Acknowledged) {
+        for (&n, hash) in expected {
+            let record = store.get(&user(n)).unwrap();
+            assert_eq!(
+                record.as_ref().map(|r| r.hash),
+                hash.map(|h| *h.as_bytes()),
+                "user {n}"
+            );
+            if let Some(hash) = hash {
+                let entry = store
+                    .lookup(hash)
+                    .unwrap()
+                    .expect("the current token is indexed");
+                assert_eq!(entry.user_id, user(n).as_str());
+            }
         }
     }
 
+    fn issued(live: &Store, rng: &SystemRandom, n: usize) -> TokenHash {
+        let token = new_token(rng);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(live.rotate(&user(n), &token, 1_000, 0))
+            .unwrap();
+        token.hash
+    }
+
+    fn flushes(live: &Store) -> u64 {
+        live.db()
+            .unwrap()
+            .flush_stats()
+            .flushes
+            .load(Ordering::SeqCst)
+    }
+
     #[test]
-    fn records_of_another_format_are_refused_not_misread() {
-        let mut bytes = encode_index(&entry("sk_agt_0a1b2c3d...")).unwrap();
-        bytes[0] = FORMAT_V2;
-        assert!(matches!(
-            decode_index(&bytes),
-            Err(StoreError::Corrupt { .. })
-        ));
+    fn a_recorded_use_writes_nothing_until_the_interval_and_shows_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = Store::open_with_stamp_interval(
+            &dir.path().join("db"),
+            8,
+            Arc::new(NoListener),
+            // Long enough that the background write cannot fall between the
+            // three uses below on a busy host (a split gave two batches).
+            Duration::from_secs(3),
+        )
+        .unwrap();
+        let rng = SystemRandom::new();
+        let hash = issued(&live, &rng, 1);
+        let before = flushes(&live);
+        for now in [2_000, 2_001, 2_030] {
+            live.record_use(&hash, now);
+        }
+        assert_eq!(flushes(&live), before, "no write, no sync");
+        let record = live.get_with_last_use(&user(1)).unwrap().unwrap();
+        assert_eq!(
+            record.last_used_at,
+            Some(2_000),
+            "shown before it is written"
+        );
+        assert_eq!(live.get(&user(1)).unwrap().unwrap().last_used_at, None);
+        // Written in the background within the interval, once.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while live.get(&user(1)).unwrap().unwrap().last_used_at.is_none() {
+            assert!(Instant::now() < deadline, "the stamp was never written");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            live.lookup(&hash).unwrap().unwrap().last_used_at,
+            Some(2_000)
+        );
+        assert_eq!(flushes(&live), before + 1, "one batch for the three uses");
+    }
+
+    #[test]
+    fn a_revoke_or_rotation_racing_a_pending_stamp_is_not_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = Store::open(&dir.path().join("db"), 8, Arc::new(NoListener)).unwrap();
+        let rng = SystemRandom::new();
+        let revoked = issued(&live, &rng, 1);
+        let rotated_out = issued(&live, &rng, 2);
+        live.record_use(&revoked, 2_000);
+        live.record_use(&rotated_out, 2_000);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(runtime.block_on(live.revoke(&user(1))).unwrap());
+        let current = new_token(&rng);
+        runtime
+            .block_on(live.rotate(&user(2), &current, 1_500, 0))
+            .unwrap();
+        live.write_stamps();
+        assert_eq!(live.get(&user(1)).unwrap(), None);
+        assert_eq!(live.lookup(&revoked).unwrap(), None);
+        assert_eq!(live.lookup(&rotated_out).unwrap(), None);
+        let record = live.get_with_last_use(&user(2)).unwrap().unwrap();
+        assert_eq!(record.hash, *current.hash.as_bytes());
+        assert_eq!(
+            record.last_used_at, None,
+            "the old token's use is not the new one's"
+        );
+    }
+
+    #[test]
+    fn pending_stamps_are_written_by_a_graceful_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let live = Store::open(&path, 8, Arc::new(NoListener)).unwrap();
+        let rng = SystemRandom::new();
+        let hash = issued(&live, &rng, 1);
+        live.record_use(&hash, 2_000);
+        drop(live);
+        let store = Db::open(&path, 8).unwrap();
+        assert_eq!(
+            store.get(&user(1)).unwrap().unwrap().last_used_at,
+            Some(2_000)
+        );
+        assert_eq!(
+            store.lookup(&hash).unwrap().unwrap().last_used_at,
+            Some(2_000)
+        );
+    }
+
+    #[test]
+    fn concurrent_acknowledged_writes_all_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let live = Arc::new(Store::open(&path, 8, Arc::new(NoListener)).unwrap());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        const USERS: usize = 2000;
+        const WRITERS: usize = 8;
+        // Writers rotate (half of them with a grace window, so grace entries
+        // come and go) and revoke their own users, remembering what each
+        // acknowledgement said; many share each batch.
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let live = Arc::clone(&live);
+                runtime.spawn(async move {
+                    let rng = SystemRandom::new();
+                    let mut last = Acknowledged::new();
+                    for i in 0..1500usize {
+                        let n = (i * WRITERS + w) % USERS;
+                        if i % 7 == 3 {
+                            live.revoke(&user(n)).await.unwrap();
+                            last.insert(n, None);
+                        } else {
+                            let token = new_token(&rng);
+                            let grace = if i % 2 == 0 { 3_600 } else { 0 };
+                            live.rotate(&user(n), &token, 2_000 + i as u64, grace)
+                                .await
+                                .unwrap();
+                            last.insert(n, Some(token.hash));
+                        }
+                    }
+                    last
+                })
+            })
+            .collect();
+        let mut expected = Acknowledged::new();
+        runtime.block_on(async {
+            for writer in writers {
+                expected.extend(writer.await.unwrap());
+            }
+        });
+        assert_holds(&live.db().unwrap(), &expected);
+        drop(live);
+        drop(runtime);
+        let report = crate::ops::check::check_store(&path).unwrap();
+        assert!(report.is_consistent(), "{report}");
+        let store = Db::open(&path, 8).unwrap();
+        assert_holds(&store, &expected);
     }
 }

@@ -321,7 +321,7 @@ fn end_grace(trees: &BatchView<'_>, previous: Option<&GraceToken>) -> TxResult<(
     Ok(())
 }
 
-/// Replaces (or creates) a user's token; see [`crate::store::Store::rotate`].
+/// Replaces (or creates) a user's token; see [`crate::store::db::Db::rotate`].
 pub(crate) struct Rotate {
     pub user: String,
     pub hash: [u8; 32],
@@ -375,7 +375,7 @@ impl Apply for Rotate {
     }
 }
 
-/// Creates a user's token unless one exists; see [`crate::store::Store::get_or_create`].
+/// Creates a user's token unless one exists; see [`crate::store::db::Db::get_or_create`].
 /// An existing record still waits for everything before it to be durable:
 /// it may come from a request whose change has not reached the disk yet,
 /// and we never report what a crash could undo.
@@ -401,7 +401,7 @@ impl Apply for Create {
     }
 }
 
-/// Removes a user's token and any token in grace; see [`crate::store::Store::revoke`].
+/// Removes a user's token and any token in grace; see [`crate::store::db::Db::revoke`].
 pub(crate) struct Revoke {
     pub user: String,
 }
@@ -423,7 +423,7 @@ impl Apply for Revoke {
 }
 
 /// Writes last-used stamps gathered in memory; see
-/// [`crate::store::Store::stamp`]. A stamp only changes a token that is
+/// [`crate::store::db::Db::stamp`]. A stamp only changes a token that is
 /// still stored (so a revoked or rotated-out token is never brought back),
 /// the user record only while the token is the user's current one, and
 /// never moves a time backwards.
@@ -472,7 +472,7 @@ impl Apply for Stamp {
 }
 
 /// Removes rotated-out tokens whose grace window ended; see
-/// [`crate::store::Store::expire_grace`].
+/// [`crate::store::db::Db::expire_grace`].
 pub(crate) struct ExpireGrace {
     pub now: u64,
 }
@@ -527,7 +527,7 @@ mod tests {
     fn committer() -> (tempfile::TempDir, StoreCommitter) {
         let dir = tempfile::tempdir().unwrap();
         let db = fjall::Database::builder(dir.path()).open().unwrap();
-        let keyspaces = crate::store::Keyspaces::open(&db).unwrap();
+        let keyspaces = crate::store::keyspaces::Keyspaces::open(&db).unwrap();
         let committer = StoreCommitter {
             db,
             users: keyspaces.users,

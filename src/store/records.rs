@@ -210,3 +210,33 @@ pub(crate) fn grace_key(until: u64, hash: &[u8; 32]) -> [u8; 40] {
     key[8..].copy_from_slice(hash);
     key
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(prefix: &str) -> IndexEntry {
+        IndexEntry::fresh("alice", prefix, 1_790_000_000)
+    }
+
+    #[test]
+    fn display_prefixes_round_trip_compactly_and_anything_else_as_text() {
+        let compact = encode_index(&entry("sk_agt_0a1b2c3d...")).unwrap();
+        assert_eq!(decode_index(&compact).unwrap(), entry("sk_agt_0a1b2c3d..."));
+        for odd in ["sk_agt_0A1B2C3D...", "sk_agt_0a1b2c3...", "other", ""] {
+            let bytes = encode_index(&entry(odd)).unwrap();
+            assert_eq!(decode_index(&bytes).unwrap(), entry(odd), "{odd:?}");
+            assert!(bytes.len() > compact.len() || odd.is_empty(), "{odd:?}");
+        }
+    }
+
+    #[test]
+    fn records_of_another_format_are_refused_not_misread() {
+        let mut bytes = encode_index(&entry("sk_agt_0a1b2c3d...")).unwrap();
+        bytes[0] = FORMAT_V2;
+        assert!(matches!(
+            decode_index(&bytes),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+}

@@ -1,6 +1,6 @@
 //! Last-used stamps waiting to be written: verify records a token's use
 //! here, in memory, and never waits for the disk; a background thread
-//! ([`crate::store::live`]) writes what gathered through the flusher queue every
+//! ([`crate::store::Store`]) writes what gathered through the flusher queue every
 //! [`STAMP_INTERVAL`] and at a graceful stop.
 //!
 //! So a crash loses at most the last interval's last-used times, never a

@@ -1,0 +1,392 @@
+//! One open fjall database of the current format, its lock, and the
+//! flusher thread that is its only writer: what [`crate::store::Store`]
+//! holds, and reopens after an I/O failure.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fjall::{Database, Keyspace};
+
+use crate::domain::clock::Clock;
+use crate::domain::token::TokenHash;
+use crate::domain::user::UserId;
+use crate::store::durability::{DurabilityError, FlushStats, Flusher};
+use crate::store::error::StoreError;
+use crate::store::generation;
+use crate::store::keyspaces::{open_db, Keyspaces};
+use crate::store::layout::{self, Current};
+use crate::store::mutation::{
+    Apply, Create, ExpireGrace, Mutation, Queued, Revoke, Rotate, Stamp, StoreCommitter,
+};
+use crate::store::records::{
+    decode_index, decode_user, encode_index, encode_user, ChangeListener, GetOrCreate, IndexEntry,
+    NewToken, NoListener, UserRecord,
+};
+use crate::store::schema::{check_schema, PROBE_KEY};
+
+pub struct Db {
+    // Dropped first: the flusher thread holds the database and is joined.
+    pub(crate) flusher: Flusher<Box<dyn Mutation>>,
+    pub(crate) users: Keyspace,
+    pub(crate) index: Keyspace,
+    pub(crate) grace: Keyspace,
+    pub(crate) meta: Keyspace,
+    path: PathBuf,
+    pub(crate) db: Database,
+    // Dropped last: no other process may open the store before it is closed.
+    _lock: layout::Lock,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("path", &self.path).finish()
+    }
+}
+
+/// An open database of the current format, and the lock that makes it ours.
+pub(crate) struct Opened {
+    pub db: Database,
+    pub lock: layout::Lock,
+}
+
+/// Takes the store's lock and opens its current copy: creates a new store
+/// in an empty place, migrates one of an earlier release (sled). Copies
+/// that are not current (an interrupted creation or migration, a migrated
+/// sled store) are removed.
+pub(crate) fn open_current(path: &Path, cache_mb: u64) -> Result<Opened, StoreError> {
+    std::fs::create_dir_all(path).map_err(StoreError::layout(path))?;
+    let lock = layout::lock(path)
+        .map_err(StoreError::layout(path))?
+        .ok_or_else(|| StoreError::InUse {
+            path: path.to_owned(),
+        })?;
+    let current = layout::current(path).map_err(StoreError::layout(path))?;
+    // Ours alone now (the lock): what is not current can go, before a new
+    // copy is written where an interrupted one may have been.
+    if let Err(e) = layout::remove_stale(path) {
+        log::warn!(
+            "cannot remove old copies of the store in {}: {e}",
+            path.display()
+        );
+    }
+    let db = match current {
+        Current::Lsm(dir) => open_db(path, &dir, cache_mb)?,
+        new_copy => {
+            let made = match new_copy {
+                Current::Sled(old) => crate::store::legacy::migrate(path, &old, cache_mb)?,
+                _ => create(path, cache_mb)?,
+            };
+            // The copy it replaced (a migrated sled store) goes now.
+            if let Err(e) = layout::remove_stale(path) {
+                log::warn!(
+                    "cannot remove old copies of the store in {}: {e}",
+                    path.display()
+                );
+            }
+            made.0
+        }
+    };
+    Ok(Opened { db, lock })
+}
+
+/// Writes a new, empty store into the next generation and makes it current.
+fn create(path: &Path, cache_mb: u64) -> Result<(Database, PathBuf), StoreError> {
+    let (db, dir, ()) = generation::write(path, cache_mb, |_| Ok(()))?;
+    Ok((db, dir))
+}
+
+impl Db {
+    /// Opens (or creates) the store, migrates older ones, and starts the flusher.
+    pub fn open(path: &Path, cache_mb: u64) -> Result<Self, StoreError> {
+        Self::open_with_listener(path, cache_mb, Arc::new(NoListener))
+    }
+
+    /// [`Db::open`], telling `listener` about every write from then on.
+    pub fn open_with_listener(
+        path: &Path,
+        cache_mb: u64,
+        listener: Arc<dyn ChangeListener>,
+    ) -> Result<Self, StoreError> {
+        let Opened { db, lock } = open_current(path, cache_mb)?;
+        let keyspaces = Keyspaces::open(&db)?;
+        check_schema(path, &keyspaces)?;
+        let committer = StoreCommitter {
+            db: db.clone(),
+            users: keyspaces.users.clone(),
+            index: keyspaces.index.clone(),
+            grace: keyspaces.grace.clone(),
+            meta: keyspaces.meta.clone(),
+            listener,
+        };
+        let flusher = Flusher::start(db.clone(), committer)?;
+        Ok(Self {
+            flusher,
+            users: keyspaces.users,
+            index: keyspaces.index,
+            grace: keyspaces.grace,
+            meta: keyspaces.meta,
+            path: path.to_owned(),
+            db,
+            _lock: lock,
+        })
+    }
+
+    /// The storage path (`storage.path`), not necessarily fjall's directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes every memtable out as a table and waits (up to `timeout`)
+    /// until that is done, so the journal holds nothing the next start
+    /// must replay. Returns whether it finished in time; if not, the
+    /// journal still holds everything and the next start replays it.
+    ///
+    /// (fjall's own `rotate_memtable_and_wait`, a test helper, was seen
+    /// waiting forever at a stop: this polls with a deadline instead.)
+    pub fn flush_memtables(&self, timeout: std::time::Duration) -> Result<bool, StoreError> {
+        let keyspaces = [&self.users, &self.index, &self.grace, &self.meta];
+        for keyspace in keyspaces {
+            keyspace.rotate_memtable()?;
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        // Flushed journals are deleted after their flush: wait for that too,
+        // or the next start still reads them.
+        while self.db.outstanding_flushes() > 0
+            || keyspaces.iter().any(|k| k.sealed_memtable_count() > 0)
+            || self.db.journal_count() > 1
+        {
+            if std::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        Ok(true)
+    }
+
+    /// Memtable flushes waiting and table merges running.
+    pub fn background_jobs(&self) -> usize {
+        self.db.outstanding_flushes() + self.db.active_compactions()
+    }
+
+    /// What the store takes on disk: its tables and journals.
+    pub fn disk_bytes(&self) -> u64 {
+        self.db.disk_space().unwrap_or(0)
+    }
+
+    pub fn flush_stats(&self) -> &FlushStats {
+        self.flusher.stats()
+    }
+
+    /// Reads a user's record. Not a mutation: no durability wait.
+    pub fn get(&self, user: &UserId) -> Result<Option<UserRecord>, StoreError> {
+        self.users
+            .get(user.as_str().as_bytes())?
+            .map(|v| decode_user(&v))
+            .transpose()
+    }
+
+    /// Reads the index entry for a token hash: one read, the verify path.
+    pub fn lookup(&self, hash: &TokenHash) -> Result<Option<IndexEntry>, StoreError> {
+        self.index
+            .get(hash.as_bytes())?
+            .map(|v| decode_index(&v))
+            .transpose()
+    }
+
+    /// Queues a mutation for the flusher thread and waits for its answer.
+    async fn run<A: Apply>(&self, args: A) -> Result<A::Output, StoreError> {
+        let (op, answer) = Queued::queue(args);
+        self.flusher.submit(op);
+        answer.await.map_err(|_| DurabilityError::Stopped)?
+    }
+
+    /// Replaces the user's token with `new` (or creates it): atomic across the
+    /// keyspaces, durable when it returns. With `grace_secs` 0 the previous
+    /// token stops verifying at once; otherwise it verifies until
+    /// `now + grace_secs`. A token already in its grace window ends when the
+    /// next rotation happens. Returns the new record and whether it replaced
+    /// a token.
+    pub async fn rotate(
+        &self,
+        user: &UserId,
+        new: &NewToken,
+        now: u64,
+        grace_secs: u64,
+    ) -> Result<(UserRecord, bool), StoreError> {
+        let fresh_index = encode_index(&IndexEntry::fresh(user.as_str(), &new.prefix, now))?;
+        self.run(Rotate {
+            user: user.as_str().to_owned(),
+            hash: *new.hash.as_bytes(),
+            prefix: new.prefix.clone(),
+            now,
+            grace_secs,
+            fresh_index,
+        })
+        .await
+    }
+
+    /// Returns the user's record, creating it from `candidate` if there is
+    /// none: atomic (concurrent callers see exactly one `Created`), and the
+    /// answer is durable when it returns.
+    pub async fn get_or_create(
+        &self,
+        user: &UserId,
+        candidate: &NewToken,
+        now: u64,
+    ) -> Result<GetOrCreate, StoreError> {
+        let record = UserRecord {
+            hash: *candidate.hash.as_bytes(),
+            prefix: candidate.prefix.clone(),
+            created_at: now,
+            last_used_at: None,
+            previous: None,
+        };
+        let record_bytes = encode_user(&record)?;
+        let index_bytes = encode_index(&IndexEntry::fresh(user.as_str(), &candidate.prefix, now))?;
+        self.run(Create {
+            user: user.as_str().to_owned(),
+            record,
+            record_bytes,
+            index_bytes,
+        })
+        .await
+    }
+
+    /// Removes the user's token, and any rotated-out token still in grace:
+    /// atomic, durable when it returns. Returns whether a token existed.
+    /// Idempotent; "nothing to remove" also waits until everything before
+    /// it is durable, since a concurrent revoke may still be on its way to
+    /// disk and answering "gone" before it lands could let a crash
+    /// resurrect the token.
+    pub async fn revoke(&self, user: &UserId) -> Result<bool, StoreError> {
+        self.run(Revoke {
+            user: user.as_str().to_owned(),
+        })
+        .await
+    }
+
+    /// Writes last-used stamps (token hash, time): the index entry, and the
+    /// user record while it is the user's current token. Skips tokens that
+    /// are gone and times older than the stored one. Returns how many were
+    /// written, once readers see them. Verify does not call this: it
+    /// records uses in memory ([`crate::store::stamps`]) and a background thread
+    /// writes them.
+    pub async fn stamp(&self, stamps: Vec<([u8; 32], u64)>) -> Result<usize, StoreError> {
+        self.run(Stamp { stamps }).await
+    }
+
+    /// [`Db::stamp`] for plain threads (not on an async runtime).
+    pub fn stamp_blocking(&self, stamps: Vec<([u8; 32], u64)>) -> Result<usize, StoreError> {
+        let (op, answer) = Queued::queue(Stamp { stamps });
+        self.flusher.submit(op);
+        answer
+            .blocking_recv()
+            .map_err(|_| DurabilityError::Stopped)?
+    }
+
+    /// Stamps one token as used at `now`; see [`Db::stamp`].
+    pub async fn touch(&self, hash: &TokenHash, now: u64) -> Result<(), StoreError> {
+        self.stamp(vec![(*hash.as_bytes(), now)]).await.map(drop)
+    }
+
+    /// Removes every rotated-out token whose grace window ended at or before
+    /// `now`, through the flusher like every other change. Returns how many
+    /// were removed. Verify already refuses them by time.
+    pub async fn expire_grace(&self, now: u64) -> Result<usize, StoreError> {
+        self.run(ExpireGrace { now }).await
+    }
+
+    /// Writes a probe key and waits for it to be durable: proves the store
+    /// accepts a write and a sync right now (for `/readyz`).
+    pub async fn probe_write(&self, now: u64) -> Result<(), StoreError> {
+        self.meta.insert(PROBE_KEY, now.to_be_bytes())?;
+        self.flusher.wrote_and_wait().await?;
+        Ok(())
+    }
+
+    /// [`Db::probe_write`] for plain threads (not on an async runtime).
+    pub fn probe_write_blocking(&self) -> Result<(), StoreError> {
+        self.meta
+            .insert(PROBE_KEY, Clock::system().now().to_be_bytes())?;
+        self.flusher.wrote_and_wait_blocking()?;
+        Ok(())
+    }
+
+    /// Waits until every mutation applied so far is durable; for answers
+    /// that report state another request may still be committing.
+    pub async fn wait_until_durable(&self) -> Result<(), StoreError> {
+        Ok(self.flusher.wait_for_all_writes().await?)
+    }
+
+    /// Every user record, in key order, for checks, exports and tests.
+    pub fn users(&self) -> impl Iterator<Item = Result<(String, UserRecord), StoreError>> + '_ {
+        self.users.iter().map(|item| {
+            let (k, v) = item.into_inner()?;
+            let user = String::from_utf8(k.to_vec())
+                .map_err(|_| StoreError::Corrupt { what: "user key" })?;
+            Ok((user, decode_user(&v)?))
+        })
+    }
+
+    /// Every index entry, for checks and tests. Reads only.
+    pub fn index_entries(
+        &self,
+    ) -> impl Iterator<Item = Result<(TokenHash, IndexEntry), StoreError>> + '_ {
+        self.index.iter().map(|item| {
+            let (k, v) = item.into_inner()?;
+            let hash = <[u8; 32]>::try_from(k.as_ref())
+                .map(TokenHash::from_bytes)
+                .map_err(|_| StoreError::Corrupt { what: "index key" })?;
+            Ok((hash, decode_index(&v)?))
+        })
+    }
+
+    /// How many grace-expiry entries exist; for checks and tests.
+    pub fn grace_entries(&self) -> Result<usize, StoreError> {
+        Ok(self.grace.len()?)
+    }
+}
+
+/// Stored values as they are, around every rule of [`Db`]: for tests
+/// that fabricate damage (the `test-support` feature, on only for tests).
+#[cfg(feature = "test-support")]
+pub mod raw {
+    use fjall::PersistMode;
+
+    use super::*;
+
+    fn keyspace<'a>(k: &'a Keyspaces, name: &str) -> Option<&'a Keyspace> {
+        [&k.users, &k.index, &k.grace, &k.meta]
+            .into_iter()
+            .find(|ks| ks.name().as_ref() == name)
+    }
+
+    /// Runs `f` on keyspace `name` of the stopped store at `path`.
+    fn with<T>(
+        path: &Path,
+        name: &str,
+        f: impl FnOnce(&Keyspace) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let opened = open_current(path, 8)?;
+        let keyspaces = Keyspaces::open(&opened.db)?;
+        let ks = keyspace(&keyspaces, name).ok_or(StoreError::Corrupt {
+            what: "keyspace name",
+        })?;
+        let out = f(ks)?;
+        opened.db.persist(PersistMode::SyncAll)?;
+        Ok(out)
+    }
+
+    pub fn get(path: &Path, name: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        with(path, name, |ks| Ok(ks.get(key)?.map(|v| v.to_vec())))
+    }
+
+    /// Writes `value` under `key`, durably.
+    pub fn put(path: &Path, name: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        with(path, name, |ks| Ok(ks.insert(key, value)?))
+    }
+
+    pub fn len(path: &Path, name: &str) -> Result<usize, StoreError> {
+        with(path, name, |ks| Ok(ks.len()?))
+    }
+}
