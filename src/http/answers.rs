@@ -88,6 +88,18 @@ where
         }
     }
 
+    /// Replaces what `key` holds by `update` of it, if it holds anything.
+    /// For changes that leave the answer valid (a new last-used time): no
+    /// read in flight is refused, and one that remembers the older value
+    /// only costs an early stamp.
+    pub fn update(&self, key: K, update: impl FnOnce(&V) -> V) {
+        let _writes = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(old) = self.entries.get(&key) {
+            // Soft: a background stamp is no sign the entry is in demand.
+            let _ = self.entries.replace(key, update(&old), true);
+        }
+    }
+
     /// Forgets everything.
     pub fn forget_all(&self) {
         let _writes = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
@@ -167,6 +179,15 @@ impl VerifyAnswer {
 
     pub fn last_used_at(&self) -> Option<u64> {
         self.time(2)
+    }
+
+    /// The same answer, last used at `at` (never earlier than it was).
+    pub fn used_at(&self, at: u64) -> Self {
+        let mut bytes = self.0.clone();
+        if self.last_used_at().is_none_or(|t| t < at) {
+            bytes[16..24].copy_from_slice(&at.to_le_bytes());
+        }
+        Self(bytes)
     }
 
     fn user_end(&self) -> usize {
@@ -288,6 +309,10 @@ impl Default for Answers {
 
 impl ChangeListener for Answers {
     fn committed(&self, changes: &Changes) {
+        // Kept: a stamp only moves the time that decides the next stamp.
+        for &(hash, at) in &changes.stamped_tokens {
+            self.verify.update(hash, |answer| answer.used_at(at));
+        }
         if !changes.tokens.is_empty() {
             self.verify.forget(
                 changes
@@ -392,6 +417,47 @@ mod tests {
         assert_eq!(answers.status(b"bobby"), None);
         let bob = answers.status.get(&answers.status_key(b"bob")).unwrap();
         assert!(bob.is_for(b"bob") && !bob.is_for(b"bo") && !bob.is_for(b"bobby"));
+    }
+
+    #[test]
+    fn a_stamp_keeps_the_verify_answer_with_its_new_time() {
+        let answers = Answers::new(16);
+        let entry = IndexEntry {
+            user_id: "dave".into(),
+            prefix: "sk_agt_0a1b2c3d...".into(),
+            created_at: 1_790_000_000,
+            last_used_at: Some(1_790_000_100),
+            grace_until: None,
+        };
+        let answer = VerifyAnswer::new(&entry, b"{}").unwrap();
+        answers
+            .verify
+            .remember(answers.verify.ticket(), [3; 32], answer);
+        let before = answers.verify.ticket();
+        answers.committed(&Changes {
+            users: vec![b"dave".to_vec()],
+            stamped_tokens: vec![([3; 32], 1_790_000_200), ([4; 32], 1_790_000_200)],
+            ..Changes::default()
+        });
+        let kept = answers.verify.get(&[3; 32]).expect("still remembered");
+        assert_eq!(kept.last_used_at(), Some(1_790_000_200));
+        assert_eq!(kept.user_id(), b"dave");
+        assert_eq!(kept.body(), b"{}");
+        // Nothing was added for a token not remembered.
+        assert!(answers.verify.get(&[4; 32]).is_none());
+        // A read in flight may still remember what it read.
+        answers.verify.remember(before, [5; 32], kept.used_at(1));
+        assert_eq!(
+            answers.verify.get(&[5; 32]).unwrap().last_used_at(),
+            Some(1_790_000_200),
+            "a stamp never moves the time back"
+        );
+        // A change to the token itself still forgets it.
+        answers.committed(&Changes {
+            tokens: vec![vec![3; 32]],
+            ..Changes::default()
+        });
+        assert!(answers.verify.get(&[3; 32]).is_none());
     }
 
     #[test]

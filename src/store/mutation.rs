@@ -33,12 +33,20 @@ type TxResult<T> = Result<T, StoreError>;
 /// A key's value as the batch will leave it: `None` removes it.
 type Pending = HashMap<Vec<u8>, Option<Vec<u8>>>;
 
+/// Keys whose only change in a batch is a last-used stamp, with its time.
+type Stamped = HashMap<Vec<u8>, u64>;
+
 /// One keyspace as a batch sees it: the stored state, under what earlier
 /// operations of the batch wrote, under what the running operation wrote.
 pub(crate) struct Tracked<'a> {
     base: &'a Keyspace,
     batch: RefCell<Pending>,
     op: RefCell<Pending>,
+    /// Of `batch` and `op`: the keys only a stamp changed. Reported apart,
+    /// so a remembered answer can take the new time instead of being
+    /// forgotten and read again once a minute per active token.
+    batch_stamped: RefCell<Stamped>,
+    op_stamped: RefCell<Stamped>,
 }
 
 impl<'a> Tracked<'a> {
@@ -47,6 +55,8 @@ impl<'a> Tracked<'a> {
             base,
             batch: RefCell::default(),
             op: RefCell::default(),
+            batch_stamped: RefCell::default(),
+            op_stamped: RefCell::default(),
         }
     }
 
@@ -61,15 +71,33 @@ impl<'a> Tracked<'a> {
     }
 
     pub fn insert(&self, key: &[u8], value: impl Into<Vec<u8>>) {
+        self.op_stamped.borrow_mut().remove(key);
         self.op
             .borrow_mut()
             .insert(key.to_vec(), Some(value.into()));
+    }
+
+    /// Writes `value`, which differs from what `key` holds only by its
+    /// last-used time `at`. Reported as a stamp unless something else in
+    /// the batch also changes `key`.
+    pub fn stamp(&self, key: &[u8], value: impl Into<Vec<u8>>, at: u64) {
+        let changed_before = self.op.borrow().contains_key(key)
+            && !self.op_stamped.borrow().contains_key(key)
+            || self.batch.borrow().contains_key(key)
+                && !self.batch_stamped.borrow().contains_key(key);
+        self.op
+            .borrow_mut()
+            .insert(key.to_vec(), Some(value.into()));
+        if !changed_before {
+            self.op_stamped.borrow_mut().insert(key.to_vec(), at);
+        }
     }
 
     /// Removes `key`; returns what it held.
     pub fn remove(&self, key: &[u8]) -> TxResult<Option<Vec<u8>>> {
         let old = self.get(key)?;
         if old.is_some() {
+            self.op_stamped.borrow_mut().remove(key);
             self.op.borrow_mut().insert(key.to_vec(), None);
         }
         Ok(old)
@@ -86,26 +114,37 @@ impl<'a> Tracked<'a> {
     /// The running operation succeeded: its writes join the batch.
     fn keep(&self) {
         let op = std::mem::take(&mut *self.op.borrow_mut());
+        let op_stamped = std::mem::take(&mut *self.op_stamped.borrow_mut());
+        let mut batch_stamped = self.batch_stamped.borrow_mut();
+        for key in op.keys().filter(|key| !op_stamped.contains_key(*key)) {
+            batch_stamped.remove(key);
+        }
+        batch_stamped.extend(op_stamped);
         self.batch.borrow_mut().extend(op);
     }
 
     /// The running operation failed: its writes are dropped.
     fn discard(&self) {
         self.op.borrow_mut().clear();
+        self.op_stamped.borrow_mut().clear();
     }
 
-    /// Adds the batch's writes to `batch`; returns the keys written.
-    fn write_into(&self, batch: &mut fjall::OwnedWriteBatch) -> Vec<Vec<u8>> {
+    /// Adds the batch's writes to `batch`; returns the keys changed, and
+    /// apart from them the keys only stamped, with their times.
+    fn write_into(&self, batch: &mut fjall::OwnedWriteBatch) -> (Vec<Vec<u8>>, Stamped) {
         let pending = std::mem::take(&mut *self.batch.borrow_mut());
-        let mut keys = Vec::with_capacity(pending.len());
+        let stamped = std::mem::take(&mut *self.batch_stamped.borrow_mut());
+        let mut keys = Vec::with_capacity(pending.len() - stamped.len());
         for (key, value) in pending {
             match value {
                 Some(value) => batch.insert(self.base, key.as_slice(), value),
                 None => batch.remove(self.base, key.as_slice()),
             }
-            keys.push(key);
+            if !stamped.contains_key(&key) {
+                keys.push(key);
+            }
         }
-        keys
+        (keys, stamped)
     }
 
     fn is_empty(&self) -> bool {
@@ -280,10 +319,19 @@ impl Committer for StoreCommitter {
             // Synced into the journal before the memtables take it: no
             // reader sees a change a crash could undo.
             let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+            let (mut users, users_stamped) = trees.users.write_into(&mut batch);
+            // A user record's stamp changes its GET /me answer: a change.
+            users.extend(users_stamped.into_keys());
+            let (tokens, tokens_stamped) = trees.index.write_into(&mut batch);
+            let (grace, _) = trees.grace.write_into(&mut batch);
             let changes = Changes {
-                users: trees.users.write_into(&mut batch),
-                tokens: trees.index.write_into(&mut batch),
-                grace: trees.grace.write_into(&mut batch),
+                users,
+                tokens,
+                grace,
+                stamped_tokens: tokens_stamped
+                    .into_iter()
+                    .filter_map(|(key, at)| Some((<[u8; 32]>::try_from(key.as_slice()).ok()?, at)))
+                    .collect(),
             };
             let started = std::time::Instant::now();
             if let Err(e) = batch.commit() {
@@ -448,7 +496,7 @@ impl Apply for Stamp {
                 last_used_at: Some(now),
                 ..entry
             };
-            t.index.insert(&hash, encode_index(&entry)?);
+            t.index.stamp(&hash, encode_index(&entry)?, now);
             let user_key = entry.user_id.as_bytes();
             if let Some(bytes) = t.users.get(user_key)? {
                 let record = decode_user(&bytes)?;
@@ -553,6 +601,49 @@ mod tests {
             ))
             .unwrap(),
         }
+    }
+
+    /// Keeps every reported change.
+    #[derive(Default)]
+    struct Heard(std::sync::Mutex<Vec<Changes>>);
+
+    impl ChangeListener for Heard {
+        fn committed(&self, changes: &Changes) {
+            self.0.lock().unwrap().push(changes.clone());
+        }
+        fn reopening(&self) {}
+    }
+
+    #[test]
+    fn a_stamp_is_reported_apart_unless_the_batch_also_changes_the_token() {
+        let (_dir, mut committer) = committer();
+        let heard = Arc::new(Heard::default());
+        committer.listener = heard.clone();
+        let (a, _) = Queued::queue(rotate("alice", 1, 10));
+        let (b, _) = Queued::queue(rotate("bob", 2, 10));
+        committer.apply(vec![a, b]);
+        // alice's token is only stamped; bob's is stamped, then rotated out.
+        let (stamp, _) = Queued::queue(Stamp {
+            stamps: vec![([1; 32], 70), ([2; 32], 70)],
+        });
+        let (bob, _) = Queued::queue(rotate("bob", 3, 71));
+        committer.apply(vec![stamp, bob]);
+        let changes = heard.0.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(changes.stamped_tokens, vec![([1; 32], 70)]);
+        let mut tokens = changes.tokens.clone();
+        tokens.sort();
+        assert_eq!(tokens, vec![vec![2; 32], vec![3; 32]]);
+        // The user record's stamp changes alice's GET /me answer.
+        assert!(changes.users.contains(&b"alice".to_vec()));
+        // A change before a stamp in one batch is reported as a change.
+        let (carol, _) = Queued::queue(rotate("carol", 4, 80));
+        let (stamp, _) = Queued::queue(Stamp {
+            stamps: vec![([4; 32], 140)],
+        });
+        committer.apply(vec![carol, stamp]);
+        let changes = heard.0.lock().unwrap().last().cloned().unwrap();
+        assert!(changes.stamped_tokens.is_empty());
+        assert_eq!(changes.tokens, vec![vec![4; 32]]);
     }
 
     #[test]

@@ -98,17 +98,23 @@ mod compact_prefix {
 }
 
 /// What one committed write changed: the keys it wrote or removed in the
-/// user records, the token index (token hashes) and the grace expiries.
+/// user records, the token index (token hashes) and the grace expiries,
+/// and apart from those the index entries whose only change is a new
+/// last-used time.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Changes {
     pub users: Vec<Vec<u8>>,
     pub tokens: Vec<Vec<u8>>,
     pub grace: Vec<Vec<u8>>,
+    pub stamped_tokens: Vec<([u8; 32], u64)>,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.users.is_empty() && self.tokens.is_empty() && self.grace.is_empty()
+        self.users.is_empty()
+            && self.tokens.is_empty()
+            && self.grace.is_empty()
+            && self.stamped_tokens.is_empty()
     }
 }
 
