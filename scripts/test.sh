@@ -35,6 +35,14 @@ if [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb $CARGO_DEB_VERSION" ]; t
   cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked
 fi
 
+# pre-commit, to run the scan hook as users will (tests/scan.rs).
+PRE_COMMIT_VERSION=4.7.0
+PRE_COMMIT_VENV=target/tools/pre-commit
+if [ "$("$PRE_COMMIT_VENV/bin/pre-commit" --version 2>/dev/null)" != "pre-commit $PRE_COMMIT_VERSION" ]; then
+  python3 -m venv "$PRE_COMMIT_VENV"
+  "$PRE_COMMIT_VENV/bin/pip" install --quiet "pre-commit==$PRE_COMMIT_VERSION"
+fi
+
 # third_party/fjall is the published fjall plus third_party/fjall.patch, nothing else.
 ./scripts/fjall-patch.sh
 

@@ -64,7 +64,18 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Find agent tokens in files and directories (recursively, skipping .git and binary files), or in stdin when no path is given. Prints path:line:prefix for each token with a valid checksum, never the token. Exit 1 if any is found, 0 if none, 2 on errors.
+    Scan {
+        /// Files or directories to scan; stdin when none.
+        #[arg(value_name = "PATH")]
+        paths: Vec<PathBuf>,
+    },
 }
+
+/// `scan`'s exit codes, as gitleaks has them: a pre-commit hook or a CI
+/// step fails on a finding, and tells an incomplete scan apart.
+const EXIT_FOUND: u8 = 1;
+const EXIT_SCAN_ERROR: u8 = 2;
 
 /// Exit code for configuration errors (EX_CONFIG from sysexits.h).
 const EXIT_CONFIG: u8 = 78;
@@ -89,6 +100,7 @@ pub fn main() -> ExitCode {
         Command::Export { config } => export(config),
         Command::Import { config, force } => import(config, force),
         Command::Compact { config } => compact(config),
+        Command::Scan { paths } => scan(&paths),
     }
 }
 
@@ -332,5 +344,40 @@ fn check(config: PathBuf) -> ExitCode {
         Err(e @ crate::ops::check::CheckError::InUse(_)) => fail(EXIT_TEMPFAIL, e),
         Err(e @ crate::ops::check::CheckError::Missing(_)) => fail(EXIT_NOINPUT, e),
         Err(e) => fail(EXIT_IOERR, e),
+    }
+}
+
+fn scan(paths: &[PathBuf]) -> ExitCode {
+    use crate::ops::scan;
+    let report = if paths.is_empty() {
+        let mut report = scan::Report::default();
+        if let Err(e) = scan::scan_reader("stdin", std::io::stdin().lock(), &mut report) {
+            report.errors.push(format!("cannot read stdin: {e}"));
+        }
+        report
+    } else {
+        scan::scan_paths(paths)
+    };
+    for finding in &report.findings {
+        print_stdout(format_args!("{}\n", finding.describe()));
+    }
+    for error in &report.errors {
+        eprintln!("agent-tokens scan: {error}");
+    }
+    let files: std::collections::HashSet<&str> =
+        report.findings.iter().map(|f| f.path.as_str()).collect();
+    eprintln!(
+        "agent-tokens scan: {} agent token(s) ({} distinct) in {} of {} file(s) scanned",
+        report.findings.len(),
+        report.distinct_tokens().len(),
+        files.len(),
+        report.files,
+    );
+    if !report.errors.is_empty() {
+        ExitCode::from(EXIT_SCAN_ERROR)
+    } else if report.findings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FOUND)
     }
 }

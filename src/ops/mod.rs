@@ -1,6 +1,7 @@
-//! Commands beside the server: backup, check, compact, dev mode.
+//! Commands beside the server: backup, check, compact, dev mode, scan.
 
 pub mod backup;
 pub mod check;
 pub mod compact;
 pub mod dev;
+pub mod scan;

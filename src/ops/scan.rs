@@ -1,0 +1,220 @@
+//! `agent-tokens scan`: finds agent tokens in files, directories or a
+//! stream, before they leak (a pre-commit hook, a CI step) or after (a log,
+//! a transcript).
+//!
+//! A finding is a string that is a whole agent token with a valid
+//! checksum: a typo or a look-alike fails the checksum (one in 2^32 passes
+//! by chance), so what is reported is almost surely a token this service
+//! issued. A finding is shown as `path:line:prefix`; the token itself is
+//! never printed.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use memchr::memmem;
+
+use crate::domain::token::{PlainToken, TOKEN_LEN, TOKEN_PREFIX};
+
+/// Bytes read to decide whether a file is text: a NUL among them means a
+/// binary file (the test git itself uses).
+const SNIFF_BYTES: usize = 8000;
+
+/// One token found. Its `Debug` shows the display prefix only.
+#[derive(Debug)]
+pub struct Finding {
+    /// The file's path as given or found, or `stdin`.
+    pub path: String,
+    /// 1-based.
+    pub line: u64,
+    pub token: PlainToken,
+}
+
+impl Finding {
+    /// `path:line:prefix`, as printed.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}:{}:{}",
+            self.path,
+            self.line,
+            self.token.display_prefix()
+        )
+    }
+}
+
+/// What a scan found, and what it could not read.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub findings: Vec<Finding>,
+    /// One plain sentence per path that could not be scanned.
+    pub errors: Vec<String>,
+    /// Files read (binary files skipped are not counted).
+    pub files: u64,
+}
+
+impl Report {
+    /// Each distinct token once, in the order first found.
+    pub fn distinct_tokens(&self) -> Vec<&PlainToken> {
+        let mut seen = std::collections::HashSet::new();
+        self.findings
+            .iter()
+            .map(|f| &f.token)
+            .filter(|t| seen.insert(*t.hash().as_bytes()))
+            .collect()
+    }
+}
+
+/// Scans every path: files as they are, directories recursively (not
+/// following symbolic links, skipping `.git` and binary files).
+pub fn scan_paths(paths: &[PathBuf]) -> Report {
+    let mut report = Report::default();
+    for root in paths {
+        let walk = walkdir::WalkDir::new(root)
+            .follow_links(false)
+            .sort_by_file_name()
+            .into_iter()
+            .filter_entry(|entry| entry.depth() == 0 || entry.file_name() != ".git");
+        for entry in walk {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    let path = e.path().unwrap_or(root).display().to_string();
+                    report
+                        .errors
+                        .push(format!("cannot read {path}: {}", io_cause(&e)));
+                    continue;
+                }
+            };
+            if !entry.file_type().is_file() {
+                continue;
+            }
+            let path = entry.path();
+            if let Err(e) = scan_file(path, &mut report) {
+                report
+                    .errors
+                    .push(format!("cannot read {}: {e}", path.display()));
+            }
+        }
+    }
+    report
+}
+
+fn io_cause(e: &walkdir::Error) -> String {
+    e.io_error()
+        .map_or_else(|| e.to_string(), |io| io.to_string())
+}
+
+fn scan_file(path: &Path, report: &mut Report) -> io::Result<()> {
+    let file = File::open(path)?;
+    scan_reader(&path.display().to_string(), file, report)
+}
+
+/// Scans one stream (a file, or stdin): skipped if binary.
+pub fn scan_reader(name: &str, reader: impl Read, report: &mut Report) -> io::Result<()> {
+    let mut reader = BufReader::with_capacity(64 * 1024, reader);
+    let head = reader.fill_buf()?;
+    if memchr::memchr(0, &head[..head.len().min(SNIFF_BYTES)]).is_some() {
+        return Ok(());
+    }
+    report.files += 1;
+    let finder = memmem::Finder::new(TOKEN_PREFIX.as_bytes());
+    let mut line = Vec::new();
+    let mut number = 0u64;
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return Ok(());
+        }
+        number += 1;
+        for at in finder.find_iter(&line) {
+            let Some(candidate) = line.get(at..at + TOKEN_LEN) else {
+                continue;
+            };
+            let Ok(candidate) = std::str::from_utf8(candidate) else {
+                continue;
+            };
+            if let Ok(token) = PlainToken::parse(candidate) {
+                report.findings.push(Finding {
+                    path: name.to_owned(),
+                    line: number,
+                    token,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ring::rand::SystemRandom;
+
+    fn token() -> PlainToken {
+        PlainToken::generate(&SystemRandom::new()).unwrap()
+    }
+
+    /// The token with one hex character of its body changed.
+    fn flipped(token: &PlainToken) -> String {
+        let mut s = token.expose().to_owned();
+        let last = s.pop().unwrap();
+        s.push(if last == '0' { '1' } else { '0' });
+        s
+    }
+
+    #[test]
+    fn finds_whole_tokens_with_a_valid_checksum_on_their_lines() {
+        let (a, b) = (token(), token());
+        let text = format!(
+            "first line\nexport AGENT_TOKEN={}\n{{\"t\":\"{}\"}} and {}\nBearer {}x\n",
+            a.expose(),
+            b.expose(),
+            flipped(&a),
+            &a.expose()[..TOKEN_LEN - 1],
+        );
+        let mut report = Report::default();
+        scan_reader("notes.txt", text.as_bytes(), &mut report).unwrap();
+        let found: Vec<String> = report.findings.iter().map(Finding::describe).collect();
+        assert_eq!(
+            found,
+            vec![
+                format!("notes.txt:2:{}", a.display_prefix()),
+                format!("notes.txt:3:{}", b.display_prefix()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_binary_stream_is_skipped() {
+        let mut bytes = b"\x00\x01ELF".to_vec();
+        bytes.extend_from_slice(token().expose().as_bytes());
+        let mut report = Report::default();
+        scan_reader("a.out", bytes.as_slice(), &mut report).unwrap();
+        assert!(report.findings.is_empty());
+        assert_eq!(report.files, 0);
+    }
+
+    #[test]
+    fn a_finding_never_shows_the_token() {
+        let t = token();
+        let mut report = Report::default();
+        scan_reader("x", t.expose().as_bytes(), &mut report).unwrap();
+        let shown = format!("{:?} {}", report, report.findings[0].describe());
+        assert!(!shown.contains(t.expose()), "{shown}");
+        assert!(shown.contains(&t.display_prefix()));
+    }
+
+    #[test]
+    fn each_token_is_sent_once_however_often_found() {
+        let (a, b) = (token(), token());
+        let text = format!("{a}\n{b}\n{a} {a}\n", a = a.expose(), b = b.expose());
+        let mut report = Report::default();
+        scan_reader("x", text.as_bytes(), &mut report).unwrap();
+        assert_eq!(report.findings.len(), 4);
+        let distinct: Vec<&str> = report
+            .distinct_tokens()
+            .into_iter()
+            .map(PlainToken::expose)
+            .collect();
+        assert_eq!(distinct, vec![a.expose(), b.expose()]);
+    }
+}
