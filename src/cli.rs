@@ -252,7 +252,7 @@ fn export(config: PathBuf) -> ExitCode {
     let path = &settings.storage.path;
     let result = backup::open_offline(path, settings.storage.cache_mb, true).and_then(|store| {
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-        store.export_to(&mut out, Clock::system().now())
+        backup::export(&store, &mut out, Clock::system().now())
     });
     match result {
         Ok(s) => {
@@ -284,12 +284,8 @@ fn import(config: PathBuf, force: bool) -> ExitCode {
         Err(e) => return backup_failure("nothing was imported: ", e),
     };
     let path = &settings.storage.path;
-    let result = backup::open_offline(path, settings.storage.cache_mb, false).and_then(|store| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .map_err(BackupError::Read)?;
-        runtime.block_on(store.import_from(&backup, force))
-    });
+    let result = backup::open_offline(path, settings.storage.cache_mb, false)
+        .and_then(|mut store| backup::import(&mut store, &backup, force));
     match result {
         Ok(s) => {
             eprintln!(

@@ -8,9 +8,9 @@
 //! any. Both directions open the store directly, so the server must be
 //! stopped: the store's lock is exclusive.
 //!
-//! Import writes through the store's own record encoding and rebuilds the
-//! token index and the grace-expiry keyspace from the user records, as
-//! sorted tables, then waits for the journal's sync. Error messages name
+//! Import hands the checked records to the store, which writes them (and
+//! the token index and grace-expiry entries it derives from them) into a
+//! new copy made current in one rename: all of the file or none of it. Error messages name
 //! line numbers and fields, never values that could be secrets.
 
 use std::io::{BufRead, Write};
@@ -19,14 +19,12 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::domain::token::TokenHash;
 use crate::domain::token::{display_prefix_bytes, TOKEN_PREFIX};
 use crate::domain::user::UserId;
-use crate::store::db::Db;
 use crate::store::error::StoreError;
-use crate::store::records::{
-    decode_index, decode_user, encode_index, encode_user, grace_key, GraceToken, IndexEntry,
-    UserRecord,
-};
+use crate::store::offline::{ImportedUser, Offline};
+use crate::store::records::{GraceToken, UserRecord};
 
 /// The header's `format`: what this file is.
 pub const FORMAT: &str = "agent-tokens-export";
@@ -68,12 +66,6 @@ pub enum BackupError {
     Write(#[source] std::io::Error),
 }
 
-impl From<fjall::Error> for BackupError {
-    fn from(e: fjall::Error) -> Self {
-        Self::Store(StoreError::Engine(e))
-    }
-}
-
 impl BackupError {
     fn invalid(line: usize, message: impl Into<String>) -> Self {
         Self::Invalid {
@@ -86,13 +78,13 @@ impl BackupError {
 /// Opens a store for export or import, saying plainly when the server holds it.
 /// With `must_exist`, a path that holds no store is refused instead of
 /// being turned into a new, empty store.
-pub fn open_offline(path: &Path, cache_mb: u64, must_exist: bool) -> Result<Db, BackupError> {
-    if must_exist && !crate::store::layout::holds_store(path) {
+pub fn open_offline(path: &Path, cache_mb: u64, must_exist: bool) -> Result<Offline, BackupError> {
+    if must_exist && !Offline::exists(path) {
         return Err(BackupError::NoStore {
             path: path.to_owned(),
         });
     }
-    Db::open(path, cache_mb).map_err(|e| match e {
+    Offline::open(path, cache_mb).map_err(|e| match e {
         StoreError::InUse { .. } => BackupError::InUse {
             path: path.to_owned(),
         },
@@ -478,163 +470,80 @@ fn check_unique(entries: &[Entry]) -> Result<(), BackupError> {
     }
 }
 
-impl Db {
-    /// Writes every user record as an export to `out`. Reads only; the
-    /// store must not be served meanwhile (the CLI opens it exclusively),
-    /// so the export is one consistent state.
-    pub fn export_to(&self, out: &mut impl Write, now: u64) -> Result<Summary, BackupError> {
-        let header = Header {
-            format: FORMAT,
-            version: VERSION,
-            users: self.users.len()?,
-            exported_at: now,
-            generator: format!("agent-tokens {}", env!("CARGO_PKG_VERSION")),
+/// Writes every user record of `store` as an export to `out`. Reads
+/// only; the store is held exclusively meanwhile, so the export is one
+/// consistent state.
+pub fn export(store: &Offline, out: &mut impl Write, now: u64) -> Result<Summary, BackupError> {
+    let header = Header {
+        format: FORMAT,
+        version: VERSION,
+        users: store.user_count()?,
+        exported_at: now,
+        generator: format!("agent-tokens {}", env!("CARGO_PKG_VERSION")),
+    };
+    write_json(out, &header)?;
+    let mut summary = Summary::default();
+    for item in store.users() {
+        let (user_id, record) = item?;
+        let grace = match &record.previous {
+            Some(prev) => grace_line(store, &user_id, prev)?,
+            None => None,
         };
-        write_json(out, &header)?;
-        let mut summary = Summary::default();
-        for item in self.users.iter() {
-            let (key, value) = item.into_inner()?;
-            let user_id =
-                std::str::from_utf8(&key).map_err(|_| StoreError::Corrupt { what: "user key" })?;
-            let record = decode_user(&value)?;
-            let grace = match &record.previous {
-                Some(prev) => grace_line(self, user_id, prev)?,
-                None => None,
-            };
-            summary.users += 1;
-            summary.in_grace += usize::from(grace.is_some());
-            write_json(
-                out,
-                &UserLine {
-                    user_id,
-                    token_hash: hex::encode(record.hash),
-                    token_prefix: &record.prefix,
-                    created_at: record.created_at,
-                    last_used_at: record.last_used_at,
-                    grace,
-                },
-            )?;
-        }
-        out.flush().map_err(BackupError::Write)?;
-        Ok(summary)
+        summary.users += 1;
+        summary.in_grace += usize::from(grace.is_some());
+        write_json(
+            out,
+            &UserLine {
+                user_id: &user_id,
+                token_hash: hex::encode(record.hash),
+                token_prefix: &record.prefix,
+                created_at: record.created_at,
+                last_used_at: record.last_used_at,
+                grace,
+            },
+        )?;
     }
-
-    /// Writes a checked backup into this store, durable when it returns.
-    /// Refuses a non-empty store unless `force`, which first removes
-    /// everything. Not atomic: an interrupted import leaves part of the
-    /// file; run it again with `force`.
-    pub async fn import_from(&self, backup: &Backup, force: bool) -> Result<Summary, BackupError> {
-        let empty = self.users.is_empty()? && self.index.is_empty()? && self.grace.is_empty()?;
-        if !empty {
-            if !force {
-                return Err(BackupError::NotEmpty {
-                    path: self.path().to_owned(),
-                });
-            }
-            // Tombstones, not fjall's `clear`: its journal record is replayed
-            // at the next open *after* the ingested tables below and would
-            // remove them too (seen in this module's tests). The ingested
-            // tables carry a newer sequence number than these tombstones.
-            for keyspace in [&self.grace, &self.index, &self.users] {
-                remove_all(&self.db, keyspace)?;
-            }
-        }
-        // Each keyspace in key order, as sorted tables written directly
-        // (fjall's ingestion): no journal, no memtables, no compaction
-        // after. Keys are unique (the backup was checked), so in order.
-        let mut by_user: Vec<&Entry> = backup.entries.iter().collect();
-        by_user.sort_unstable_by(|a, b| a.user.as_str().cmp(b.user.as_str()));
-        let mut users = self.users.start_ingestion()?;
-        for entry in &by_user {
-            users.write(entry.user.as_str().as_bytes(), encode_user(&entry.record)?)?;
-        }
-        users.finish()?;
-
-        // (hash, its user, the grace token when the hash is a rotated-out one)
-        let mut by_hash: Vec<(&[u8; 32], &Entry, Option<&GraceToken>)> =
-            Vec::with_capacity(by_user.len());
-        let mut grace = Vec::new();
-        for entry in by_user {
-            by_hash.push((&entry.record.hash, entry, None));
-            if let Some(prev) = &entry.record.previous {
-                by_hash.push((&prev.hash, entry, Some(prev)));
-                grace.push((grace_key(prev.until, &prev.hash), entry.user.as_str()));
-            }
-        }
-        by_hash.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let mut index = self.index.start_ingestion()?;
-        for (hash, entry, rotated_out) in by_hash {
-            let user_id = entry.user.as_str().to_owned();
-            let record = &entry.record;
-            let value = match rotated_out {
-                Some(prev) => {
-                    let (created_at, last_used_at) = entry.grace_times.unwrap_or_default();
-                    encode_index(&IndexEntry {
-                        user_id,
-                        prefix: prev.prefix.clone(),
-                        created_at,
-                        last_used_at,
-                        grace_until: Some(prev.until),
-                    })?
-                }
-                None => encode_index(&IndexEntry {
-                    user_id,
-                    prefix: record.prefix.clone(),
-                    created_at: record.created_at,
-                    last_used_at: record.last_used_at,
-                    grace_until: None,
-                })?,
-            };
-            index.write(&hash[..], value)?;
-        }
-        index.finish()?;
-
-        grace.sort_unstable();
-        let mut expiries = self.grace.start_ingestion()?;
-        for (key, user_id) in grace {
-            expiries.write(&key[..], user_id.as_bytes())?;
-        }
-        expiries.finish()?;
-        // The clears above went through the journal.
-        self.flusher
-            .wrote_and_wait()
-            .await
-            .map_err(StoreError::from)?;
-        Ok(backup.summary())
-    }
+    out.flush().map_err(BackupError::Write)?;
+    Ok(summary)
 }
 
-/// Removes every key of `keyspace`, a batch at a time.
-fn remove_all(db: &fjall::Database, keyspace: &fjall::Keyspace) -> Result<(), BackupError> {
-    const BATCH: usize = 10_000;
-    let mut keys = keyspace.iter().map(|item| item.key());
-    loop {
-        let mut batch = db.batch();
-        for key in keys.by_ref().take(BATCH) {
-            batch.remove(keyspace, key?);
-        }
-        if batch.is_empty() {
-            return Ok(());
-        }
-        batch.commit()?;
+/// Writes a checked backup into `store`, durable when it returns. Refuses
+/// a store that holds tokens unless `force`, which replaces them. Atomic:
+/// the backup goes into a new copy of the store, made current in one
+/// rename, so an interrupted import leaves the store as it was.
+pub fn import(store: &mut Offline, backup: &Backup, force: bool) -> Result<Summary, BackupError> {
+    if !force && store.holds_tokens()? {
+        return Err(BackupError::NotEmpty {
+            path: store.path().to_owned(),
+        });
     }
+    let users: Vec<ImportedUser<'_>> = backup
+        .entries
+        .iter()
+        .map(|entry| ImportedUser {
+            user_id: entry.user.as_str(),
+            record: &entry.record,
+            grace_token_times: entry.grace_times,
+        })
+        .collect();
+    store.replace_with(&users)?;
+    Ok(backup.summary())
 }
 
 /// The grace part of an export line, from the rotated-out token's index
 /// entry. A grace token without one does not verify, so it is left out.
 fn grace_line<'a>(
-    store: &Db,
+    store: &Offline,
     user_id: &str,
     prev: &'a GraceToken,
 ) -> Result<Option<GraceLine<'a>>, BackupError> {
-    let Some(bytes) = store.index.get(&prev.hash[..])? else {
+    let Some(entry) = store.lookup(&TokenHash::from_bytes(prev.hash))? else {
         log::warn!(
             "user {user_id:?}: the rotated-out token {} has no index entry; it is not exported",
             prev.prefix
         );
         return Ok(None);
     };
-    let entry = decode_index(&bytes)?;
     Ok(Some(GraceLine {
         token_hash: hex::encode(prev.hash),
         token_prefix: &prev.prefix,
@@ -654,20 +563,21 @@ fn write_json(out: &mut impl Write, value: &impl Serialize) -> Result<(), Backup
 mod tests {
     use super::*;
     use crate::domain::token::PlainToken;
-    use crate::store::records::NewToken;
+    use crate::store::db::Db;
+    use crate::store::records::{IndexEntry, NewToken};
     use ring::rand::SystemRandom;
 
     fn new_token(rng: &SystemRandom) -> NewToken {
         NewToken::of(&PlainToken::generate(rng).unwrap())
     }
 
-    fn export(store: &Db) -> String {
+    fn export_text(store: &Offline) -> String {
         let mut out = Vec::new();
-        store.export_to(&mut out, 1_800_000_000).unwrap();
+        export(store, &mut out, 1_800_000_000).unwrap();
         String::from_utf8(out).unwrap()
     }
 
-    fn snapshot(store: &Db) -> (Vec<(String, UserRecord)>, Vec<IndexEntry>, usize) {
+    fn snapshot(store: &Offline) -> (Vec<(String, UserRecord)>, Vec<IndexEntry>, usize) {
         let users = store.users().collect::<Result<Vec<_>, _>>().unwrap();
         let mut index: Vec<IndexEntry> = store.index_entries().map(|r| r.unwrap().1).collect();
         index.sort_by(|a, b| (&a.user_id, &a.prefix).cmp(&(&b.user_id, &b.prefix)));
@@ -704,7 +614,9 @@ mod tests {
             .await
             .unwrap();
 
-        let text = export(&source);
+        drop(source);
+        let source = Offline::open(&dir.path().join("a"), 8).unwrap();
+        let text = export_text(&source);
         let backup = Backup::parse(text.as_bytes()).unwrap();
         assert_eq!(
             backup.summary(),
@@ -713,8 +625,8 @@ mod tests {
                 in_grace: 1
             }
         );
-        let target = Db::open(&dir.path().join("b"), 8).unwrap();
-        let summary = target.import_from(&backup, false).await.unwrap();
+        let mut target = Offline::open(&dir.path().join("b"), 8).unwrap();
+        let summary = import(&mut target, &backup, false).unwrap();
         assert_eq!(
             summary,
             Summary {
@@ -724,10 +636,10 @@ mod tests {
         );
         assert_eq!(snapshot(&target), snapshot(&source));
         assert_eq!(snapshot(&target).2, 1);
-        assert_eq!(export(&target), text);
+        assert_eq!(export_text(&target), text);
         drop(target);
-        let target = Db::open(&dir.path().join("b"), 8).unwrap();
-        assert_eq!(export(&target), text);
+        let target = Offline::open(&dir.path().join("b"), 8).unwrap();
+        assert_eq!(export_text(&target), text);
     }
 
     #[tokio::test]
@@ -738,16 +650,18 @@ mod tests {
         let old = UserId::parse("old").unwrap();
         store.rotate(&old, &new_token(&rng), 1, 60).await.unwrap();
         store.rotate(&old, &new_token(&rng), 2, 60).await.unwrap();
+        drop(store);
+        let mut store = Offline::open(dir.path(), 8).unwrap();
         let header = format!("{{\"format\":\"{FORMAT}\",\"version\":1,\"users\":1}}\n");
         let line = format!(
             "{{\"user_id\":\"new\",\"token_hash\":\"{}\",\"token_prefix\":\"sk_agt_0123abcd...\",\"created_at\":5}}\n",
             "ab".repeat(32)
         );
         let backup = Backup::parse(format!("{header}{line}").as_bytes()).unwrap();
-        let err = store.import_from(&backup, false).await.unwrap_err();
+        let err = import(&mut store, &backup, false).unwrap_err();
         assert!(matches!(err, BackupError::NotEmpty { .. }), "{err}");
         assert_eq!(store.users().count(), 1);
-        store.import_from(&backup, true).await.unwrap();
+        import(&mut store, &backup, true).unwrap();
         let (users, index, grace) = snapshot(&store);
         assert_eq!(users.len(), 1);
         assert_eq!(users[0].0, "new");
@@ -756,7 +670,7 @@ mod tests {
         // What was cleared stays cleared, and the import stays, across a restart.
         let before = snapshot(&store);
         drop(store);
-        let store = Db::open(dir.path(), 8).unwrap();
+        let store = Offline::open(dir.path(), 8).unwrap();
         assert_eq!(snapshot(&store), before);
     }
 

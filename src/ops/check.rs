@@ -13,8 +13,8 @@ use std::path::Path;
 
 use crate::domain::user::UserId;
 use crate::store::error::StoreError;
-use crate::store::keyspaces::{self, open_db, Keyspaces, GRACE_EXPIRY, TOKENHASH_USER, USER_TOKEN};
-use crate::store::layout::{self, Current};
+use crate::store::keyspaces::Part;
+use crate::store::offline::AsStored;
 use crate::store::records::{decode_index, decode_user, IndexEntry, UserRecord};
 use crate::store::schema::{SCHEMA_KEY, SCHEMA_VERSION};
 
@@ -75,18 +75,6 @@ pub enum CheckError {
     Read(#[from] StoreError),
 }
 
-impl From<fjall::Error> for CheckError {
-    fn from(e: fjall::Error) -> Self {
-        Self::Read(StoreError::Engine(e))
-    }
-}
-
-impl From<sled::Error> for CheckError {
-    fn from(e: sled::Error) -> Self {
-        Self::Read(StoreError::Legacy(e))
-    }
-}
-
 fn hex32(bytes: &[u8]) -> String {
     hex::encode(bytes)
 }
@@ -94,107 +82,23 @@ fn hex32(bytes: &[u8]) -> String {
 /// The check reads every record and looks each one up in the other keyspace.
 const CHECK_CACHE_MB: u64 = 64;
 
-type Pairs<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), CheckError>> + 'a>;
-
-/// The store's four keyspaces (or sled trees), read as they are.
-/// (Each holds its database open for as long as the check reads it.)
-enum Raw {
-    Lsm(Keyspaces, #[allow(dead_code)] fjall::Database),
-    Sled([sled::Tree; 4], #[allow(dead_code)] sled::Db),
-}
-
-impl Raw {
-    fn open(path: &Path) -> Result<(Self, layout::Lock), CheckError> {
-        let shown = || path.display().to_string();
-        let open_error = |source| CheckError::Open {
-            path: shown(),
-            source,
-        };
-        let layout_error = |source| open_error(StoreError::layout(path)(source));
-        let lock = layout::lock(path)
-            .map_err(layout_error)?
-            .ok_or_else(|| CheckError::InUse(shown()))?;
-        let in_use = |e: StoreError| match e {
-            StoreError::InUse { .. } => CheckError::InUse(shown()),
-            other => open_error(other),
-        };
-        let raw = match layout::current(path).map_err(layout_error)? {
-            Current::Empty => return Err(CheckError::Missing(shown())),
-            Current::Lsm(dir) => {
-                let db = open_db(path, &dir, CHECK_CACHE_MB).map_err(in_use)?;
-                let keyspaces = Keyspaces::open(&db).map_err(open_error)?;
-                Raw::Lsm(keyspaces, db)
-            }
-            Current::Sled(dir) => {
-                let db =
-                    crate::store::legacy::open_sled(path, &dir, CHECK_CACHE_MB).map_err(in_use)?;
-                let trees = [USER_TOKEN, TOKENHASH_USER, GRACE_EXPIRY, keyspaces::META]
-                    .map(|name| db.open_tree(name).map_err(StoreError::Legacy));
-                let [users, index, grace, meta] = trees;
-                let trees = [
-                    users.map_err(open_error)?,
-                    index.map_err(open_error)?,
-                    grace.map_err(open_error)?,
-                    meta.map_err(open_error)?,
-                ];
-                Raw::Sled(trees, db)
-            }
-        };
-        Ok((raw, lock))
-    }
-
-    /// Every pair of keyspace `n` (users, index, grace, meta), in key order.
-    fn pairs(&self, n: usize) -> Pairs<'_> {
-        match self {
-            Raw::Lsm(k, _) => {
-                let keyspace = [&k.users, &k.index, &k.grace, &k.meta][n];
-                Box::new(keyspace.iter().map(|item| {
-                    let (key, value) = item.into_inner()?;
-                    Ok((key.to_vec(), value.to_vec()))
-                }))
-            }
-            Raw::Sled(trees, _) => Box::new(trees[n].iter().map(|item| {
-                let (key, value) = item?;
-                Ok((key.to_vec(), value.to_vec()))
-            })),
-        }
-    }
-
-    fn is_empty(&self, n: usize) -> Result<bool, CheckError> {
-        Ok(self.pairs(n).next().transpose()?.is_none())
-    }
-
-    fn count(&self, n: usize) -> Result<usize, CheckError> {
-        let mut count = 0;
-        for pair in self.pairs(n) {
-            pair?;
-            count += 1;
-        }
-        Ok(count)
-    }
-
-    fn schema(&self) -> Result<Option<Vec<u8>>, CheckError> {
-        Ok(match self {
-            Raw::Lsm(k, _) => k.meta.get(SCHEMA_KEY)?.map(|v| v.to_vec()),
-            Raw::Sled(trees, _) => trees[META].get(SCHEMA_KEY)?.map(|v| v.to_vec()),
-        })
-    }
-}
-
-const USERS: usize = 0;
-const INDEX: usize = 1;
-const GRACE: usize = 2;
-const META: usize = 3;
-
 /// Checks the store at `path` (which the server must not hold open).
 pub fn check_store(path: &Path) -> Result<Report, CheckError> {
-    if !layout::holds_store(path) {
-        return Err(CheckError::Missing(path.display().to_string()));
-    }
-    let (raw, _lock) = Raw::open(path)?;
+    let shown = || path.display().to_string();
+    let raw = match AsStored::open(path, CHECK_CACHE_MB) {
+        Ok(Some(raw)) => raw,
+        Ok(None) => return Err(CheckError::Missing(shown())),
+        Err(StoreError::InUse { .. }) => return Err(CheckError::InUse(shown())),
+        Err(source) => {
+            return Err(CheckError::Open {
+                path: shown(),
+                source,
+            })
+        }
+    };
     let mut report = Report::default();
 
-    match raw.schema()? {
+    match raw.get(Part::Meta, SCHEMA_KEY)? {
         Some(v) => match <[u8; 4]>::try_from(v.as_ref()) {
             Ok(bytes) => {
                 let version = u32::from_be_bytes(bytes);
@@ -206,8 +110,8 @@ pub fn check_store(path: &Path) -> Result<Report, CheckError> {
                 } else if version < SCHEMA_VERSION {
                     // Records of an older schema decode differently; the next
                     // start migrates them, so only the version is checked here.
-                    report.users = raw.count(USERS)?;
-                    report.index_entries = raw.count(INDEX)?;
+                    report.users = raw.count(Part::Users)?;
+                    report.index_entries = raw.count(Part::Index)?;
                     return Ok(report);
                 }
             }
@@ -215,14 +119,14 @@ pub fn check_store(path: &Path) -> Result<Report, CheckError> {
                 .problems
                 .push("the schema version is not a 4-byte number".to_owned()),
         },
-        None if raw.is_empty(USERS)? && raw.is_empty(INDEX)? => {}
+        None if raw.is_empty(Part::Users)? && raw.is_empty(Part::Index)? => {}
         None => report
             .problems
             .push("the store holds records but no schema version".to_owned()),
     }
 
     let mut records: HashMap<String, UserRecord> = HashMap::new();
-    for item in raw.pairs(USERS) {
+    for item in raw.pairs(Part::Users) {
         let (key, value) = item?;
         report.users += 1;
         let user = match std::str::from_utf8(&key).ok().map(UserId::parse) {
@@ -243,7 +147,7 @@ pub fn check_store(path: &Path) -> Result<Report, CheckError> {
     }
 
     let mut entries: HashMap<[u8; 32], IndexEntry> = HashMap::new();
-    for item in raw.pairs(INDEX) {
+    for item in raw.pairs(Part::Index) {
         let (key, value) = item?;
         report.index_entries += 1;
         let Ok(hash) = <[u8; 32]>::try_from(key.as_ref()) else {
@@ -263,7 +167,7 @@ pub fn check_store(path: &Path) -> Result<Report, CheckError> {
     }
 
     let mut grace_keys: HashSet<Vec<u8>> = HashSet::new();
-    for item in raw.pairs(GRACE) {
+    for item in raw.pairs(Part::Grace) {
         let (key, _) = item?;
         grace_keys.insert(key);
     }
@@ -345,6 +249,7 @@ mod tests {
     use super::*;
     use crate::domain::token::PlainToken;
     use crate::store::db::Db;
+    use crate::store::raw;
     use crate::store::records::NewToken;
     use ring::rand::SystemRandom;
 
@@ -362,12 +267,6 @@ mod tests {
             }
         }
         tokens
-    }
-
-    /// The store's keyspaces, for damaging them by hand; persisted when dropped.
-    fn raw(path: &Path) -> (Keyspaces, crate::store::db::Opened) {
-        let opened = crate::store::db::open_current(path, 8).unwrap();
-        (Keyspaces::open(&opened.db).unwrap(), opened)
     }
 
     #[tokio::test]
@@ -390,19 +289,21 @@ mod tests {
         let path = dir.path().join("db");
         let tokens = store_with_users(&path, 3600).await;
         {
-            let (k, opened) = raw(&path);
+            let (index, users, grace) =
+                (Part::Index.name(), Part::Users.name(), Part::Grace.name());
             // alice's current token (the second one issued) vanishes from the index.
-            k.index.remove(tokens[1].hash().as_bytes()).unwrap();
+            raw::remove(&path, index, tokens[1].hash().as_bytes()).unwrap();
             // An index entry nobody owns.
-            let stray = k.index.get(tokens[3].hash().as_bytes()).unwrap().unwrap();
-            k.index.insert([9u8; 32], stray).unwrap();
+            let stray = raw::get(&path, index, tokens[3].hash().as_bytes())
+                .unwrap()
+                .unwrap();
+            raw::put(&path, index, &[9u8; 32], &stray).unwrap();
             // bob's record cannot be decoded.
-            k.users.insert("bob", &b"\x02garbage"[..]).unwrap();
+            raw::put(&path, users, b"bob", b"\x02garbage").unwrap();
             // carol's grace-expiry entry is lost.
             let carol_prev = tokens[4].hash();
             let key = crate::store::records::grace_key(1_000 + 3600, carol_prev.as_bytes());
-            k.grace.remove(&key[..]).unwrap();
-            opened.db.persist(fjall::PersistMode::SyncAll).unwrap();
+            raw::remove(&path, grace, &key).unwrap();
         }
         let report = check_store(&path).unwrap();
         assert!(!report.is_consistent());
@@ -425,13 +326,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         store_with_users(&path, 0).await;
-        {
-            let (k, opened) = raw(&path);
-            k.meta
-                .insert("schema_version", 99u32.to_be_bytes())
-                .unwrap();
-            opened.db.persist(fjall::PersistMode::SyncAll).unwrap();
-        }
+        raw::put(&path, Part::Meta.name(), SCHEMA_KEY, &99u32.to_be_bytes()).unwrap();
         let report = check_store(&path).unwrap();
         assert!(
             report.to_string().contains("schema version 99 is unknown"),

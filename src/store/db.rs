@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use fjall::{Database, Keyspace};
+use fjall::Database;
 
 use crate::domain::clock::Clock;
 use crate::domain::token::TokenHash;
@@ -16,23 +16,20 @@ use crate::store::generation;
 use crate::store::keyspaces::{open_db, Keyspaces};
 use crate::store::layout::{self, Current};
 use crate::store::mutation::{
-    Apply, Create, ExpireGrace, Mutation, Queued, Revoke, Rotate, Stamp, StoreCommitter,
+    Apply, Create, ExpireGrace, Mutation, Probe, Queued, Revoke, Rotate, Stamp, StoreCommitter,
 };
 use crate::store::records::{
     decode_index, decode_user, encode_index, encode_user, ChangeListener, GetOrCreate, IndexEntry,
     NewToken, NoListener, UserRecord,
 };
-use crate::store::schema::{check_schema, PROBE_KEY};
+use crate::store::schema::check_schema;
 
 pub struct Db {
     // Dropped first: the flusher thread holds the database and is joined.
-    pub(crate) flusher: Flusher<Box<dyn Mutation>>,
-    pub(crate) users: Keyspace,
-    pub(crate) index: Keyspace,
-    pub(crate) grace: Keyspace,
-    pub(crate) meta: Keyspace,
+    flusher: Flusher<Box<dyn Mutation>>,
+    keyspaces: Keyspaces,
     path: PathBuf,
-    pub(crate) db: Database,
+    db: Database,
     // Dropped last: no other process may open the store before it is closed.
     _lock: layout::Lock,
 }
@@ -43,16 +40,18 @@ impl std::fmt::Debug for Db {
     }
 }
 
-/// An open database of the current format, and the lock that makes it ours.
+/// An open database of the current format and schema, its keyspaces, and
+/// the lock that makes it ours.
 pub(crate) struct Opened {
     pub db: Database,
+    pub keyspaces: Keyspaces,
     pub lock: layout::Lock,
 }
 
 /// Takes the store's lock and opens its current copy: creates a new store
-/// in an empty place, migrates one of an earlier release (sled). Copies
-/// that are not current (an interrupted creation or migration, a migrated
-/// sled store) are removed.
+/// in an empty place, migrates one of an earlier release (sled), and
+/// refuses a schema this binary does not know. Copies that are not current
+/// (an interrupted creation or migration, a migrated sled store) are removed.
 pub(crate) fn open_current(path: &Path, cache_mb: u64) -> Result<Opened, StoreError> {
     std::fs::create_dir_all(path).map_err(StoreError::layout(path))?;
     let lock = layout::lock(path)
@@ -63,12 +62,7 @@ pub(crate) fn open_current(path: &Path, cache_mb: u64) -> Result<Opened, StoreEr
     let current = layout::current(path).map_err(StoreError::layout(path))?;
     // Ours alone now (the lock): what is not current can go, before a new
     // copy is written where an interrupted one may have been.
-    if let Err(e) = layout::remove_stale(path) {
-        log::warn!(
-            "cannot remove old copies of the store in {}: {e}",
-            path.display()
-        );
-    }
+    remove_old_copies(path);
     let db = match current {
         Current::Lsm(dir) => open_db(path, &dir, cache_mb)?,
         new_copy => {
@@ -77,16 +71,28 @@ pub(crate) fn open_current(path: &Path, cache_mb: u64) -> Result<Opened, StoreEr
                 _ => create(path, cache_mb)?,
             };
             // The copy it replaced (a migrated sled store) goes now.
-            if let Err(e) = layout::remove_stale(path) {
-                log::warn!(
-                    "cannot remove old copies of the store in {}: {e}",
-                    path.display()
-                );
-            }
+            remove_old_copies(path);
             made.0
         }
     };
-    Ok(Opened { db, lock })
+    let keyspaces = Keyspaces::open(&db)?;
+    check_schema(path, &keyspaces)?;
+    Ok(Opened {
+        db,
+        keyspaces,
+        lock,
+    })
+}
+
+/// Removes every copy of the store but the current one; the caller holds
+/// the lock. A copy left behind only takes disk space: it is logged.
+pub(crate) fn remove_old_copies(path: &Path) {
+    if let Err(e) = layout::remove_stale(path) {
+        log::warn!(
+            "cannot remove old copies of the store in {}: {e}",
+            path.display()
+        );
+    }
 }
 
 /// Writes a new, empty store into the next generation and makes it current.
@@ -107,9 +113,11 @@ impl Db {
         cache_mb: u64,
         listener: Arc<dyn ChangeListener>,
     ) -> Result<Self, StoreError> {
-        let Opened { db, lock } = open_current(path, cache_mb)?;
-        let keyspaces = Keyspaces::open(&db)?;
-        check_schema(path, &keyspaces)?;
+        let Opened {
+            db,
+            keyspaces,
+            lock,
+        } = open_current(path, cache_mb)?;
         let committer = StoreCommitter {
             db: db.clone(),
             users: keyspaces.users.clone(),
@@ -121,10 +129,7 @@ impl Db {
         let flusher = Flusher::start(db.clone(), committer)?;
         Ok(Self {
             flusher,
-            users: keyspaces.users,
-            index: keyspaces.index,
-            grace: keyspaces.grace,
-            meta: keyspaces.meta,
+            keyspaces,
             path: path.to_owned(),
             db,
             _lock: lock,
@@ -136,31 +141,10 @@ impl Db {
         &self.path
     }
 
-    /// Writes every memtable out as a table and waits (up to `timeout`)
-    /// until that is done, so the journal holds nothing the next start
-    /// must replay. Returns whether it finished in time; if not, the
-    /// journal still holds everything and the next start replays it.
-    ///
-    /// (fjall's own `rotate_memtable_and_wait`, a test helper, was seen
-    /// waiting forever at a stop: this polls with a deadline instead.)
+    /// See [`Keyspaces::flush_memtables`]: at a stop, so the next start
+    /// replays little.
     pub fn flush_memtables(&self, timeout: std::time::Duration) -> Result<bool, StoreError> {
-        let keyspaces = [&self.users, &self.index, &self.grace, &self.meta];
-        for keyspace in keyspaces {
-            keyspace.rotate_memtable()?;
-        }
-        let deadline = std::time::Instant::now() + timeout;
-        // Flushed journals are deleted after their flush: wait for that too,
-        // or the next start still reads them.
-        while self.db.outstanding_flushes() > 0
-            || keyspaces.iter().any(|k| k.sealed_memtable_count() > 0)
-            || self.db.journal_count() > 1
-        {
-            if std::time::Instant::now() >= deadline {
-                return Ok(false);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        Ok(true)
+        self.keyspaces.flush_memtables(&self.db, timeout)
     }
 
     /// Memtable flushes waiting and table merges running.
@@ -179,7 +163,8 @@ impl Db {
 
     /// Reads a user's record. Not a mutation: no durability wait.
     pub fn get(&self, user: &UserId) -> Result<Option<UserRecord>, StoreError> {
-        self.users
+        self.keyspaces
+            .users
             .get(user.as_str().as_bytes())?
             .map(|v| decode_user(&v))
             .transpose()
@@ -187,7 +172,8 @@ impl Db {
 
     /// Reads the index entry for a token hash: one read, the verify path.
     pub fn lookup(&self, hash: &TokenHash) -> Result<Option<IndexEntry>, StoreError> {
-        self.index
+        self.keyspaces
+            .index
             .get(hash.as_bytes())?
             .map(|v| decode_index(&v))
             .transpose()
@@ -296,97 +282,27 @@ impl Db {
         self.run(ExpireGrace { now }).await
     }
 
-    /// Writes a probe key and waits for it to be durable: proves the store
-    /// accepts a write and a sync right now (for `/readyz`).
+    /// Writes a probe key through the flusher and waits for its batch to
+    /// be synced: proves the store accepts a write and a sync right now
+    /// (for `/readyz`).
     pub async fn probe_write(&self, now: u64) -> Result<(), StoreError> {
-        self.meta.insert(PROBE_KEY, now.to_be_bytes())?;
-        self.flusher.wrote_and_wait().await?;
-        Ok(())
+        self.run(Probe { now }).await
     }
 
     /// [`Db::probe_write`] for plain threads (not on an async runtime).
     pub fn probe_write_blocking(&self) -> Result<(), StoreError> {
-        self.meta
-            .insert(PROBE_KEY, Clock::system().now().to_be_bytes())?;
-        self.flusher.wrote_and_wait_blocking()?;
-        Ok(())
+        let (op, answer) = Queued::queue(Probe {
+            now: Clock::system().now(),
+        });
+        self.flusher.submit(op);
+        answer
+            .blocking_recv()
+            .map_err(|_| DurabilityError::Stopped)?
     }
 
     /// Waits until every mutation applied so far is durable; for answers
     /// that report state another request may still be committing.
     pub async fn wait_until_durable(&self) -> Result<(), StoreError> {
         Ok(self.flusher.wait_for_all_writes().await?)
-    }
-
-    /// Every user record, in key order, for checks, exports and tests.
-    pub fn users(&self) -> impl Iterator<Item = Result<(String, UserRecord), StoreError>> + '_ {
-        self.users.iter().map(|item| {
-            let (k, v) = item.into_inner()?;
-            let user = String::from_utf8(k.to_vec())
-                .map_err(|_| StoreError::Corrupt { what: "user key" })?;
-            Ok((user, decode_user(&v)?))
-        })
-    }
-
-    /// Every index entry, for checks and tests. Reads only.
-    pub fn index_entries(
-        &self,
-    ) -> impl Iterator<Item = Result<(TokenHash, IndexEntry), StoreError>> + '_ {
-        self.index.iter().map(|item| {
-            let (k, v) = item.into_inner()?;
-            let hash = <[u8; 32]>::try_from(k.as_ref())
-                .map(TokenHash::from_bytes)
-                .map_err(|_| StoreError::Corrupt { what: "index key" })?;
-            Ok((hash, decode_index(&v)?))
-        })
-    }
-
-    /// How many grace-expiry entries exist; for checks and tests.
-    pub fn grace_entries(&self) -> Result<usize, StoreError> {
-        Ok(self.grace.len()?)
-    }
-}
-
-/// Stored values as they are, around every rule of [`Db`]: for tests
-/// that fabricate damage (the `test-support` feature, on only for tests).
-#[cfg(feature = "test-support")]
-pub mod raw {
-    use fjall::PersistMode;
-
-    use super::*;
-
-    fn keyspace<'a>(k: &'a Keyspaces, name: &str) -> Option<&'a Keyspace> {
-        [&k.users, &k.index, &k.grace, &k.meta]
-            .into_iter()
-            .find(|ks| ks.name().as_ref() == name)
-    }
-
-    /// Runs `f` on keyspace `name` of the stopped store at `path`.
-    fn with<T>(
-        path: &Path,
-        name: &str,
-        f: impl FnOnce(&Keyspace) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let opened = open_current(path, 8)?;
-        let keyspaces = Keyspaces::open(&opened.db)?;
-        let ks = keyspace(&keyspaces, name).ok_or(StoreError::Corrupt {
-            what: "keyspace name",
-        })?;
-        let out = f(ks)?;
-        opened.db.persist(PersistMode::SyncAll)?;
-        Ok(out)
-    }
-
-    pub fn get(path: &Path, name: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        with(path, name, |ks| Ok(ks.get(key)?.map(|v| v.to_vec())))
-    }
-
-    /// Writes `value` under `key`, durably.
-    pub fn put(path: &Path, name: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        with(path, name, |ks| Ok(ks.insert(key, value)?))
-    }
-
-    pub fn len(path: &Path, name: &str) -> Result<usize, StoreError> {
-        with(path, name, |ks| Ok(ks.len()?))
     }
 }

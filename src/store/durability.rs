@@ -145,12 +145,6 @@ impl<O: Send + 'static> Flusher<O> {
         self.shared.wake.notify_one();
     }
 
-    /// Records that a mutation was applied and waits until it is durable.
-    pub async fn wrote_and_wait(&self) -> Result<(), DurabilityError> {
-        let seq = self.shared.written.fetch_add(1, Ordering::SeqCst) + 1;
-        self.wait_for(seq).await
-    }
-
     /// Waits until every mutation applied so far is durable.
     pub async fn wait_for_all_writes(&self) -> Result<(), DurabilityError> {
         let seq = self.shared.written.load(Ordering::SeqCst);
@@ -159,16 +153,6 @@ impl<O: Send + 'static> Flusher<O> {
 
     pub fn stats(&self) -> &FlushStats {
         &self.shared.stats
-    }
-
-    /// [`Flusher::wrote_and_wait`] for plain threads (recovery, offline
-    /// tools). Must not be called on an async runtime thread.
-    pub fn wrote_and_wait_blocking(&self) -> Result<(), DurabilityError> {
-        let seq = self.shared.written.fetch_add(1, Ordering::SeqCst) + 1;
-        match self.register(seq) {
-            None => Ok(()),
-            Some(rx) => rx.blocking_recv().map_err(|_| DurabilityError::Stopped)?,
-        }
     }
 
     /// Queues a waiter for `seq` unless it is already durable.

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use fjall::compaction::Leveled;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
@@ -13,6 +14,40 @@ pub const USER_TOKEN: &str = "user_token";
 pub const TOKENHASH_USER: &str = "tokenhash_user";
 pub const GRACE_EXPIRY: &str = "grace_expiry";
 pub const META: &str = "meta";
+
+/// One of the store's keyspaces: the one list of them, in one order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    Users,
+    Index,
+    Grace,
+    Meta,
+}
+
+impl Part {
+    pub const ALL: [Part; 4] = [Part::Users, Part::Index, Part::Grace, Part::Meta];
+
+    /// Its name on disk (a fjall keyspace, or a sled tree of an earlier release).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Part::Users => USER_TOKEN,
+            Part::Index => TOKENHASH_USER,
+            Part::Grace => GRACE_EXPIRY,
+            Part::Meta => META,
+        }
+    }
+
+    pub fn named(name: &str) -> Option<Part> {
+        Part::ALL.into_iter().find(|part| part.name() == name)
+    }
+
+    fn memtable_bytes(self) -> u64 {
+        match self {
+            Part::Users | Part::Index => MEMTABLE_BYTES,
+            Part::Grace | Part::Meta => SMALL_MEMTABLE_BYTES,
+        }
+    }
+}
 
 const MIB: u64 = 1024 * 1024;
 /// Memtable of the user records and of the token index each: a rotation
@@ -49,21 +84,58 @@ pub(crate) struct Keyspaces {
 
 impl Keyspaces {
     pub fn open(db: &Database) -> Result<Self, StoreError> {
-        let sized = |bytes: u64| {
-            move || {
+        let open = |part: Part| {
+            db.keyspace(part.name(), || {
                 KeyspaceCreateOptions::default()
-                    .max_memtable_size(bytes)
+                    .max_memtable_size(part.memtable_bytes())
                     .compaction_strategy(Arc::new(
                         Leveled::default().with_l0_threshold(L0_TABLES_BEFORE_MERGE),
                     ))
-            }
+            })
         };
         Ok(Self {
-            users: db.keyspace(USER_TOKEN, sized(MEMTABLE_BYTES))?,
-            index: db.keyspace(TOKENHASH_USER, sized(MEMTABLE_BYTES))?,
-            grace: db.keyspace(GRACE_EXPIRY, sized(SMALL_MEMTABLE_BYTES))?,
-            meta: db.keyspace(META, sized(SMALL_MEMTABLE_BYTES))?,
+            users: open(Part::Users)?,
+            index: open(Part::Index)?,
+            grace: open(Part::Grace)?,
+            meta: open(Part::Meta)?,
         })
+    }
+
+    pub fn get(&self, part: Part) -> &Keyspace {
+        match part {
+            Part::Users => &self.users,
+            Part::Index => &self.index,
+            Part::Grace => &self.grace,
+            Part::Meta => &self.meta,
+        }
+    }
+
+    /// Writes every memtable out as a table and waits (up to `timeout`)
+    /// until that is done, so the journal holds nothing the next start
+    /// must replay. Returns whether it finished in time; if not, the
+    /// journal still holds everything and the next start replays it.
+    ///
+    /// (fjall's own `rotate_memtable_and_wait`, a test helper, was seen
+    /// waiting forever at a stop: this polls with a deadline instead.)
+    pub fn flush_memtables(&self, db: &Database, timeout: Duration) -> Result<bool, StoreError> {
+        for part in Part::ALL {
+            self.get(part).rotate_memtable()?;
+        }
+        let deadline = Instant::now() + timeout;
+        // Flushed journals are deleted after their flush: wait for that too,
+        // or the next start still reads them.
+        while db.outstanding_flushes() > 0
+            || Part::ALL
+                .iter()
+                .any(|&part| self.get(part).sealed_memtable_count() > 0)
+            || db.journal_count() > 1
+        {
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(true)
     }
 }
 

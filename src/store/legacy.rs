@@ -281,6 +281,7 @@ mod tests {
     use crate::domain::token::TokenHash;
     use crate::domain::user::UserId;
     use crate::store::db::Db;
+    use crate::store::offline::Offline;
     use crate::store::records::{grace_key, GraceToken};
 
     fn names(path: &Path) -> Vec<String> {
@@ -344,9 +345,9 @@ mod tests {
         std::fs::create_dir_all(path.join("gen-3/keyspaces")).unwrap();
         std::fs::write(path.join("gen-3/junk"), b"half a copy").unwrap();
 
-        let store = Db::open(&path, 4).unwrap();
-        let alice = UserId::parse("alice").unwrap();
-        assert_eq!(store.get(&alice).unwrap().unwrap(), record);
+        let store = Offline::open(&path, 4).unwrap();
+        let users: Vec<_> = store.users().map(Result::unwrap).collect();
+        assert_eq!(users, [("alice".to_owned(), record.clone())]);
         assert_eq!(
             store
                 .lookup(&TokenHash::from_bytes(record.hash))
@@ -364,6 +365,7 @@ mod tests {
         assert_eq!((report.users, report.in_grace), (1, 1));
         // Opened again: the copy is the store, nothing is migrated twice.
         let store = Db::open(&path, 4).unwrap();
+        let alice = UserId::parse("alice").unwrap();
         assert_eq!(store.get(&alice).unwrap().unwrap(), record);
         assert_eq!(names(&path), ["CURRENT", "LOCK", "gen-3"]);
     }

@@ -47,14 +47,15 @@ pub mod keyspaces;
 pub mod layout;
 pub mod legacy;
 pub(crate) mod mutation;
+pub mod offline;
 pub mod records;
 pub mod schema;
 pub mod stamps;
 
-#[cfg(feature = "test-support")]
-pub use db::raw;
 pub use error::StoreError;
 pub use keyspaces::{GRACE_EXPIRY, META, TOKENHASH_USER, USER_TOKEN};
+#[cfg(any(test, feature = "test-support"))]
+pub use offline::raw;
 pub use records::{
     decode_index, decode_user, ChangeListener, Changes, GetOrCreate, GraceToken, IndexEntry,
     NewToken, NoListener, UserRecord,

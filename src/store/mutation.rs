@@ -11,8 +11,8 @@
 //! they would one after the other. An operation that fails (a damaged
 //! record) leaves nothing of itself in the batch.
 //!
-//! The flusher thread is the only writer of the user, index and grace
-//! keyspaces, so what an operation reads cannot change under it.
+//! While the server runs, the flusher thread is the only writer of every
+//! keyspace, so what an operation reads cannot change under it.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -27,6 +27,7 @@ use crate::store::records::{
     decode_index, decode_user, encode_index, encode_user, grace_key, ChangeListener, Changes,
     GetOrCreate, GraceToken, IndexEntry, UserRecord,
 };
+use crate::store::schema::PROBE_KEY;
 
 type TxResult<T> = Result<T, StoreError>;
 
@@ -157,14 +158,22 @@ pub(crate) struct BatchView<'a> {
     pub users: Tracked<'a>,
     pub index: Tracked<'a>,
     pub grace: Tracked<'a>,
+    /// Only the readiness probe's key.
+    pub meta: Tracked<'a>,
 }
 
 impl<'a> BatchView<'a> {
-    fn new(users: &'a Keyspace, index: &'a Keyspace, grace: &'a Keyspace) -> Self {
+    fn new(
+        users: &'a Keyspace,
+        index: &'a Keyspace,
+        grace: &'a Keyspace,
+        meta: &'a Keyspace,
+    ) -> Self {
         Self {
             users: Tracked::new(users),
             index: Tracked::new(index),
             grace: Tracked::new(grace),
+            meta: Tracked::new(meta),
         }
     }
 
@@ -172,16 +181,21 @@ impl<'a> BatchView<'a> {
         self.users.keep();
         self.index.keep();
         self.grace.keep();
+        self.meta.keep();
     }
 
     fn discard(&self) {
         self.users.discard();
         self.index.discard();
         self.grace.discard();
+        self.meta.discard();
     }
 
     fn is_empty(&self) -> bool {
-        self.users.is_empty() && self.index.is_empty() && self.grace.is_empty()
+        self.users.is_empty()
+            && self.index.is_empty()
+            && self.grace.is_empty()
+            && self.meta.is_empty()
     }
 }
 
@@ -269,7 +283,7 @@ pub(crate) struct StoreCommitter {
     pub users: Keyspace,
     pub index: Keyspace,
     pub grace: Keyspace,
-    /// Written by others (the readiness probe); here only for upkeep.
+    /// The schema version and the readiness probe's key.
     pub meta: Keyspace,
     /// Hears every committed batch's changes before any answer goes out.
     pub listener: Arc<dyn ChangeListener>,
@@ -300,7 +314,7 @@ impl Committer for StoreCommitter {
     }
 
     fn apply(&mut self, ops: Vec<Box<dyn Mutation>>) -> Applied {
-        let trees = BatchView::new(&self.users, &self.index, &self.grace);
+        let trees = BatchView::new(&self.users, &self.index, &self.grace, &self.meta);
         let mut kept = Vec::with_capacity(ops.len());
         for op in ops {
             match op.apply(&trees) {
@@ -333,6 +347,8 @@ impl Committer for StoreCommitter {
                     .filter_map(|(key, at)| Some((<[u8; 32]>::try_from(key.as_slice()).ok()?, at)))
                     .collect(),
             };
+            // The probe's key concerns no answer: listeners are not told.
+            trees.meta.write_into(&mut batch);
             let started = std::time::Instant::now();
             if let Err(e) = batch.commit() {
                 log::error!("writing a batch of changes to the store failed: {e}");
@@ -565,6 +581,21 @@ impl Apply for ExpireGrace {
     /// Verify refuses these by time already: nothing waits for the disk.
     fn durable(&self) -> bool {
         false
+    }
+}
+
+/// Writes the readiness probe's key, so a batch is written and synced
+/// right now; see [`crate::store::db::Db::probe_write`].
+pub(crate) struct Probe {
+    pub now: u64,
+}
+
+impl Apply for Probe {
+    type Output = ();
+
+    fn apply(&self, t: &BatchView<'_>) -> TxResult<()> {
+        t.meta.insert(PROBE_KEY, self.now.to_be_bytes());
+        Ok(())
     }
 }
 

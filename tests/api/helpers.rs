@@ -12,7 +12,7 @@ use agent_tokens::config::{Overlay, Settings, Sources};
 use agent_tokens::domain::clock::Clock;
 use agent_tokens::domain::token::TokenHash;
 use agent_tokens::http::app::{Application, StartupError};
-use agent_tokens::store::db::Db;
+use agent_tokens::store::offline::Offline;
 use agent_tokens::store::{IndexEntry, UserRecord};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -161,7 +161,7 @@ impl TestApp {
     /// Stops the server and opens its store directly to inspect what is stored.
     pub async fn stop_and_inspect(self) -> (Stored, TempDir) {
         let (dir, _) = self.stop().await;
-        let store = Db::open(&dir.path().join("db"), 8).unwrap();
+        let store = Offline::open(&dir.path().join("db"), 8).unwrap();
         let stored = Stored {
             users: store.users().map(Result::unwrap).collect(),
             index: store.index_entries().map(Result::unwrap).collect(),

@@ -104,11 +104,11 @@ async fn a_store_from_a_newer_release_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     {
-        agent_tokens::store::db::Db::open(&path, 8).unwrap();
+        agent_tokens::store::offline::Offline::open(&path, 8).unwrap();
         agent_tokens::store::raw::put(&path, "meta", b"schema_version", &99u32.to_be_bytes())
             .unwrap();
     }
-    let err = agent_tokens::store::db::Db::open(&path, 8).unwrap_err();
+    let err = agent_tokens::store::offline::Offline::open(&path, 8).unwrap_err();
     assert!(err.to_string().contains("schema version 99"), "{err}");
     // Nor is one of an earlier release (sled) that a newer release wrote.
     let old = dir.path().join("old");
@@ -120,7 +120,7 @@ async fn a_store_from_a_newer_release_is_refused_with_a_clear_error() {
             .unwrap();
         db.flush().unwrap();
     }
-    let err = agent_tokens::store::db::Db::open(&old, 8).unwrap_err();
+    let err = agent_tokens::store::offline::Offline::open(&old, 8).unwrap_err();
     assert!(err.to_string().contains("schema version 99"), "{err}");
     assert!(
         old.join("db").is_file(),
