@@ -10,7 +10,7 @@ use fjall::Database;
 use crate::domain::clock::Clock;
 use crate::domain::token::TokenHash;
 use crate::domain::user::UserId;
-use crate::store::durability::{DurabilityError, FlushStats, Flusher};
+use crate::store::durability::{DurabilityError, Flusher};
 use crate::store::error::StoreError;
 use crate::store::generation;
 use crate::store::keyspaces::{open_db, Keyspaces};
@@ -20,7 +20,7 @@ use crate::store::mutation::{
 };
 use crate::store::records::{
     decode_index, decode_user, encode_index, encode_user, ChangeListener, GetOrCreate, IndexEntry,
-    NewToken, NoListener, UserRecord,
+    NewToken, UserRecord,
 };
 use crate::store::schema::check_schema;
 
@@ -103,8 +103,9 @@ fn create(path: &Path, cache_mb: u64) -> Result<(Database, PathBuf), StoreError>
 
 impl Db {
     /// Opens (or creates) the store, migrates older ones, and starts the flusher.
+    #[cfg(test)]
     pub fn open(path: &Path, cache_mb: u64) -> Result<Self, StoreError> {
-        Self::open_with_listener(path, cache_mb, Arc::new(NoListener))
+        Self::open_with_listener(path, cache_mb, Arc::new(crate::store::records::NoListener))
     }
 
     /// [`Db::open`], telling `listener` about every write from then on.
@@ -136,11 +137,6 @@ impl Db {
         })
     }
 
-    /// The storage path (`storage.path`), not necessarily fjall's directory.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// See [`Keyspaces::flush_memtables`]: at a stop, so the next start
     /// replays little.
     pub fn flush_memtables(&self, timeout: std::time::Duration) -> Result<bool, StoreError> {
@@ -157,7 +153,8 @@ impl Db {
         self.db.disk_space().unwrap_or(0)
     }
 
-    pub fn flush_stats(&self) -> &FlushStats {
+    #[cfg(test)]
+    pub fn flush_stats(&self) -> &crate::store::durability::FlushStats {
         self.flusher.stats()
     }
 
@@ -184,6 +181,15 @@ impl Db {
         let (op, answer) = Queued::queue(args);
         self.flusher.submit(op);
         answer.await.map_err(|_| DurabilityError::Stopped)?
+    }
+
+    /// [`Db::run`] for plain threads (not on an async runtime).
+    fn run_blocking<A: Apply>(&self, args: A) -> Result<A::Output, StoreError> {
+        let (op, answer) = Queued::queue(args);
+        self.flusher.submit(op);
+        answer
+            .blocking_recv()
+            .map_err(|_| DurabilityError::Stopped)?
     }
 
     /// Replaces the user's token with `new` (or creates it): atomic across the
@@ -255,24 +261,17 @@ impl Db {
     /// user record while it is the user's current token. Skips tokens that
     /// are gone and times older than the stored one. Returns how many were
     /// written, once readers see them. Verify does not call this: it
-    /// records uses in memory ([`crate::store::stamps`]) and a background thread
-    /// writes them.
-    pub async fn stamp(&self, stamps: Vec<([u8; 32], u64)>) -> Result<usize, StoreError> {
-        self.run(Stamp { stamps }).await
-    }
-
-    /// [`Db::stamp`] for plain threads (not on an async runtime).
+    /// records uses in memory ([`crate::store::stamps`]) and the stamp
+    /// writer's thread calls this.
     pub fn stamp_blocking(&self, stamps: Vec<([u8; 32], u64)>) -> Result<usize, StoreError> {
-        let (op, answer) = Queued::queue(Stamp { stamps });
-        self.flusher.submit(op);
-        answer
-            .blocking_recv()
-            .map_err(|_| DurabilityError::Stopped)?
+        self.run_blocking(Stamp { stamps })
     }
 
-    /// Stamps one token as used at `now`; see [`Db::stamp`].
+    /// Stamps one token as used at `now`; see [`Db::stamp_blocking`].
+    #[cfg(test)]
     pub async fn touch(&self, hash: &TokenHash, now: u64) -> Result<(), StoreError> {
-        self.stamp(vec![(*hash.as_bytes(), now)]).await.map(drop)
+        let stamps = vec![(*hash.as_bytes(), now)];
+        self.run(Stamp { stamps }).await.map(drop)
     }
 
     /// Removes every rotated-out token whose grace window ended at or before
@@ -291,13 +290,9 @@ impl Db {
 
     /// [`Db::probe_write`] for plain threads (not on an async runtime).
     pub fn probe_write_blocking(&self) -> Result<(), StoreError> {
-        let (op, answer) = Queued::queue(Probe {
+        self.run_blocking(Probe {
             now: Clock::system().now(),
-        });
-        self.flusher.submit(op);
-        answer
-            .blocking_recv()
-            .map_err(|_| DurabilityError::Stopped)?
+        })
     }
 
     /// Waits until every mutation applied so far is durable; for answers

@@ -1,45 +1,65 @@
-//! The token store, on fjall (an LSM tree; see [`crate::store::layout`] for where
-//! its files are and [`crate::store::legacy`] for stores of earlier releases).
+//! The token store. The rest of the program reaches it two ways only:
+//! the server holds a [`Store`]; the offline commands (export, import,
+//! compact, check) open a stopped one through [`offline`]. Nothing outside
+//! this module touches the storage engine or names its keyspaces.
 //!
-//! Keyspaces:
+//! # Guarantees
+//!
+//! Every engine behind [`Store`] keeps these (the seam is
+//! `Backend` in `store/backend.rs`, an enum; why an enum is said there):
+//!
+//! - **Durable before visible.** A change is visible to readers, and
+//!   answered, only once it is on stable storage, so no reader ever sees a
+//!   change a crash could undo.
+//! - **One writer while serving.** Every write (changes, last-used stamps,
+//!   grace expiry, the readiness probe) is queued for the flusher thread,
+//!   which applies a cycle's changes in arrival order and writes them as
+//!   one atomic batch (`mutation.rs`, [`durability`]). A change that fails
+//!   on its own is answered with its error and leaves nothing behind.
+//! - **Records agree.** User records, the token index and the grace-expiry
+//!   entries never disagree: a user has at most one current token, plus at
+//!   most one rotated-out token in its grace window.
+//! - **No secrets.** Raw tokens never reach the store: it sees
+//!   [`TokenHash`]es and display prefixes.
+//! - **Formats are versioned.** Each value starts with a format byte and
+//!   the store carries a schema version; a newer one is refused, never
+//!   misread, and older ones are migrated ([`legacy`], [`schema`]).
+//! - **One process.** A lock file makes the store the server's or one
+//!   offline command's alone.
+//!
+//! # The embedded engine
+//!
+//! fjall, an LSM tree (`db.rs`; [`layout`] for where its files are).
+//! Keyspaces ([`keyspaces`]):
 //! - `user_token`: user id → [`UserRecord`] (current token hash, prefix,
 //!   timestamps, and the rotated-out token still in its grace window);
 //! - `tokenhash_user`: SHA-256 of a token → [`IndexEntry`] (what verify needs,
 //!   in one read);
 //! - `grace_expiry`: grace end (u64 BE) ++ token hash → user id, so expired
 //!   grace entries are found without scanning every user;
-//! - `meta`: `schema_version` → u32 BE.
+//! - `meta`: the schema version and the readiness probe's key.
 //!
-//! Guarantees: every change to the first three goes through the flusher
-//! thread, which applies everything queued in a cycle in order and writes
-//! the result as *one* fjall write batch, fdatasynced into the journal
-//! before any of it becomes visible (see [`crate::store::mutation`] and
-//! [`crate::store::durability`]). So the keyspaces never disagree, a user has at
-//! most one current token (plus at most one rotated-out token in its grace
-//! window), and no reader ever sees a change a crash could undo. Values are
-//! bincode with a leading format-version byte. Raw tokens never reach this
-//! module: it sees only [`TokenHash`]es and display prefixes.
-//!
-//! [`Store`] is what the server holds: one open database ([`db::Db`]) that
-//! is reopened in-process after an I/O failure.
+//! # Recovery
 //!
 //! fjall refuses every write after a failed journal write or sync (it is
 //! "poisoned": what reached the disk is unknown) until the database is
 //! reopened, which replays the journal up to its last whole batch. So
-//! after a failed write or sync this wrapper refuses further writes at once
+//! after a failed write or sync [`Store`] refuses further writes at once
 //! (500 with the page's message), keeps serving reads from the open
 //! database, and a recovery thread reopens it (dropping every handle first,
 //! which releases the store's lock) as soon as the disk has room again,
 //! backing off between attempts. No operator and no restart: exiting would
 //! let systemd's restart loop take reads down too.
 //!
-//! It also owns the last-used stamps verify records in memory
-//! ([`crate::store::stamps`]): a second thread writes them every
-//! [`STAMP_INTERVAL`], and a stop writes what is left before it closes the
-//! store. While writes are refused the stamps wait (in memory) for the
-//! reopen.
+//! # Last-used stamps
+//!
+//! [`Store`] also owns the last-used stamps verify records in memory
+//! ([`stamps`]): a second thread writes them every [`STAMP_INTERVAL`], and
+//! a stop writes what is left before it closes the store. While writes are
+//! refused the stamps wait (in memory) for the reopen.
 
-pub mod db;
+pub(crate) mod backend;
+pub(crate) mod db;
 pub mod durability;
 pub mod error;
 mod generation;
@@ -72,7 +92,7 @@ use arc_swap::ArcSwapOption;
 
 use crate::domain::token::TokenHash;
 use crate::domain::user::UserId;
-use crate::store::db::Db;
+use crate::store::backend::Backend;
 use crate::store::durability::DurabilityError;
 use crate::store::stamps::{PendingStamps, STAMP_INTERVAL};
 
@@ -89,7 +109,7 @@ const DRAIN_WAIT: Duration = Duration::from_secs(10);
 const STAMPS_PER_BATCH: usize = 2048;
 
 struct Shared {
-    db: ArcSwapOption<Db>,
+    backend: ArcSwapOption<Backend>,
     refusing_writes: AtomicBool,
     path: PathBuf,
     cache_mb: u64,
@@ -147,9 +167,9 @@ impl Store {
         listener: Arc<dyn ChangeListener>,
         stamp_interval: Duration,
     ) -> Result<Self, StoreError> {
-        let store = Db::open_with_listener(path, cache_mb, Arc::clone(&listener))?;
+        let store = Backend::open(path, cache_mb, Arc::clone(&listener))?;
         let shared = Arc::new(Shared {
-            db: ArcSwapOption::from_pointee(store),
+            backend: ArcSwapOption::from_pointee(store),
             refusing_writes: AtomicBool::new(false),
             path: path.to_owned(),
             cache_mb,
@@ -185,9 +205,11 @@ impl Store {
     /// What the store takes on disk in bytes, and its background jobs
     /// (memtable flushes waiting, table merges running); zeros while it reopens.
     pub fn storage_state(&self) -> (u64, usize) {
-        self.shared.db.load().as_ref().map_or((0, 0), |store| {
-            (store.disk_bytes(), store.background_jobs())
-        })
+        self.shared
+            .backend
+            .load()
+            .as_ref()
+            .map_or((0, 0), |backend| backend.storage_state())
     }
 
     /// Whether writes are currently refused while the store recovers.
@@ -195,15 +217,18 @@ impl Store {
         self.shared.refusing_writes.load(Ordering::SeqCst)
     }
 
-    fn db(&self) -> Result<Arc<Db>, StoreError> {
-        self.shared.db.load_full().ok_or(StoreError::Recovering)
+    fn backend(&self) -> Result<Arc<Backend>, StoreError> {
+        self.shared
+            .backend
+            .load_full()
+            .ok_or(StoreError::Recovering)
     }
 
-    fn db_for_writes(&self) -> Result<Arc<Db>, StoreError> {
+    fn backend_for_writes(&self) -> Result<Arc<Backend>, StoreError> {
         if self.refuses_writes() {
             return Err(StoreError::Recovering);
         }
-        self.db()
+        self.backend()
     }
 
     fn refuse_writes_on_io_failure<T>(
@@ -215,7 +240,7 @@ impl Store {
 
     pub fn get(&self, user: &UserId) -> Result<Option<UserRecord>, StoreError> {
         // A guard, not a clone: no shared reference count to bounce between cores.
-        match &*self.shared.db.load() {
+        match &*self.shared.backend.load() {
             Some(store) => store.get(user),
             None => Err(StoreError::Recovering),
         }
@@ -223,7 +248,7 @@ impl Store {
 
     /// The verify path's one read.
     pub fn lookup(&self, hash: &TokenHash) -> Result<Option<IndexEntry>, StoreError> {
-        match &*self.shared.db.load() {
+        match &*self.shared.backend.load() {
             Some(store) => store.lookup(hash),
             None => Err(StoreError::Recovering),
         }
@@ -236,7 +261,7 @@ impl Store {
         now: u64,
         grace_secs: u64,
     ) -> Result<(UserRecord, bool), StoreError> {
-        let store = self.db_for_writes()?;
+        let store = self.backend_for_writes()?;
         self.refuse_writes_on_io_failure(store.rotate(user, new, now, grace_secs).await)
     }
 
@@ -246,12 +271,12 @@ impl Store {
         candidate: &NewToken,
         now: u64,
     ) -> Result<GetOrCreate, StoreError> {
-        let store = self.db_for_writes()?;
+        let store = self.backend_for_writes()?;
         self.refuse_writes_on_io_failure(store.get_or_create(user, candidate, now).await)
     }
 
     pub async fn revoke(&self, user: &UserId) -> Result<bool, StoreError> {
-        let store = self.db_for_writes()?;
+        let store = self.backend_for_writes()?;
         self.refuse_writes_on_io_failure(store.revoke(user).await)
     }
 
@@ -284,17 +309,17 @@ impl Store {
         if self.refuses_writes() {
             return Ok(0);
         }
-        let store = self.db()?;
+        let store = self.backend()?;
         self.refuse_writes_on_io_failure(store.expire_grace(now).await)
     }
 
     pub async fn wait_until_durable(&self) -> Result<(), StoreError> {
-        let store = self.db_for_writes()?;
+        let store = self.backend_for_writes()?;
         self.refuse_writes_on_io_failure(store.wait_until_durable().await)
     }
 
     pub async fn probe_write(&self, now: u64) -> Result<(), StoreError> {
-        let store = self.db_for_writes()?;
+        let store = self.backend_for_writes()?;
         self.refuse_writes_on_io_failure(store.probe_write(now).await)
     }
 }
@@ -316,12 +341,12 @@ impl Drop for Store {
             let _ = thread.join();
         }
         // Close the database here, not in whichever thread lets go last.
-        if let Some(store) = self.shared.db.swap(None) {
+        if let Some(store) = self.shared.backend.swap(None) {
             // A failed store is dropped as it is: its journal writer already
             // discarded what it could not write (third_party/fjall/PATCHED.md).
             if !self.refuses_writes() {
                 // Only the next start's speed depends on it: the journal has it all.
-                match store.flush_memtables(STOP_FLUSH_WAIT) {
+                match store.prepare_stop(STOP_FLUSH_WAIT) {
                     Ok(true) => {}
                     Ok(false) => log::warn!(
                         "the store's memtables were not flushed within {STOP_FLUSH_WAIT:?}; the next start replays the journal"
@@ -363,7 +388,7 @@ fn write_stamps(shared: &Shared) {
     if stamps.is_empty() {
         return;
     }
-    let store = match shared.db.load_full() {
+    let store = match shared.backend.load_full() {
         Some(store) if !shared.refusing_writes.load(Ordering::SeqCst) => store,
         _ => {
             shared.stamps.give_back(&stamps);
@@ -466,7 +491,7 @@ fn reopen_db(shared: &Shared) -> Result<(), StoreError> {
     // After the swap no new read reaches the old database; reads still in
     // flight on it took their ticket before this, so none of them can
     // remember what they read.
-    let old = shared.db.swap(None);
+    let old = shared.backend.swap(None);
     shared.listener.reopening();
     if let Some(old) = old {
         // In-flight operations hold their own reference; let them finish.
@@ -477,16 +502,15 @@ fn reopen_db(shared: &Shared) -> Result<(), StoreError> {
         match Arc::try_unwrap(old) {
             Ok(store) => drop(store),
             Err(old) => {
-                shared.db.store(Some(old));
+                shared.backend.store(Some(old));
                 return Err(StoreError::Recovering);
             }
         }
     }
-    let store =
-        Db::open_with_listener(&shared.path, shared.cache_mb, Arc::clone(&shared.listener))?;
+    let store = Backend::open(&shared.path, shared.cache_mb, Arc::clone(&shared.listener))?;
     // Prove writes work before declaring victory.
     store.probe_write_blocking()?;
-    shared.db.store(Some(Arc::new(store)));
+    shared.backend.store(Some(Arc::new(store)));
     Ok(())
 }
 
@@ -511,7 +535,7 @@ mod tests {
     /// What a client was last told about a user: its current token, or revoked.
     type Acknowledged = HashMap<usize, Option<TokenHash>>;
 
-    fn assert_holds(store: &Db, expected: &Acknowledged) {
+    fn assert_holds(store: &Backend, expected: &Acknowledged) {
         for (&n, hash) in expected {
             let record = store.get(&user(n)).unwrap();
             assert_eq!(
@@ -541,7 +565,7 @@ mod tests {
     }
 
     fn flushes(live: &Store) -> u64 {
-        live.db()
+        live.backend()
             .unwrap()
             .flush_stats()
             .flushes
@@ -625,7 +649,7 @@ mod tests {
         let hash = issued(&live, &rng, 1);
         live.record_use(&hash, 2_000);
         drop(live);
-        let store = Db::open(&path, 8).unwrap();
+        let store = db::Db::open(&path, 8).unwrap();
         assert_eq!(
             store.get(&user(1)).unwrap().unwrap().last_used_at,
             Some(2_000)
@@ -681,12 +705,12 @@ mod tests {
                 expected.extend(writer.await.unwrap());
             }
         });
-        assert_holds(&live.db().unwrap(), &expected);
+        assert_holds(&live.backend().unwrap(), &expected);
         drop(live);
         drop(runtime);
         let report = crate::ops::check::check_store(&path).unwrap();
         assert!(report.is_consistent(), "{report}");
-        let store = Db::open(&path, 8).unwrap();
+        let store = Backend::Embedded(db::Db::open(&path, 8).unwrap());
         assert_holds(&store, &expected);
     }
 }

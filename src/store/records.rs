@@ -136,7 +136,7 @@ impl ChangeListener for NoListener {
     fn reopening(&self) {}
 }
 
-/// The outcome of [`Store::get_or_create`].
+/// The outcome of [`crate::store::Store::get_or_create`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GetOrCreate {
     Created(UserRecord),
