@@ -69,6 +69,14 @@ impl Backend {
         db.revoke(user).await
     }
 
+    pub async fn revoke_token(
+        &self,
+        hash: &TokenHash,
+    ) -> Result<crate::store::TokenRevoked, StoreError> {
+        let Backend::Embedded(db) = self;
+        db.revoke_token(hash).await
+    }
+
     pub fn stamp_blocking(&self, stamps: Vec<([u8; 32], u64)>) -> Result<usize, StoreError> {
         let Backend::Embedded(db) = self;
         db.stamp_blocking(stamps)

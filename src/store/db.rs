@@ -16,7 +16,8 @@ use crate::store::generation;
 use crate::store::keyspaces::{open_db, Keyspaces};
 use crate::store::layout::{self, Current};
 use crate::store::mutation::{
-    Apply, Create, ExpireGrace, Mutation, Probe, Queued, Revoke, Rotate, Stamp, StoreCommitter,
+    Apply, Create, ExpireGrace, Mutation, Probe, Queued, Revoke, RevokeToken, Rotate, Stamp,
+    StoreCommitter, TokenRevoked,
 };
 use crate::store::records::{
     decode_index, decode_user, encode_index, encode_user, ChangeListener, GetOrCreate, IndexEntry,
@@ -253,6 +254,18 @@ impl Db {
     pub async fn revoke(&self, user: &UserId) -> Result<bool, StoreError> {
         self.run(Revoke {
             user: user.as_str().to_owned(),
+        })
+        .await
+    }
+
+    /// Revokes the token with this hash, whoever it belongs to: the user's
+    /// current token goes with any of their tokens in grace (whoever holds
+    /// a leaked token must not keep an older live one); a token in grace
+    /// ends alone. Atomic, durable when it returns (an unknown hash too,
+    /// as with [`Db::revoke`]).
+    pub async fn revoke_token(&self, hash: &TokenHash) -> Result<TokenRevoked, StoreError> {
+        self.run(RevokeToken {
+            hash: *hash.as_bytes(),
         })
         .await
     }

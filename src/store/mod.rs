@@ -74,6 +74,7 @@ pub mod stamps;
 
 pub use error::StoreError;
 pub use keyspaces::{GRACE_EXPIRY, META, TOKENHASH_USER, USER_TOKEN};
+pub use mutation::TokenRevoked;
 #[cfg(any(test, feature = "test-support"))]
 pub use offline::raw;
 pub use records::{
@@ -278,6 +279,15 @@ impl Store {
     pub async fn revoke(&self, user: &UserId) -> Result<bool, StoreError> {
         let store = self.backend_for_writes()?;
         self.refuse_writes_on_io_failure(store.revoke(user).await)
+    }
+
+    /// Revokes the token with this hash, whoever it belongs to: the user's
+    /// current token goes with any of their tokens in grace (whoever holds
+    /// a leaked token must not keep an older live one); a token in grace
+    /// ends alone. Atomic, durable when it returns (an unknown hash too).
+    pub async fn revoke_token(&self, hash: &TokenHash) -> Result<TokenRevoked, StoreError> {
+        let store = self.backend_for_writes()?;
+        self.refuse_writes_on_io_failure(store.revoke_token(hash).await)
     }
 
     /// Records a use of the token at `now`, in memory: written within

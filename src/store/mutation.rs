@@ -486,6 +486,75 @@ impl Apply for Revoke {
     }
 }
 
+/// What [`RevokeToken`] found behind a token hash, and ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenRevoked {
+    /// The user's current token: it, and any token of theirs still in
+    /// grace, no longer verify (the user has no token now).
+    Current { user: String },
+    /// A rotated-out token in its grace window: it alone ended; the
+    /// user's current token is untouched.
+    InGrace { user: String },
+    /// No token has this hash (never issued, or already gone).
+    Unknown,
+}
+
+/// Revokes the token with a given hash, whoever holds it; see
+/// [`crate::store::Store::revoke_token`].
+pub(crate) struct RevokeToken {
+    pub hash: [u8; 32],
+}
+
+impl Apply for RevokeToken {
+    type Output = TokenRevoked;
+
+    fn apply(&self, t: &BatchView<'_>) -> TxResult<TokenRevoked> {
+        let Some(bytes) = t.index.get(&self.hash)? else {
+            return Ok(TokenRevoked::Unknown);
+        };
+        let entry = decode_index(&bytes)?;
+        let key = entry.user_id.as_bytes();
+        let record = t.users.get(key)?.map(|b| decode_user(&b)).transpose()?;
+        match record {
+            Some(record) if record.hash == self.hash => {
+                t.users.remove(key)?;
+                t.index.remove(&record.hash)?;
+                end_grace(t, record.previous.as_ref())?;
+                Ok(TokenRevoked::Current {
+                    user: entry.user_id,
+                })
+            }
+            Some(record)
+                if record
+                    .previous
+                    .as_ref()
+                    .is_some_and(|p| p.hash == self.hash) =>
+            {
+                end_grace(t, record.previous.as_ref())?;
+                let record = UserRecord {
+                    previous: None,
+                    ..record
+                };
+                t.users.insert(key, encode_user(&record)?);
+                Ok(TokenRevoked::InGrace {
+                    user: entry.user_id,
+                })
+            }
+            // An entry no user record names (the keyspaces never leave
+            // one, but a damaged store might): it must not verify either.
+            _ => {
+                t.index.remove(&self.hash)?;
+                if let Some(until) = entry.grace_until {
+                    t.grace.remove(&grace_key(until, &self.hash))?;
+                }
+                Ok(TokenRevoked::InGrace {
+                    user: entry.user_id,
+                })
+            }
+        }
+    }
+}
+
 /// Writes last-used stamps gathered in memory; see
 /// [`crate::store::db::Db::stamp`]. A stamp only changes a token that is
 /// still stored (so a revoked or rotated-out token is never brought back),
@@ -724,6 +793,65 @@ mod tests {
             r_rx.try_recv(),
             Ok(Err(StoreError::Durability(DurabilityError::Flush(_))))
         ));
+    }
+
+    fn run_one<A: Apply>(committer: &mut StoreCommitter, op: A) -> A::Output {
+        let (op, mut rx) = Queued::queue(op);
+        for complete in committer.apply(vec![op]).completions {
+            complete(Ok(()));
+        }
+        rx.try_recv().unwrap().unwrap()
+    }
+
+    #[test]
+    fn revoking_by_hash_ends_a_grace_token_alone_or_a_current_token_with_its_grace() {
+        let (_dir, mut committer) = committer();
+        run_one(&mut committer, rotate("alice", 1, 10));
+        run_one(
+            &mut committer,
+            Rotate {
+                grace_secs: 600,
+                ..rotate("alice", 2, 20)
+            },
+        );
+        run_one(&mut committer, rotate("bob", 7, 10));
+        assert_eq!(committer.grace.len().unwrap(), 1);
+        // The token in grace ends alone; alice keeps her current token.
+        assert_eq!(
+            run_one(&mut committer, RevokeToken { hash: [1; 32] }),
+            TokenRevoked::InGrace {
+                user: "alice".into()
+            }
+        );
+        assert!(committer.index.get([1u8; 32]).unwrap().is_none());
+        assert_eq!(committer.grace.len().unwrap(), 0);
+        let alice = decode_user(&committer.users.get("alice").unwrap().unwrap()).unwrap();
+        assert_eq!((alice.hash, alice.previous), ([2; 32], None));
+        // A current token takes the user's grace token with it.
+        run_one(
+            &mut committer,
+            Rotate {
+                grace_secs: 600,
+                ..rotate("alice", 3, 30)
+            },
+        );
+        assert_eq!(
+            run_one(&mut committer, RevokeToken { hash: [3; 32] }),
+            TokenRevoked::Current {
+                user: "alice".into()
+            }
+        );
+        for hash in [[2u8; 32], [3; 32]] {
+            assert!(committer.index.get(hash).unwrap().is_none());
+        }
+        assert!(committer.users.get("alice").unwrap().is_none());
+        assert_eq!(committer.grace.len().unwrap(), 0);
+        // Unknown or already gone: nothing changes; bob is untouched.
+        assert_eq!(
+            run_one(&mut committer, RevokeToken { hash: [3; 32] }),
+            TokenRevoked::Unknown
+        );
+        assert!(committer.index.get([7u8; 32]).unwrap().is_some());
     }
 
     #[test]
