@@ -39,6 +39,37 @@ pub struct Settings {
     pub tokens: TokenSettings,
     pub limits: LimitSettings,
     pub rate_limit: RateLimitSettings,
+    pub introspection: IntrospectionSettings,
+    pub verify: VerifySettings,
+}
+
+/// RFC 7662 introspection and RFC 7009 revocation for resource servers.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntrospectionSettings {
+    /// `client_id:secret` per line (see `crate::domain::clients`); unset:
+    /// the `/oauth2/` routes and the metadata answer 404.
+    pub clients_file: Option<PathBuf>,
+}
+
+/// How the verify route accepts agent tokens besides `Authorization`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifySettings {
+    /// A header that may carry the bare token (e.g. `X-API-Key`); empty: none.
+    pub api_key_header: String,
+}
+
+impl VerifySettings {
+    /// `api_key_header` as a header name; `None` when unset (or invalid:
+    /// [`Settings::validate`] refuses that).
+    pub fn api_key_header_name(&self) -> Option<HeaderName> {
+        let name = self.api_key_header.trim();
+        if name.is_empty() {
+            return None;
+        }
+        HeaderName::from_bytes(name.as_bytes()).ok()
+    }
 }
 
 /// Bounds on what one client can make the server hold or wait for.
@@ -369,6 +400,7 @@ impl Settings {
             ));
         }
         self.validate_rate_limit()?;
+        self.validate_verifiers()?;
         if self.storage.path.as_os_str().is_empty() {
             return Err(ConfigError::new("storage.path must not be empty."));
         }
@@ -408,6 +440,31 @@ impl Settings {
         if matches!(self.tokens.max_age_days, Some(d) if d == 0 || d > 36_500) {
             return Err(ConfigError::new(
                 "tokens.max_age_days must be between 1 and 36500 when set; remove it for tokens that do not expire.",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_verifiers(&self) -> Result<(), ConfigError> {
+        let header = self.verify.api_key_header.trim();
+        if !header.is_empty() {
+            match self.verify.api_key_header_name() {
+                None => {
+                    return Err(ConfigError::new(
+                        "verify.api_key_header must be an HTTP header name such as X-API-Key.",
+                    ))
+                }
+                Some(name) if name == actix_web::http::header::AUTHORIZATION => {
+                    return Err(ConfigError::new(
+                        "verify.api_key_header must not be Authorization, which verify reads already.",
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        if matches!(&self.introspection.clients_file, Some(p) if p.as_os_str().is_empty()) {
+            return Err(ConfigError::new(
+                "introspection.clients_file must not be empty when set; remove it to turn introspection off.",
             ));
         }
         Ok(())
@@ -859,6 +916,18 @@ mod tests {
             (
                 "[tokens]\nrotation_grace_secs = 2592001\n",
                 "tokens.rotation_grace_secs must be at most 2592000 (30 days).",
+            ),
+            (
+                "[verify]\napi_key_header = \"X API Key\"\n",
+                "verify.api_key_header must be an HTTP header name such as X-API-Key.",
+            ),
+            (
+                "[verify]\napi_key_header = \"authorization\"\n",
+                "verify.api_key_header must not be Authorization, which verify reads already.",
+            ),
+            (
+                "[introspection]\nclients_file = \"\"\n",
+                "introspection.clients_file must not be empty when set; remove it to turn introspection off.",
             ),
             (
                 "[tokens]\nmax_age_days = 0\n",

@@ -46,9 +46,11 @@ pub enum TokenOperation {
     Revoked,
     VerifyOk,
     VerifyFailed,
+    IntrospectActive,
+    IntrospectInactive,
 }
 
-const OPERATIONS: usize = 5;
+const OPERATIONS: usize = 7;
 
 /// One thread slot's operation counts, alone on its cache lines.
 #[repr(align(128))]
@@ -71,6 +73,8 @@ impl TokenOperation {
         TokenOperation::Revoked,
         TokenOperation::VerifyOk,
         TokenOperation::VerifyFailed,
+        TokenOperation::IntrospectActive,
+        TokenOperation::IntrospectInactive,
     ];
 
     fn label(self) -> &'static str {
@@ -80,6 +84,8 @@ impl TokenOperation {
             TokenOperation::Revoked => "revoked",
             TokenOperation::VerifyOk => "verify_ok",
             TokenOperation::VerifyFailed => "verify_failed",
+            TokenOperation::IntrospectActive => "introspect_active",
+            TokenOperation::IntrospectInactive => "introspect_inactive",
         }
     }
 }
@@ -117,7 +123,7 @@ impl Metrics {
             .expect("metric registers"),
             token_operations: register_int_counter_vec_with_registry!(
                 "token_operations_total",
-                "Token operations: created, rotated, revoked, verify_ok, verify_failed.",
+                "Token operations: created, rotated, revoked, verify_ok, verify_failed, introspect_active, introspect_inactive.",
                 &["operation"],
                 registry
             )

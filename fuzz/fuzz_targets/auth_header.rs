@@ -5,7 +5,7 @@
 use std::sync::LazyLock;
 
 use actix_web::http::header::HeaderValue;
-use agent_tokens::http::auth::{authenticate_user, presented_agent_token};
+use agent_tokens::http::auth::{authenticate_user, presented_agent_token, BasicScratch};
 use agent_tokens::config::JwtSettings;
 use agent_tokens::domain::jwt::JwtVerifier;
 use libfuzzer_sys::fuzz_target;
@@ -28,8 +28,9 @@ fuzz_target!(|data: &[u8]| {
     assert!(authenticate_user(Some(&value), &VERIFIER).is_err());
     // The verify route's own two steps before any lookup (shape, then
     // checksum): only the exact shape of an agent token gets through.
-    let accepted = presented_agent_token(Some(&value)).is_ok_and(|p| p.check().is_ok());
-    if accepted {
+    let mut scratch = BasicScratch::default();
+    let accepted = presented_agent_token(Some(&value), &mut scratch).is_ok_and(|p| p.check().is_ok());
+    if accepted && !value.as_bytes()[..value.len().min(6)].eq_ignore_ascii_case(b"basic ") {
         let text = value.to_str().expect("accepted tokens are ASCII");
         let credential = text.split_once(' ').map(|(_, c)| c.trim()).unwrap_or("");
         assert!(credential.starts_with("sk_agt_") && credential.len() == 71);

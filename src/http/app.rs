@@ -20,13 +20,14 @@ use sd_notify::NotifyState;
 use tokio::net::TcpStream;
 
 use crate::config::{ConfigError, Settings};
+use crate::domain::clients::ClientsFile;
 use crate::domain::clock::Clock;
 use crate::domain::jwt::JwtVerifier;
 use crate::domain::policy::TokenPolicy;
 use crate::http::answers::Answers;
 use crate::http::conn::{Deadlines, RequestPhase, TimedStream};
 use crate::http::limits::RequestLimits;
-use crate::http::state::{AppState, Readiness};
+use crate::http::state::{AppState, OAuthClients, Readiness};
 use crate::http::{openapi, routes};
 use crate::metrics::METRICS;
 use crate::store::error::StoreError;
@@ -71,6 +72,14 @@ impl Application {
     pub fn build_with_clock(settings: &Settings, clock: Clock) -> Result<Self, StartupError> {
         settings.validate()?;
         let jwt = JwtVerifier::from_settings(&settings.jwt)?;
+        let oauth = match &settings.introspection.clients_file {
+            Some(path) => Some(OAuthClients {
+                clients: ClientsFile::load(path)?,
+                max_body_bytes: usize::try_from(settings.limits.max_body_bytes)
+                    .unwrap_or(usize::MAX),
+            }),
+            None => None,
+        };
         // Bind before opening the store so a busy port fails fast and cleanly.
         let listener = bind(
             settings.bind_addr()?,
@@ -104,6 +113,8 @@ impl Application {
             policy: TokenPolicy::from_settings(&settings.tokens),
             limits: RequestLimits::new(&settings.limits, &settings.rate_limit),
             readiness: Readiness::default(),
+            api_key_header: settings.verify.api_key_header_name(),
+            oauth,
         });
         Self::serve(listener, metrics_listener, state, settings)
     }
@@ -119,6 +130,7 @@ impl Application {
         let local = listener.local_addr().map_err(StartupError::Server)?;
         let data = web::Data::from(Arc::clone(&state));
         let metrics_on_main = metrics_listener.is_none();
+        let oauth_on = state.oauth.is_some();
         let access_log = server_settings.access_log;
         LazyLock::force(&METRICS);
         // Built from actix-server and actix-http rather than actix-web's
@@ -181,6 +193,11 @@ impl Application {
                         ))
                         .wrap_fn(in_request_phase)
                         .configure(|cfg| routes::configure(cfg, metrics_on_main))
+                        .configure(|cfg| {
+                            if oauth_on {
+                                routes::oauth2::configure(cfg);
+                            }
+                        })
                         .configure(openapi::configure)
                         .default_service(web::to(routes::not_found));
                     http.service(app)

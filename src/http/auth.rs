@@ -10,6 +10,9 @@ use std::future::{ready, Ready};
 use actix_web::dev::Payload;
 use actix_web::http::header::{HeaderValue, AUTHORIZATION};
 use actix_web::{FromRequest, HttpRequest};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use secrecy::zeroize::Zeroizing;
 
 use crate::domain::jwt::JwtVerifier;
 use crate::domain::token::{looks_like_agent_token, PresentedToken, TokenError};
@@ -57,16 +60,47 @@ pub fn authenticate_user(
     jwt.verify(credential).map_err(ApiError::InvalidJwt)
 }
 
-/// The verify route's first step: a bearer credential of an agent token's
-/// shape, hashed, or why it is refused. Its checksum is checked by
+/// Where the verify route decodes a Basic credential: empty (and free)
+/// unless one is presented, wiped when dropped.
+pub type BasicScratch = Zeroizing<Vec<u8>>;
+
+/// Longest Basic credential decoded (a user name and a 71-character
+/// token fit many times over); longer ones are refused undecoded.
+const MAX_BASIC_BASE64: usize = 1024;
+
+/// The verify route's first step: an agent token from the `Authorization`
+/// header, hashed, or why it is refused. Its checksum is checked by
 /// [`PresentedToken::check`] before any storage lookup.
-pub fn presented_agent_token(
-    header: Option<&HeaderValue>,
-) -> Result<PresentedToken<'_>, VerifyRefusal> {
-    let credential = parse_bearer(header).map_err(|e| match e {
-        ApiError::MissingCredentials => VerifyRefusal::Missing,
-        _ => VerifyRefusal::MalformedHeader,
-    })?;
+///
+/// `Bearer <token>`, or `Basic base64(<any user name>:<token>)` for
+/// clients that only speak Basic (git, registries, WebDAV); a Basic
+/// credential with an empty password may carry the token as its user
+/// name. A Basic credential is decoded into `scratch`.
+pub fn presented_agent_token<'a>(
+    header: Option<&'a HeaderValue>,
+    scratch: &'a mut BasicScratch,
+) -> Result<PresentedToken<'a>, VerifyRefusal> {
+    let credential = match parse_bearer(header) {
+        Ok(credential) => credential,
+        Err(ApiError::MissingCredentials) => return Err(VerifyRefusal::Missing),
+        Err(_) => basic_password(header, scratch)?,
+    };
+    presented_credential(credential)
+}
+
+/// The verify route's first step for `verify.api_key_header`: the header's
+/// whole value (surrounding blanks aside) is the token.
+pub fn presented_bare_token(value: &HeaderValue) -> Result<PresentedToken<'_>, VerifyRefusal> {
+    let bytes = value.as_bytes().trim_ascii();
+    if bytes.is_empty() {
+        return Err(VerifyRefusal::Missing);
+    }
+    let credential = std::str::from_utf8(bytes).map_err(|_| VerifyRefusal::MalformedHeader)?;
+    presented_credential(credential)
+}
+
+/// A credential of an agent token's shape, hashed.
+fn presented_credential(credential: &str) -> Result<PresentedToken<'_>, VerifyRefusal> {
     if !looks_like_agent_token(credential) {
         return Err(if credential.matches('.').count() == 2 {
             VerifyRefusal::UserJwt
@@ -75,6 +109,42 @@ pub fn presented_agent_token(
         });
     }
     PresentedToken::new(credential).map_err(VerifyRefusal::Malformed)
+}
+
+/// The password of `Authorization: Basic base64(user:password)` (RFC
+/// 7617), or the user name when the password is empty.
+fn basic_password<'a>(
+    header: Option<&HeaderValue>,
+    scratch: &'a mut BasicScratch,
+) -> Result<&'a str, VerifyRefusal> {
+    let encoded = header
+        .map(HeaderValue::as_bytes)
+        .and_then(|bytes| {
+            let (scheme, rest) = bytes.split_at_checked(6)?;
+            scheme.eq_ignore_ascii_case(b"basic ").then_some(rest)
+        })
+        .ok_or(VerifyRefusal::MalformedHeader)?
+        .trim_ascii();
+    if encoded.is_empty() {
+        return Err(VerifyRefusal::Missing);
+    }
+    if encoded.len() > MAX_BASIC_BASE64 {
+        return Err(VerifyRefusal::MalformedHeader);
+    }
+    scratch.clear();
+    STANDARD
+        .decode_vec(encoded, scratch)
+        .map_err(|_| VerifyRefusal::MalformedHeader)?;
+    let decoded: &'a [u8] = scratch.as_slice();
+    let (user, password) = match decoded.iter().position(|&b| b == b':') {
+        Some(colon) => (&decoded[..colon], &decoded[colon + 1..]),
+        None => return Err(VerifyRefusal::MalformedHeader),
+    };
+    let token = if password.is_empty() { user } else { password };
+    if token.is_empty() {
+        return Err(VerifyRefusal::Missing);
+    }
+    std::str::from_utf8(token).map_err(|_| VerifyRefusal::MalformedHeader)
 }
 
 /// A request authenticated by a valid user JWT.
@@ -114,7 +184,8 @@ mod tests {
     fn agent_token_hash(
         header: Option<&HeaderValue>,
     ) -> Result<crate::domain::token::TokenHash, VerifyRefusal> {
-        let presented = presented_agent_token(header)?;
+        let mut scratch = BasicScratch::default();
+        let presented = presented_agent_token(header, &mut scratch)?;
         presented.check().map_err(VerifyRefusal::Malformed)?;
         Ok(*presented.hash())
     }
@@ -170,6 +241,72 @@ mod tests {
             VerifyRefusal::UserJwt
         );
         assert_eq!(agent_token_hash(None).unwrap_err(), VerifyRefusal::Missing);
+    }
+
+    fn basic(user: &str, password: &str) -> Option<HeaderValue> {
+        use base64::Engine;
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        header(&format!("Basic {encoded}"))
+    }
+
+    #[test]
+    fn a_basic_password_or_a_lone_user_name_carries_the_token_as_bearer_does() {
+        let t = token();
+        let bearer = agent_token_hash(header(&format!("Bearer {t}")).as_ref()).unwrap();
+        for value in [
+            basic("x-access-token", &t),
+            basic("", &t),
+            basic("git", &t),
+            basic(&t, ""),
+        ] {
+            assert_eq!(agent_token_hash(value.as_ref()).unwrap(), bearer);
+        }
+        let value = basic("u", &t).unwrap();
+        let lower = header(&value.to_str().unwrap().replacen("Basic", "basic", 1));
+        assert_eq!(agent_token_hash(lower.as_ref()).unwrap(), bearer);
+    }
+
+    #[test]
+    fn basic_credentials_without_a_token_are_refused_with_the_right_reason() {
+        assert_eq!(
+            agent_token_hash(basic("alice", "hunter2").as_ref()).unwrap_err(),
+            VerifyRefusal::Malformed(TokenError::WrongPrefix)
+        );
+        assert_eq!(
+            agent_token_hash(basic("alice", &jwt("alice")).as_ref()).unwrap_err(),
+            VerifyRefusal::UserJwt
+        );
+        assert_eq!(
+            agent_token_hash(basic("", "").as_ref()).unwrap_err(),
+            VerifyRefusal::Missing
+        );
+        for bad in ["Basic !!!notbase64", "Basic dXNlcg==", "Digest abc"] {
+            assert_eq!(
+                agent_token_hash(header(bad).as_ref()).unwrap_err(),
+                VerifyRefusal::MalformedHeader,
+                "{bad}"
+            );
+        }
+        let huge = format!("Basic {}", "QUFB".repeat(1000));
+        assert_eq!(
+            agent_token_hash(header(&huge).as_ref()).unwrap_err(),
+            VerifyRefusal::MalformedHeader
+        );
+    }
+
+    #[test]
+    fn a_bare_header_value_is_the_token() {
+        let t = token();
+        let bearer = agent_token_hash(header(&format!("Bearer {t}")).as_ref()).unwrap();
+        let bare = header(&format!(" {t} ")).unwrap();
+        assert_eq!(*presented_bare_token(&bare).unwrap().hash(), bearer);
+        let with_scheme = header(&format!("Bearer {t}")).unwrap();
+        assert!(presented_bare_token(&with_scheme).is_err());
+        assert_eq!(
+            presented_bare_token(&header(" ").unwrap()).err(),
+            Some(VerifyRefusal::Missing)
+        );
     }
 
     proptest! {

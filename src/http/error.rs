@@ -65,6 +65,13 @@ pub enum ApiError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// An OAuth client (RFC 7662 §2.1, RFC 7009 §2.1) that did not
+    /// authenticate: unknown, wrong secret, or no credentials.
+    #[error("introspection client authentication failed")]
+    InvalidClient,
+    /// An OAuth request that is not the form its RFC asks for.
+    #[error("invalid OAuth request: {0}")]
+    InvalidRequest(&'static str),
     /// A wiring fault in the server itself (never caused by the client).
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -102,6 +109,8 @@ impl ApiError {
             ApiError::MalformedAuthorization => "invalid_request",
             ApiError::InvalidJwt(_) | ApiError::InvalidAgentToken(_) => "invalid_token",
             ApiError::AgentTokenNotAllowed => "user_jwt_required",
+            ApiError::InvalidClient => "invalid_client",
+            ApiError::InvalidRequest(_) => "invalid_request",
             ApiError::Failed { .. } | ApiError::Internal(_) => "internal_error",
             ApiError::NotReady(_) => "not_ready",
             ApiError::RateLimited { .. } | ApiError::TooManyChanges { .. } => "rate_limited",
@@ -121,6 +130,8 @@ impl ApiError {
                 "Agent tokens cannot be used here. This endpoint requires a user JWT."
             }
             ApiError::InvalidAgentToken(reason) => reason.message(),
+            ApiError::InvalidClient => "Client authentication failed.",
+            ApiError::InvalidRequest(what) => what,
             ApiError::Failed { op, .. } => op.failure_message(),
             ApiError::Internal(_) => "Internal server error.",
             ApiError::NotReady(_) => "Storage is not accepting writes.",
@@ -182,7 +193,9 @@ impl ResponseError for ApiError {
             | ApiError::MalformedAuthorization
             | ApiError::InvalidJwt(_)
             | ApiError::AgentTokenNotAllowed
-            | ApiError::InvalidAgentToken(_) => StatusCode::UNAUTHORIZED,
+            | ApiError::InvalidAgentToken(_)
+            | ApiError::InvalidClient => StatusCode::UNAUTHORIZED,
+            ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Failed { .. } | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RateLimited { .. } | ApiError::TooManyChanges { .. } => {
@@ -220,6 +233,14 @@ impl ResponseError for ApiError {
                 response.insert_header((header::WWW_AUTHENTICATE, value));
             }
         }
+        // Basic-only clients (git, registries) send a credential only
+        // after a Basic challenge; OAuth clients authenticate with Basic.
+        if matches!(
+            self,
+            ApiError::InvalidAgentToken(VerifyRefusal::Missing) | ApiError::InvalidClient
+        ) {
+            response.append_header((header::WWW_AUTHENTICATE, basic_challenge()));
+        }
         if let ApiError::InvalidAgentToken(_) = self {
             return response.json(InactiveBody {
                 active: false,
@@ -240,7 +261,7 @@ impl ResponseError for ApiError {
 pub enum VerifyRefusal {
     #[error("No agent token was presented")]
     Missing,
-    #[error("The Authorization header is not Bearer <agent token>")]
+    #[error("The Authorization header is neither Bearer <agent token> nor Basic with the token as password")]
     MalformedHeader,
     #[error("The agent token is malformed: {0}")]
     Malformed(#[source] TokenError),
@@ -258,7 +279,9 @@ impl VerifyRefusal {
     fn message(self) -> &'static str {
         match self {
             VerifyRefusal::Missing => "An agent token is required.",
-            VerifyRefusal::MalformedHeader => "Send Authorization: Bearer <agent token>.",
+            VerifyRefusal::MalformedHeader => {
+                "Send Authorization: Bearer <agent token>, or Basic with the agent token as the password."
+            }
             VerifyRefusal::Malformed(_) => "The agent token is malformed.",
             VerifyRefusal::UserJwt => {
                 "A user JWT cannot be used here. This endpoint takes an agent token."
@@ -301,6 +324,11 @@ impl fmt::Display for ErrorChain<'_> {
         }
         Ok(())
     }
+}
+
+/// `WWW-Authenticate: Basic realm="agent-tokens", charset="UTF-8"` (RFC 7617).
+fn basic_challenge() -> HeaderValue {
+    HeaderValue::from_static("Basic realm=\"agent-tokens\", charset=\"UTF-8\"")
 }
 
 /// Token answers and errors must never be cached by a proxy or browser

@@ -22,6 +22,10 @@ use crate::http::routes;
 pub const USER_JWT: &str = "user_jwt";
 /// The security scheme name of the agent token (the verify route).
 pub const AGENT_TOKEN: &str = "agent_token";
+/// The agent token as a Basic password (the verify route).
+pub const AGENT_TOKEN_BASIC: &str = "agent_token_basic";
+/// A resource server listed in `introspection.clients_file` (the OAuth routes).
+pub const INTROSPECTION_CLIENT: &str = "introspection_client";
 
 #[derive(OpenApi)]
 #[openapi(
@@ -37,6 +41,9 @@ pub const AGENT_TOKEN: &str = "agent_token";
         routes::tokens::get_or_create,
         routes::tokens::revoke,
         routes::verify::verify,
+        routes::oauth2::introspect,
+        routes::oauth2::revoke,
+        routes::oauth2::metadata,
         routes::health::healthz,
         routes::health::readyz,
         routes::health::metrics,
@@ -51,6 +58,7 @@ pub const AGENT_TOKEN: &str = "agent_token";
     tags(
         (name = "token management", description = "The user's own agent token, managed with a user JWT. Token changes are rate limited per user (429 with `Retry-After`); requests per client address only when the operator turns that on. The verify route is never rate limited."),
         (name = "verification", description = "For gateways and APIs: is this agent token valid?"),
+        (name = "oauth", description = "For resource servers that speak OAuth (MCP servers, Apache mod_oauth2): RFC 7662 introspection, RFC 7009 revocation, RFC 8414 metadata. Served only when `introspection.clients_file` lists the clients."),
         (name = "health", description = "For process supervisors and monitoring."),
         (name = "docs", description = "These API pages, as markdown, HTML and OpenAPI."),
     )
@@ -82,7 +90,33 @@ impl Modify for SecuritySchemes {
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("sk_agt_<64 hex>")
                     .description(Some(
-                        "An agent token: `sk_agt_` followed by 64 lowercase hex characters.",
+                        "An agent token: `sk_agt_` followed by 64 lowercase hex characters. \
+                         With `verify.api_key_header` set, that header may carry it bare instead.",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            AGENT_TOKEN_BASIC,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Basic)
+                    .description(Some(
+                        "The agent token as the Basic password, with any user name (or as the \
+                         user name, with an empty password): for clients that only speak Basic.",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            INTROSPECTION_CLIENT,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Basic)
+                    .description(Some(
+                        "A client id and secret from `introspection.clients_file` \
+                         (`client_secret_basic`); or `client_id` and `client_secret` in the form \
+                         (`client_secret_post`).",
                     ))
                     .build(),
             ),

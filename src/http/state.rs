@@ -3,9 +3,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use actix_web::http::header::HeaderName;
 use actix_web::{web, HttpRequest};
 use ring::rand::SystemRandom;
 
+use crate::domain::clients::ClientsFile;
 use crate::domain::clock::Clock;
 use crate::domain::jwt::JwtVerifier;
 use crate::domain::policy::TokenPolicy;
@@ -27,6 +29,20 @@ pub struct AppState {
     pub limits: RequestLimits,
     /// `/readyz`'s recent probe result.
     pub readiness: Readiness,
+    /// `verify.api_key_header`: a header that may carry the bare token.
+    pub api_key_header: Option<HeaderName>,
+    /// The OAuth routes' clients and body cap; `None` (the routes answer
+    /// 404) without `introspection.clients_file`.
+    pub oauth: Option<OAuthClients>,
+}
+
+/// What the `/oauth2/` routes need besides the store.
+#[derive(Debug)]
+pub struct OAuthClients {
+    /// `introspection.clients_file`, re-read by [`ClientsFile::reload`].
+    pub clients: ClientsFile,
+    /// `limits.max_body_bytes`: the largest form accepted.
+    pub max_body_bytes: usize,
 }
 
 /// The shared state, borrowed from the request. The hot handlers use this

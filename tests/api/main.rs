@@ -8,6 +8,7 @@ mod gateway;
 mod helpers;
 mod jwt;
 mod limits;
+mod oauth2;
 mod ops;
 mod persistence;
 mod tokens;

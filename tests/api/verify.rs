@@ -634,3 +634,147 @@ async fn a_store_written_by_schema_2_is_migrated_with_its_grace_token_and_last_u
         migrated.len()
     );
 }
+
+fn basic_auth(user: &str, password: &str) -> String {
+    use base64::Engine;
+    let pair = format!("{user}:{password}");
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
+/// Status, the headers a gateway passes on, and the body of a verify answer.
+async fn seen(resp: reqwest::Response) -> (u16, Option<String>, Option<String>, String) {
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let (user, expires) = (
+        header("x-agent-user-id"),
+        header("x-agent-token-expires-at"),
+    );
+    (
+        resp.status().as_u16(),
+        user,
+        expires,
+        resp.text().await.unwrap(),
+    )
+}
+
+async fn verify_with(app: &TestApp, name: &str, value: &str) -> reqwest::Response {
+    app.client
+        .get(app.url(VERIFY))
+        .header(name, value)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_basic_password_verifies_exactly_as_bearer_does() {
+    let app = spawn_app().await;
+    let token = app.new_token(&user_jwt("alice")).await;
+    let bearer = seen(app.verify(&token).await).await;
+    assert_eq!(bearer.0, 200);
+    for user in ["x-access-token", "git", ""] {
+        let resp = verify_with(&app, "authorization", &basic_auth(user, &token)).await;
+        assert_eq!(seen(resp).await, bearer, "user name {user:?}");
+    }
+    // The token as the user name with an empty password (`curl -u TOKEN:`).
+    let resp = verify_with(&app, "authorization", &basic_auth(&token, "")).await;
+    assert_eq!(seen(resp).await, bearer);
+    // A wrong password is the same 401 as a wrong bearer token.
+    let wrong = format!("{}0", &token[..70]);
+    let resp = verify_with(&app, "authorization", &basic_auth("git", &wrong)).await;
+    assert_refused(resp, &wrong).await;
+    app.revoke(&user_jwt("alice")).await;
+    let resp = verify_with(&app, "authorization", &basic_auth("git", &token)).await;
+    let body = assert_refused(resp, &token).await;
+    assert_eq!(
+        body["message"],
+        "The agent token is not valid (unknown or revoked)."
+    );
+}
+
+#[tokio::test]
+async fn no_credential_is_challenged_for_bearer_and_basic() {
+    let app = spawn_app().await;
+    let resp = app.client.get(app.url(VERIFY)).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    let challenges: Vec<&str> = resp
+        .headers()
+        .get_all("www-authenticate")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(challenges.len(), 2, "{challenges:?}");
+    assert!(challenges[0].starts_with("Bearer realm=\"agent-tokens\""));
+    assert_eq!(
+        challenges[1],
+        "Basic realm=\"agent-tokens\", charset=\"UTF-8\""
+    );
+}
+
+#[tokio::test]
+async fn a_configured_api_key_header_carries_the_bare_token() {
+    let app =
+        spawn_app_with(TestConfig::hs256().with("[verify]\napi_key_header = \"X-API-Key\"")).await;
+    let token = app.new_token(&user_jwt("bob")).await;
+    let bearer = seen(app.verify(&token).await).await;
+    assert_eq!(bearer.0, 200);
+    let resp = verify_with(&app, "x-api-key", &token).await;
+    assert_eq!(seen(resp).await, bearer);
+    // The configured header is read first: it is what the operator named.
+    let resp = app
+        .client
+        .get(app.url(VERIFY))
+        .header("x-api-key", &token)
+        .header("authorization", "Bearer something-else")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(seen(resp).await, bearer);
+    let resp = verify_with(&app, "x-api-key", "sk_agt_nope").await;
+    assert_refused(resp, "sk_agt_nope").await;
+    // Without the setting, the header means nothing.
+    let plain = spawn_app().await;
+    let token = plain.new_token(&user_jwt("bob")).await;
+    let resp = verify_with(&plain, "x-api-key", &token).await;
+    assert_refused(resp, &token).await;
+}
+
+#[tokio::test]
+async fn answers_say_when_an_expiring_token_stops_verifying() {
+    let app = spawn_app_with(with_tokens("max_age_days = 1\nrotation_grace_secs = 600")).await;
+    let jwt = user_jwt("carol");
+    let first = app.new_token(&jwt).await;
+    let created = app.clock.now();
+    let (status, _, expires, _) = seen(app.verify(&first).await).await;
+    assert_eq!(status, 200);
+    let by_age = agent_tokens::domain::clock::rfc3339(created + 86_400);
+    assert_eq!(expires.as_deref(), Some(by_age.as_str()));
+    // Rotated out: it stops at the end of the grace window, the earlier limit.
+    app.clock.advance(10);
+    let second = app.new_token(&jwt).await;
+    let resp = app
+        .client
+        .head(app.url(VERIFY))
+        .bearer_auth(&first)
+        .send()
+        .await
+        .unwrap();
+    let (status, _, expires, _) = seen(resp).await;
+    assert_eq!(status, 200);
+    let grace_end = agent_tokens::domain::clock::rfc3339(created + 10 + 600);
+    assert_eq!(expires.as_deref(), Some(grace_end.as_str()));
+    let (_, _, expires, body) = seen(app.verify(&second).await).await;
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(expires.as_deref(), body["expires_at"].as_str());
+    // A token that never expires carries no such header.
+    let plain = spawn_app().await;
+    let token = plain.new_token(&jwt).await;
+    let (status, _, expires, _) = seen(plain.verify(&token).await).await;
+    assert_eq!((status, expires), (200, None));
+}

@@ -2,6 +2,7 @@
 
 pub mod docs;
 pub mod health;
+pub mod oauth2;
 pub mod tokens;
 pub mod verify;
 

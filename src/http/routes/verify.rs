@@ -13,10 +13,11 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
 use super::Resource;
-use crate::domain::clock::Timestamp;
-use crate::domain::policy::needs_touch;
+use crate::domain::clock::{rfc3339, Timestamp};
+use crate::domain::policy::{needs_touch, Active};
+use crate::domain::token::PresentedToken;
 use crate::http::answers::VerifyAnswer;
-use crate::http::auth::presented_agent_token;
+use crate::http::auth::{presented_agent_token, presented_bare_token, BasicScratch};
 use crate::http::error::{ApiError, Operation, VerifyRefusal};
 use crate::http::state::AppState;
 use crate::metrics::{TokenOperation, METRICS};
@@ -27,6 +28,10 @@ pub const VERIFY_PATH: &str = "/api/agent-tokens/verify";
 
 /// The header carrying the verified user id to the upstream.
 pub const USER_ID_HEADER: HeaderName = HeaderName::from_static("x-agent-user-id");
+
+/// When the verified token stops verifying (RFC 3339), on answers for
+/// tokens that expire (`tokens.max_age_days`, or a rotation's grace window).
+pub const EXPIRES_AT_HEADER: HeaderName = HeaderName::from_static("x-agent-token-expires-at");
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -57,10 +62,13 @@ pub struct ActiveResponse<'a> {
     tag = "verification",
     operation_id = "verify_agent_token",
     summary = "Is this agent token valid? (HEAD: the same status and headers, no body)",
-    security(("agent_token" = [])),
+    security(("agent_token" = []), ("agent_token_basic" = [])),
     responses(
         (status = 200, description = "A live agent token.", body = ActiveResponse,
-            headers(("X-Agent-User-Id" = String, description = "The id of the token's user, as its UTF-8 bytes."))),
+            headers(
+                ("X-Agent-User-Id" = String, description = "The id of the token's user, as its UTF-8 bytes."),
+                ("X-Agent-Token-Expires-At" = String, description = "When the token stops verifying (RFC 3339 UTC), only for a token that expires: by `tokens.max_age_days` or at the end of a rotation's grace window."),
+            )),
         (status = 401, description = "Anything but a live agent token (never another 4xx).",
             body = crate::http::error::InactiveBody,
             headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"agent-tokens\", error=\"invalid_token\", error_description=\"...\"`"))),
@@ -79,8 +87,50 @@ async fn verify(req: HttpRequest) -> Result<HttpResponse, ApiError> {
 /// The verify decision: a remembered answer or one read (and a
 /// once-a-minute last-used stamp, in memory).
 async fn answer(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
-    let presented = presented_agent_token(req.headers().get(AUTHORIZATION))
-        .map_err(ApiError::InvalidAgentToken)?;
+    let mut scratch = BasicScratch::default();
+    let presented = presented(req, state, &mut scratch)?;
+    let (known, active) = live_token(state, &presented)?;
+    let user_header = known
+        .user_header()
+        .map_err(|e| ApiError::failed(Operation::Verify, e))?;
+    let mut response = HttpResponse::Ok();
+    response
+        .insert_header((USER_ID_HEADER, user_header))
+        .insert_header(crate::http::error::no_store())
+        .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")));
+    if let Some(expires_at) = active.expires_at {
+        response.insert_header((EXPIRES_AT_HEADER, rfc3339(expires_at)));
+    }
+    Ok(response.body(Bytes::copy_from_slice(known.body())))
+}
+
+/// The agent token a verify request presents: in `verify.api_key_header`
+/// when that is set and present, else in `Authorization` (Bearer, or
+/// Basic with the token as the password).
+fn presented<'a>(
+    req: &'a HttpRequest,
+    state: &AppState,
+    scratch: &'a mut BasicScratch,
+) -> Result<PresentedToken<'a>, ApiError> {
+    let headers = req.headers();
+    let presented = match state
+        .api_key_header
+        .as_ref()
+        .and_then(|name| headers.get(name))
+    {
+        Some(value) => presented_bare_token(value),
+        None => presented_agent_token(headers.get(AUTHORIZATION), scratch),
+    };
+    presented.map_err(ApiError::InvalidAgentToken)
+}
+
+/// Whether a presented token is live now: its remembered (or freshly
+/// read) answer and when it stops verifying. Records the use (in memory,
+/// written in the background). What verify and introspection share.
+pub(crate) fn live_token(
+    state: &AppState,
+    presented: &PresentedToken<'_>,
+) -> Result<(VerifyAnswer, Active), ApiError> {
     let hash = presented.hash();
     let now = state.clock.now();
     let known = match state.answers.verify.get(hash.as_bytes()) {
@@ -105,7 +155,7 @@ async fn answer(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, Api
         }
     };
     // Expiry and grace end are decided again on every answer.
-    state
+    let active = state
         .policy
         .assess(known.created_at(), known.grace_until(), now)
         .map_err(|inactive| ApiError::InvalidAgentToken(inactive.into()))?;
@@ -114,14 +164,7 @@ async fn answer(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, Api
         // The user's GET /me answer shows it (when this is the current token).
         state.answers.forget_status(known.user_id());
     }
-    let user_header = known
-        .user_header()
-        .map_err(|e| ApiError::failed(Operation::Verify, e))?;
-    Ok(HttpResponse::Ok()
-        .insert_header((USER_ID_HEADER, user_header))
-        .insert_header(crate::http::error::no_store())
-        .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
-        .body(Bytes::copy_from_slice(known.body())))
+    Ok((known, active))
 }
 
 /// A live token's answer, built once from its index entry. The body only
