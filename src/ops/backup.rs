@@ -16,8 +16,11 @@
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
-use serde_json::{Map, Value};
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{Error as _, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+use serde_path_to_error::Segment;
 
 use crate::domain::token::TokenHash;
 use crate::domain::token::{display_prefix_bytes, TOKEN_PREFIX};
@@ -31,22 +34,6 @@ pub const FORMAT: &str = "agent-tokens-export";
 /// The header's `version`: the line layout below. Bump it for any change an
 /// older import would misread.
 pub const VERSION: u64 = 1;
-const USER_FIELDS: &[&str] = &[
-    "user_id",
-    "token_hash",
-    "token_prefix",
-    "created_at",
-    "last_used_at",
-    "grace",
-];
-const GRACE_FIELDS: &[&str] = &[
-    "token_hash",
-    "token_prefix",
-    "grace_until",
-    "created_at",
-    "last_used_at",
-];
-
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
     /// The backup file is malformed; nothing was written.
@@ -165,8 +152,8 @@ impl Backup {
             let text = line_text(&buf, line_no)?;
             let object = parse_object(text, line_no)?;
             match announced {
-                None => announced = Some(parse_header(&object, line_no)?),
-                Some(_) => entries.push(parse_user(&object, line_no)?),
+                None => announced = Some(parse_header(object, line_no)?),
+                Some(_) => entries.push(parse_user(object, line_no)?),
             }
         }
         let Some(announced) = announced else {
@@ -213,9 +200,9 @@ fn line_text(buf: &[u8], line: usize) -> Result<&str, BackupError> {
 }
 
 /// serde_json's syntax errors never quote the input, so they are safe to show.
-fn parse_object(text: &str, line: usize) -> Result<Map<String, Value>, BackupError> {
+fn parse_object(text: &str, line: usize) -> Result<Value, BackupError> {
     match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(map)) => Ok(map),
+        Ok(object @ Value::Object(_)) => Ok(object),
         Ok(_) => Err(BackupError::invalid(line, "the line is not a JSON object")),
         Err(e) if e.is_eof() => Err(BackupError::invalid(
             line,
@@ -236,14 +223,205 @@ fn parse_object(text: &str, line: usize) -> Result<Map<String, Value>, BackupErr
     }
 }
 
-fn parse_header(object: &Map<String, Value>, line: usize) -> Result<u64, BackupError> {
-    if object.get("format").and_then(Value::as_str) != Some(FORMAT) {
+/// The header line; other fields (`exported_at`, `generator`) are
+/// informative and not read.
+#[derive(Deserialize)]
+struct HeaderIn {
+    #[serde(default, deserialize_with = "lenient")]
+    format: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    version: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    users: Option<u64>,
+}
+
+/// A user line as read. Each field is checked as it is read, with a
+/// message of ours that never quotes the value; a required field reads as
+/// `None` only when it is absent.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserIn {
+    #[serde(default, deserialize_with = "user_id")]
+    user_id: Option<UserId>,
+    #[serde(default, deserialize_with = "token_hash")]
+    token_hash: Option<[u8; 32]>,
+    #[serde(default, deserialize_with = "token_prefix")]
+    token_prefix: Option<String>,
+    #[serde(default, deserialize_with = "seconds")]
+    created_at: Option<u64>,
+    #[serde(default, deserialize_with = "optional_seconds")]
+    last_used_at: Option<u64>,
+    #[serde(default, deserialize_with = "grace")]
+    grace: Option<GraceIn>,
+}
+
+/// The rotated-out token of a user line, in its grace window.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GraceIn {
+    #[serde(default, deserialize_with = "token_hash")]
+    token_hash: Option<[u8; 32]>,
+    #[serde(default, deserialize_with = "token_prefix")]
+    token_prefix: Option<String>,
+    #[serde(default, deserialize_with = "seconds")]
+    grace_until: Option<u64>,
+    #[serde(default, deserialize_with = "seconds")]
+    created_at: Option<u64>,
+    #[serde(default, deserialize_with = "optional_seconds")]
+    last_used_at: Option<u64>,
+}
+
+/// Reads a field's value whole and checks it with `read`; `problem` (what
+/// the value must be) is the error, so the value itself is never shown.
+fn checked<'de, D: Deserializer<'de>, T>(
+    d: D,
+    read: impl FnOnce(Value) -> Result<T, String>,
+) -> Result<Option<T>, D::Error> {
+    read(Value::deserialize(d)?)
+        .map(Some)
+        .map_err(D::Error::custom)
+}
+
+/// A header field of another type reads as absent.
+fn lenient<'de, D: Deserializer<'de>, T: serde::de::DeserializeOwned>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    Ok(serde_json::from_value(Value::deserialize(d)?).ok())
+}
+
+fn user_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<UserId>, D::Error> {
+    checked(d, |v| match v {
+        Value::String(text) => UserId::parse(&text).map_err(|e| format!("is not allowed: {e}")),
+        _ => Err("must be a string".into()),
+    })
+}
+
+fn token_hash<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 32]>, D::Error> {
+    checked(d, |v| {
+        let mut hash = [0u8; 32];
+        match v.as_str() {
+            Some(text)
+                if text.len() == 64
+                    && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+                    && hex::decode_to_slice(text, &mut hash).is_ok() =>
+            {
+                Ok(hash)
+            }
+            Some(_) => Err("must be 64 lowercase hex characters (a SHA-256 hash)".into()),
+            None => Err("must be a string".into()),
+        }
+    })
+}
+
+fn token_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    checked(d, |v| match v {
+        Value::String(text) if display_prefix_bytes(&text).is_some() => Ok(text),
+        Value::String(_) => Err(format!(
+            "must be {TOKEN_PREFIX} followed by 8 lowercase hex characters and ..."
+        )),
+        _ => Err("must be a string".into()),
+    })
+}
+
+fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    checked(d, |v| {
+        v.as_u64()
+            .ok_or_else(|| "must be a non-negative integer (Unix seconds)".into())
+    })
+}
+
+/// `null` is `None`, as an absent field is.
+fn optional_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    checked(d, |v| match v {
+        Value::Null => Ok(None),
+        v => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| "must be null or a non-negative integer (Unix seconds)".to_owned()),
+    })
+    .map(Option::flatten)
+}
+
+/// `null` or an object, read in place so its fields' errors carry their path.
+fn grace<'de, D: Deserializer<'de>>(d: D) -> Result<Option<GraceIn>, D::Error> {
+    struct GraceVisitor;
+    const PROBLEM: &str = "must be null or an object";
+    impl<'de> Visitor<'de> for GraceVisitor {
+        type Value = Option<GraceIn>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("null or an object")
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            GraceIn::deserialize(MapAccessDeserializer::new(map)).map(Some)
+        }
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Err(E::custom(PROBLEM))
+        }
+        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Err(E::custom(PROBLEM))
+        }
+        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Err(E::custom(PROBLEM))
+        }
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Err(E::custom(PROBLEM))
+        }
+        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Err(E::custom(PROBLEM))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+            Err(A::Error::custom(PROBLEM))
+        }
+    }
+    d.deserialize_any(GraceVisitor)
+}
+
+/// Reads a line's object as `T`; a problem is named by the field's path
+/// (`grace.token_prefix`) and never quotes a value.
+fn read_as<T: serde::de::DeserializeOwned>(object: Value, line: usize) -> Result<T, BackupError> {
+    serde_path_to_error::deserialize(object).map_err(|e| {
+        let keys: Vec<&str> = e
+            .path()
+            .iter()
+            .filter_map(|segment| match segment {
+                Segment::Map { key } => Some(key.as_str()),
+                _ => None,
+            })
+            .collect();
+        let message = e.inner().to_string();
+        let message = match keys.split_last() {
+            // An unknown key fails as it is read: the path ends with it.
+            Some((key, parents)) if message.starts_with("unknown field") => {
+                let key: String = key.chars().take(40).collect();
+                let context = match parents {
+                    [] => String::new(),
+                    _ => format!(" in {}", parents.join(".")),
+                };
+                format!("unknown field {key:?}{context}")
+            }
+            _ => format!("{} {message}", keys.join(".")),
+        };
+        BackupError::invalid(line, message)
+    })
+}
+
+/// A required field that is absent.
+fn required<T>(value: Option<T>, path: &str, line: usize) -> Result<T, BackupError> {
+    value.ok_or_else(|| BackupError::invalid(line, format!("{path} is missing")))
+}
+
+fn parse_header(object: Value, line: usize) -> Result<u64, BackupError> {
+    let header: HeaderIn = read_as(object, line)?;
+    if header.format.as_deref() != Some(FORMAT) {
         return Err(BackupError::invalid(
             line,
             format!("this is not an agent-tokens export (the header's format must be {FORMAT:?})"),
         ));
     }
-    match object.get("version").and_then(Value::as_u64) {
+    match header.version {
         Some(VERSION) => {}
         Some(v) => {
             return Err(BackupError::invalid(
@@ -260,7 +438,7 @@ fn parse_header(object: &Map<String, Value>, line: usize) -> Result<u64, BackupE
             ))
         }
     }
-    object.get("users").and_then(Value::as_u64).ok_or_else(|| {
+    header.users.ok_or_else(|| {
         BackupError::invalid(
             line,
             "the header's users must be the number of user lines that follow",
@@ -268,124 +446,16 @@ fn parse_header(object: &Map<String, Value>, line: usize) -> Result<u64, BackupE
     })
 }
 
-fn check_fields(
-    object: &Map<String, Value>,
-    allowed: &[&str],
-    context: &str,
-    line: usize,
-) -> Result<(), BackupError> {
-    match object.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(key) => {
-            let key: String = key.chars().take(40).collect();
-            Err(BackupError::invalid(
-                line,
-                format!("unknown field {key:?}{context}"),
-            ))
-        }
-        None => Ok(()),
-    }
-}
-
-fn field<'a>(
-    object: &'a Map<String, Value>,
-    name: &str,
-    line: usize,
-) -> Result<&'a Value, BackupError> {
-    object
-        .get(name)
-        .ok_or_else(|| BackupError::invalid(line, format!("{name} is missing")))
-}
-
-fn string<'a>(
-    object: &'a Map<String, Value>,
-    name: &str,
-    line: usize,
-) -> Result<&'a str, BackupError> {
-    field(object, name, line)?
-        .as_str()
-        .ok_or_else(|| BackupError::invalid(line, format!("{name} must be a string")))
-}
-
-fn seconds(object: &Map<String, Value>, name: &str, line: usize) -> Result<u64, BackupError> {
-    field(object, name, line)?.as_u64().ok_or_else(|| {
-        BackupError::invalid(
-            line,
-            format!("{name} must be a non-negative integer (Unix seconds)"),
-        )
-    })
-}
-
-/// An absent or `null` field is `None`.
-fn optional_seconds(
-    object: &Map<String, Value>,
-    name: &str,
-    line: usize,
-) -> Result<Option<u64>, BackupError> {
-    match object.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
-            BackupError::invalid(
-                line,
-                format!("{name} must be null or a non-negative integer (Unix seconds)"),
-            )
-        }),
-    }
-}
-
-fn token_hash(
-    object: &Map<String, Value>,
-    name: &str,
-    line: usize,
-) -> Result<[u8; 32], BackupError> {
-    let text = string(object, name, line)?;
-    let mut hash = [0u8; 32];
-    if text.len() != 64
-        || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        || hex::decode_to_slice(text, &mut hash).is_err()
-    {
-        return Err(BackupError::invalid(
-            line,
-            format!("{name} must be 64 lowercase hex characters (a SHA-256 hash)"),
-        ));
-    }
-    Ok(hash)
-}
-
-fn token_prefix(
-    object: &Map<String, Value>,
-    name: &str,
-    line: usize,
-) -> Result<String, BackupError> {
-    let text = string(object, name, line)?;
-    if display_prefix_bytes(text).is_none() {
-        return Err(BackupError::invalid(
-            line,
-            format!("{name} must be {TOKEN_PREFIX} followed by 8 lowercase hex characters and ..."),
-        ));
-    }
-    Ok(text.to_owned())
-}
-
-fn parse_user(object: &Map<String, Value>, line: usize) -> Result<Entry, BackupError> {
-    check_fields(object, USER_FIELDS, "", line)?;
-    let user = UserId::parse(string(object, "user_id", line)?)
-        .map_err(|e| BackupError::invalid(line, format!("user_id is not allowed: {e}")))?;
-    let hash = token_hash(object, "token_hash", line)?;
-    let prefix = token_prefix(object, "token_prefix", line)?;
-    let created_at = seconds(object, "created_at", line)?;
-    let last_used_at = optional_seconds(object, "last_used_at", line)?;
-    let (previous, grace_times) = match object.get("grace") {
-        None | Some(Value::Null) => (None, None),
-        Some(Value::Object(grace)) => {
-            check_fields(grace, GRACE_FIELDS, " in grace", line)?;
-            let in_grace = |e: BackupError| match e {
-                BackupError::Invalid { line, message } => BackupError::Invalid {
-                    line,
-                    message: format!("grace.{message}"),
-                },
-                other => other,
-            };
-            let grace_hash = token_hash(grace, "token_hash", line).map_err(in_grace)?;
+fn parse_user(object: Value, line: usize) -> Result<Entry, BackupError> {
+    let user: UserIn = read_as(object, line)?;
+    let user_id = required(user.user_id, "user_id", line)?;
+    let hash = required(user.token_hash, "token_hash", line)?;
+    let prefix = required(user.token_prefix, "token_prefix", line)?;
+    let created_at = required(user.created_at, "created_at", line)?;
+    let (previous, grace_times) = match user.grace {
+        None => (None, None),
+        Some(grace) => {
+            let grace_hash = required(grace.token_hash, "grace.token_hash", line)?;
             if grace_hash == hash {
                 return Err(BackupError::invalid(
                     line,
@@ -394,30 +464,21 @@ fn parse_user(object: &Map<String, Value>, line: usize) -> Result<Entry, BackupE
             }
             let token = GraceToken {
                 hash: grace_hash,
-                prefix: token_prefix(grace, "token_prefix", line).map_err(in_grace)?,
-                until: seconds(grace, "grace_until", line).map_err(in_grace)?,
+                prefix: required(grace.token_prefix, "grace.token_prefix", line)?,
+                until: required(grace.grace_until, "grace.grace_until", line)?,
             };
-            let times = (
-                seconds(grace, "created_at", line).map_err(in_grace)?,
-                optional_seconds(grace, "last_used_at", line).map_err(in_grace)?,
-            );
-            (Some(token), Some(times))
-        }
-        Some(_) => {
-            return Err(BackupError::invalid(
-                line,
-                "grace must be null or an object",
-            ))
+            let created_at = required(grace.created_at, "grace.created_at", line)?;
+            (Some(token), Some((created_at, grace.last_used_at)))
         }
     };
     Ok(Entry {
         line,
-        user,
+        user: user_id,
         record: UserRecord {
             hash,
             prefix,
             created_at,
-            last_used_at,
+            last_used_at: user.last_used_at,
             previous,
         },
         grace_times,
@@ -686,6 +747,53 @@ mod tests {
         let text = [header, line("a", "01"), line("b", "02"), line("a", "01")].join("\n");
         let err = Backup::parse(text.as_bytes()).unwrap_err().to_string();
         assert_eq!(err, "line 4: user_id \"a\" already appears on line 2");
+    }
+
+    #[test]
+    fn a_bad_field_is_named_by_its_path_and_its_value_never_shown() {
+        let header = format!("{{\"format\":\"{FORMAT}\",\"version\":1,\"users\":1}}");
+        let hash = "ab".repeat(32);
+        let secret = format!("sk_agt_{}", "cd".repeat(32));
+        let user = |rest: &str| {
+            format!(
+                "{{\"user_id\":\"a\",\"token_hash\":\"{hash}\",\"token_prefix\":\"sk_agt_0123abcd...\",\"created_at\":5{rest}}}"
+            )
+        };
+        let grace = format!(
+            "\"token_hash\":\"{}\",\"token_prefix\":\"sk_agt_01234567...\",\"created_at\":1",
+            "01".repeat(32)
+        );
+        for (line, expected) in [
+            (
+                user(&format!(
+                    ",\"grace\":{{{grace},\"{secret}\":1,\"grace_until\":9}}"
+                )),
+                format!("unknown field \"{}\" in grace", &secret[..40]),
+            ),
+            (
+                user(&format!(",\"grace\":{{{grace}}}")),
+                "grace.grace_until is missing".to_owned(),
+            ),
+            (
+                user(&format!(
+                    ",\"grace\":{{{grace},\"grace_until\":\"{secret}\"}}"
+                )),
+                "grace.grace_until must be a non-negative integer (Unix seconds)".to_owned(),
+            ),
+            (
+                user(",\"user_id\":null").replacen("\"user_id\":\"a\",", "", 1),
+                "user_id must be a string".to_owned(),
+            ),
+            (
+                user(&format!(",\"last_used_at\":\"{secret}\"")),
+                "last_used_at must be null or a non-negative integer (Unix seconds)".to_owned(),
+            ),
+        ] {
+            let text = format!("{header}\n{line}\n");
+            let err = Backup::parse(text.as_bytes()).unwrap_err().to_string();
+            assert_eq!(err, format!("line 2: {expected}"), "{line}");
+            assert!(!err.contains(&secret[7..]), "{err}");
+        }
     }
 
     #[test]
