@@ -41,6 +41,41 @@ pub struct Settings {
     pub rate_limit: RateLimitSettings,
     pub introspection: IntrospectionSettings,
     pub verify: VerifySettings,
+    pub admin: AdminSettings,
+    pub audit: AuditSettings,
+}
+
+/// The HTTP deprovisioning route (`DELETE /api/agent-tokens/users/{id}`).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// A file holding the admin bearer secret; unset: the route does not exist.
+    pub token_file: Option<PathBuf>,
+}
+
+/// Shortest admin secret accepted from `admin.token_file`, in bytes.
+pub const MIN_ADMIN_SECRET_BYTES: usize = 32;
+
+/// The audit trail (see `crate::store::audit`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSettings {
+    /// Events older than this many days are removed in the background.
+    pub retention_days: u64,
+    /// Record the client address (the trusted header's when one is configured).
+    pub record_addresses: bool,
+    /// Also append every event as a JSON line to this file.
+    pub file: Option<PathBuf>,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            retention_days: 90,
+            record_addresses: false,
+            file: None,
+        }
+    }
 }
 
 /// RFC 7662 introspection and RFC 7009 revocation for resource servers.
@@ -163,6 +198,10 @@ pub struct ServerSettings {
     /// `IP:PORT` of a private listener for `/metrics` (and the health
     /// routes); when set, `/metrics` leaves `bind`. Empty: off.
     pub metrics_bind: String,
+    /// The admin socket; empty: `admin.sock` in `storage.path`.
+    pub admin_socket: String,
+    /// A group whose members may use the admin socket (it is then 0660).
+    pub admin_group: String,
 }
 
 impl Default for ServerSettings {
@@ -173,6 +212,8 @@ impl Default for ServerSettings {
             shutdown_timeout_secs: 10,
             workers: 0,
             metrics_bind: String::new(),
+            admin_socket: String::new(),
+            admin_group: String::new(),
         }
     }
 }
@@ -437,6 +478,26 @@ impl Settings {
                 "tokens.rotation_grace_secs must be at most {MAX_ROTATION_GRACE_SECS} (30 days)."
             )));
         }
+        if !(1..=36_500).contains(&self.audit.retention_days) {
+            return Err(ConfigError::new(
+                "audit.retention_days must be between 1 and 36500.",
+            ));
+        }
+        if matches!(&self.audit.file, Some(p) if p.as_os_str().is_empty()) {
+            return Err(ConfigError::new(
+                "audit.file must not be empty when set; remove it to keep events in the store only.",
+            ));
+        }
+        if matches!(&self.admin.token_file, Some(p) if p.as_os_str().is_empty()) {
+            return Err(ConfigError::new(
+                "admin.token_file must not be empty when set; remove it to turn the deprovisioning route off.",
+            ));
+        }
+        if self.server.admin_group.contains(char::is_whitespace) {
+            return Err(ConfigError::new(
+                "server.admin_group must be a group name without spaces.",
+            ));
+        }
         if matches!(self.tokens.max_age_days, Some(d) if d == 0 || d > 36_500) {
             return Err(ConfigError::new(
                 "tokens.max_age_days must be between 1 and 36500 when set; remove it for tokens that do not expire.",
@@ -499,6 +560,36 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    /// Where the admin socket is: `server.admin_socket`, else
+    /// `admin.sock` in `storage.path`.
+    pub fn admin_socket_path(&self) -> PathBuf {
+        match self.server.admin_socket.trim() {
+            "" => self.storage.path.join("admin.sock"),
+            path => PathBuf::from(path),
+        }
+    }
+
+    /// Reads the admin secret of `admin.token_file`, if set: surrounding
+    /// whitespace (a trailing newline) is not part of it.
+    pub fn admin_secret(&self) -> Result<Option<SecretString>, ConfigError> {
+        let Some(path) = &self.admin.token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(format!(
+                "admin.token_file: cannot read {}: {e}.",
+                path.display()
+            ))
+        })?;
+        let secret = text.trim();
+        if secret.len() < MIN_ADMIN_SECRET_BYTES {
+            return Err(ConfigError::new(format!(
+                "admin.token_file must hold a secret of at least {MIN_ADMIN_SECRET_BYTES} characters (e.g. openssl rand -hex 32)."
+            )));
+        }
+        Ok(Some(SecretString::from(secret.to_owned())))
     }
 
     /// The parsed `server.bind` address.

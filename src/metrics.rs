@@ -12,8 +12,9 @@ use std::time::Duration;
 use actix_web::http::Method;
 use prometheus::{
     register_histogram_vec_with_registry, register_histogram_with_registry,
-    register_int_counter_vec_with_registry, register_int_gauge_with_registry, Encoder, Histogram,
-    HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry, TextEncoder,
+    register_int_counter_vec_with_registry, register_int_counter_with_registry,
+    register_int_gauge_with_registry, Encoder, Histogram, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -35,6 +36,8 @@ pub struct Metrics {
     pub flush_batch: Histogram,
     pub storage_bytes: IntGauge,
     pub storage_background: IntGauge,
+    pub audit_events: IntCounter,
+    pub admin_actions: IntCounterVec,
 }
 
 /// Token operations counted in `agent_tokens_token_operations_total{operation}`.
@@ -154,6 +157,19 @@ impl Metrics {
                 registry
             )
             .expect("metric registers"),
+            audit_events: register_int_counter_with_registry!(
+                "audit_events_written_total",
+                "Audit events stored (each in the write batch of the change it describes).",
+                registry
+            )
+            .expect("metric registers"),
+            admin_actions: register_int_counter_vec_with_registry!(
+                "admin_actions_total",
+                "Operator actions by verb (admin socket and the deprovisioning route) and outcome (ok, error).",
+                &["action", "outcome"],
+                registry
+            )
+            .expect("metric registers"),
             registry,
         };
         // Present from the start, so rate() works before the first event.
@@ -190,6 +206,19 @@ impl Metrics {
             counter.inc_by(total.saturating_sub(folded[op]));
             folded[op] = total;
         }
+    }
+
+    pub fn audit_events_written(&self, n: usize) {
+        if n > 0 {
+            self.audit_events.inc_by(n as u64);
+        }
+    }
+
+    /// Counts an operator action: `action` is a fixed verb name, never input.
+    pub fn admin_action(&self, action: &'static str, ok: bool) {
+        self.admin_actions
+            .with_label_values(&[action, if ok { "ok" } else { "error" }])
+            .inc();
     }
 
     pub fn storage_state(&self, bytes: u64, background_jobs: usize) {
@@ -295,6 +324,7 @@ mod tests {
             "agent_tokens_token_operations_total",
             "agent_tokens_storage_flush_duration_seconds_count",
             "agent_tokens_storage_flush_waiters_sum",
+            "agent_tokens_audit_events_written_total",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

@@ -25,6 +25,7 @@ use crate::domain::clock::Clock;
 use crate::domain::jwt::JwtVerifier;
 use crate::domain::policy::TokenPolicy;
 use crate::http::answers::Answers;
+use crate::http::audit::{AuditFile, AuditRequests, Listeners};
 use crate::http::conn::{Deadlines, RequestPhase, TimedStream};
 use crate::http::limits::RequestLimits;
 use crate::http::state::{AppState, OAuthClients, Readiness};
@@ -95,15 +96,18 @@ impl Application {
             None => None,
         };
         let answers = Arc::new(Answers::default());
-        let store = Store::open(
-            &settings.storage.path,
-            settings.storage.cache_mb,
-            Arc::clone(&answers) as Arc<dyn ChangeListener>,
-        )
-        .map_err(|e| match e {
-            StoreError::InUse { path } => StartupError::InUse { path },
-            e => StartupError::Store(e),
-        })?;
+        let mut heard = Arc::clone(&answers) as Arc<dyn ChangeListener>;
+        if let Some(path) = &settings.audit.file {
+            let file = Arc::new(AuditFile::open(path)?) as Arc<dyn ChangeListener>;
+            heard = Arc::new(Listeners(vec![heard, file]));
+        }
+        let store =
+            Store::open(&settings.storage.path, settings.storage.cache_mb, heard).map_err(|e| {
+                match e {
+                    StoreError::InUse { path } => StartupError::InUse { path },
+                    e => StartupError::Store(e),
+                }
+            })?;
         let state = Arc::new(AppState {
             store,
             answers,
@@ -115,6 +119,8 @@ impl Application {
             readiness: Readiness::default(),
             api_key_header: settings.verify.api_key_header_name(),
             oauth,
+            audit: AuditRequests::from_settings(&settings.audit, &settings.rate_limit),
+            audit_retention_days: settings.audit.retention_days,
         });
         Self::serve(listener, metrics_listener, state, settings)
     }
@@ -372,8 +378,9 @@ fn request_line_without_query(req: &actix_web::dev::ServiceRequest) -> String {
 /// idle clients forgotten by the rate limiter).
 const GRACE_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
-/// Sweeps expired grace entries at start and then periodically, until the
-/// app is gone. Verify refuses them by time anyway; this keeps storage bounded.
+/// Sweeps expired grace entries and audit events past their retention at
+/// start and then periodically, until the app is gone. Verify refuses
+/// expired grace tokens by time anyway; this keeps storage bounded.
 async fn expire_grace_periodically(state: Weak<AppState>) {
     loop {
         let Some(app) = state.upgrade() else { return };
@@ -383,6 +390,16 @@ async fn expire_grace_periodically(state: Weak<AppState>) {
             Err(e) => log::error!("cannot remove expired grace entries: {e}"),
         }
         app.limits.forget_idle_clients();
+        let kept_secs = app.audit_retention_days.saturating_mul(86_400);
+        match app
+            .store
+            .sweep_audit(app.clock.now().saturating_sub(kept_secs))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => log::info!("removed {n} audit event(s) past audit.retention_days"),
+            Err(e) => log::error!("cannot remove old audit events: {e}"),
+        }
         drop(app);
         tokio::time::sleep(GRACE_SWEEP_INTERVAL).await;
     }

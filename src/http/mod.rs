@@ -2,6 +2,7 @@
 
 pub mod answers;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod conn;
 pub mod error;

@@ -40,6 +40,7 @@ pub const INTROSPECTION_CLIENT: &str = "introspection_client";
         routes::tokens::rotate,
         routes::tokens::get_or_create,
         routes::tokens::revoke,
+        routes::events::events,
         routes::verify::verify,
         routes::oauth2::introspect,
         routes::oauth2::revoke,

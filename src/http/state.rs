@@ -12,6 +12,7 @@ use crate::domain::clock::Clock;
 use crate::domain::jwt::JwtVerifier;
 use crate::domain::policy::TokenPolicy;
 use crate::http::answers::Answers;
+use crate::http::audit::AuditRequests;
 use crate::http::error::ApiError;
 use crate::http::limits::RequestLimits;
 use crate::store::error::StoreError;
@@ -34,6 +35,10 @@ pub struct AppState {
     /// The OAuth routes' clients and body cap; `None` (the routes answer
     /// 404) without `introspection.clients_file`.
     pub oauth: Option<OAuthClients>,
+    /// What audit events record of a request.
+    pub audit: AuditRequests,
+    /// Days audit events are kept (`audit.retention_days`).
+    pub audit_retention_days: u64,
 }
 
 /// What the `/oauth2/` routes need besides the store.

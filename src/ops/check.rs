@@ -12,6 +12,7 @@ use std::fmt;
 use std::path::Path;
 
 use crate::domain::user::UserId;
+use crate::store::audit;
 use crate::store::error::StoreError;
 use crate::store::keyspaces::Part;
 use crate::store::offline::AsStored;
@@ -24,6 +25,7 @@ pub struct Report {
     pub users: usize,
     pub index_entries: usize,
     pub in_grace: usize,
+    pub audit_events: usize,
     pub schema_version: Option<u32>,
     pub problems: Vec<String>,
 }
@@ -37,10 +39,11 @@ impl Report {
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let counts = format!(
-            "{} users, {} index entries, {} rotated-out token(s) in grace, schema {}",
+            "{} users, {} index entries, {} rotated-out token(s) in grace, {} audit events, schema {}",
             self.users,
             self.index_entries,
             self.in_grace,
+            self.audit_events,
             self.schema_version
                 .map_or_else(|| "unknown".to_owned(), |v| v.to_string())
         );
@@ -240,8 +243,71 @@ pub fn check_store(path: &Path) -> Result<Report, CheckError> {
             hex32(&key)
         ));
     }
+    check_audit(&raw, &mut report)?;
     report.problems.sort();
     Ok(report)
+}
+
+/// Every audit event decodes and its key's time is its own; every event of
+/// a user has its entry in the per-user index, and every entry there names
+/// an event of that user.
+fn check_audit(raw: &AsStored, report: &mut Report) -> Result<(), CheckError> {
+    // event key -> its user, for the events that have one
+    let mut of_user: HashMap<[u8; 16], String> = HashMap::new();
+    for item in raw.pairs(Part::AuditEvents) {
+        let (key, value) = item?;
+        report.audit_events += 1;
+        let (Ok((at, _)), Ok(event_key)) =
+            (audit::split_event_key(&key), <[u8; 16]>::try_from(&key[..]))
+        else {
+            report
+                .problems
+                .push(format!("audit event key {} is not 16 bytes", hex32(&key)));
+            continue;
+        };
+        match audit::decode_event(&value) {
+            Ok(event) if event.at != at => report.problems.push(format!(
+                "audit event {}: its time {} differs from its key's {at}",
+                hex32(&key),
+                event.at
+            )),
+            Ok(event) => {
+                if let Some(user) = event.user_id {
+                    of_user.insert(event_key, user);
+                }
+            }
+            Err(e) => report
+                .problems
+                .push(format!("audit event {}: {e}", hex32(&key))),
+        }
+    }
+    for item in raw.pairs(Part::AuditUsers) {
+        let (key, _) = item?;
+        let Ok(event_key) = audit::event_key_of_user_key(&key) else {
+            report
+                .problems
+                .push(format!("audit user key {} is malformed", hex32(&key)));
+            continue;
+        };
+        match of_user.remove(&event_key) {
+            Some(user) if audit::user_event_key(&user, &event_key) == key => {}
+            Some(user) => report.problems.push(format!(
+                "audit user entry {} does not match its event's user {user:?}",
+                hex32(&key)
+            )),
+            None => report.problems.push(format!(
+                "audit user entry {} names no stored event of a user",
+                hex32(&key)
+            )),
+        }
+    }
+    for (key, user) in of_user {
+        report.problems.push(format!(
+            "audit event {} of user {user:?} is missing from the per-user index (GET /me/events would not show it)",
+            hex32(&key)
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -277,8 +343,13 @@ mod tests {
         let report = check_store(&path).unwrap();
         assert!(report.is_consistent(), "{report}");
         assert_eq!(
-            (report.users, report.index_entries, report.in_grace),
-            (3, 6, 3)
+            (
+                report.users,
+                report.index_entries,
+                report.in_grace,
+                report.audit_events
+            ),
+            (3, 6, 3, 6)
         );
         assert!(report.to_string().starts_with("store OK: 3 users"));
     }
@@ -304,6 +375,16 @@ mod tests {
             let carol_prev = tokens[4].hash();
             let key = crate::store::records::grace_key(1_000 + 3600, carol_prev.as_bytes());
             raw::remove(&path, grace, &key).unwrap();
+            // An audit event that does not decode, and one losing its user entry.
+            let keys = |part: Part| -> Vec<Vec<u8>> {
+                let stored = AsStored::open(&path, 8).unwrap().unwrap();
+                let keys = stored.pairs(part).map(|p| p.unwrap().0).collect();
+                keys
+            };
+            let events = keys(Part::AuditEvents);
+            raw::put(&path, Part::AuditEvents.name(), &events[0], b"\x01garbage").unwrap();
+            let users = keys(Part::AuditUsers);
+            raw::remove(&path, Part::AuditUsers.name(), users.last().unwrap()).unwrap();
         }
         let report = check_store(&path).unwrap();
         assert!(!report.is_consistent());
@@ -316,6 +397,9 @@ mod tests {
             "user \"bob\": stored data cannot be decoded",
             "user \"carol\": its rotated-out token",
             "has no grace-expiry entry",
+            "stored data cannot be decoded (audit event)",
+            "names no stored event of a user",
+            "is missing from the per-user index",
         ] {
             assert!(text.contains(needle), "{needle:?} not in\n{text}");
         }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crate::domain::token::TokenHash;
 use crate::domain::user::UserId;
+use crate::store::audit::{Audit, AuditEvent};
 use crate::store::db::Db;
 use crate::store::error::StoreError;
 use crate::store::records::{ChangeListener, GetOrCreate, IndexEntry, NewToken, UserRecord};
@@ -43,30 +44,47 @@ impl Backend {
         db.lookup(hash)
     }
 
-    pub async fn rotate(
+    pub async fn rotate_as(
         &self,
         user: &UserId,
         new: &NewToken,
         now: u64,
         grace_secs: u64,
+        audit: &Audit,
     ) -> Result<(UserRecord, bool), StoreError> {
         let Backend::Embedded(db) = self;
-        db.rotate(user, new, now, grace_secs).await
+        db.rotate_as(user, new, now, grace_secs, audit).await
     }
 
-    pub async fn get_or_create(
+    pub async fn get_or_create_as(
         &self,
         user: &UserId,
         candidate: &NewToken,
         now: u64,
+        audit: &Audit,
     ) -> Result<GetOrCreate, StoreError> {
         let Backend::Embedded(db) = self;
-        db.get_or_create(user, candidate, now).await
+        db.get_or_create_as(user, candidate, now, audit).await
     }
 
-    pub async fn revoke(&self, user: &UserId) -> Result<bool, StoreError> {
+    pub async fn revoke_as(
+        &self,
+        user: &UserId,
+        now: u64,
+        audit: &Audit,
+    ) -> Result<bool, StoreError> {
         let Backend::Embedded(db) = self;
-        db.revoke(user).await
+        db.revoke_as(user, now, audit).await
+    }
+
+    pub fn events_of(&self, user: &UserId, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        let Backend::Embedded(db) = self;
+        db.events_of(user, limit)
+    }
+
+    pub async fn sweep_audit(&self, before: u64) -> Result<usize, StoreError> {
+        let Backend::Embedded(db) = self;
+        db.sweep_audit(before).await
     }
 
     pub async fn revoke_token(

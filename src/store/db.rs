@@ -10,6 +10,7 @@ use fjall::Database;
 use crate::domain::clock::Clock;
 use crate::domain::token::TokenHash;
 use crate::domain::user::UserId;
+use crate::store::audit::{self, Audit};
 use crate::store::durability::{DurabilityError, Flusher};
 use crate::store::error::StoreError;
 use crate::store::generation;
@@ -28,7 +29,7 @@ use crate::store::schema::check_schema;
 pub struct Db {
     // Dropped first: the flusher thread holds the database and is joined.
     flusher: Flusher<Box<dyn Mutation>>,
-    keyspaces: Keyspaces,
+    pub(crate) keyspaces: Keyspaces,
     path: PathBuf,
     db: Database,
     // Dropped last: no other process may open the store before it is closed.
@@ -126,6 +127,9 @@ impl Db {
             index: keyspaces.index.clone(),
             grace: keyspaces.grace.clone(),
             meta: keyspaces.meta.clone(),
+            events: keyspaces.events.clone(),
+            event_users: keyspaces.event_users.clone(),
+            next_seq: std::cell::Cell::new(audit::first_seq(&keyspaces.events)?),
             listener,
         };
         let flusher = Flusher::start(db.clone(), committer)?;
@@ -178,7 +182,7 @@ impl Db {
     }
 
     /// Queues a mutation for the flusher thread and waits for its answer.
-    async fn run<A: Apply>(&self, args: A) -> Result<A::Output, StoreError> {
+    pub(crate) async fn run<A: Apply>(&self, args: A) -> Result<A::Output, StoreError> {
         let (op, answer) = Queued::queue(args);
         self.flusher.submit(op);
         answer.await.map_err(|_| DurabilityError::Stopped)?
@@ -199,12 +203,26 @@ impl Db {
     /// `now + grace_secs`. A token already in its grace window ends when the
     /// next rotation happens. Returns the new record and whether it replaced
     /// a token.
+    #[cfg(test)]
     pub async fn rotate(
         &self,
         user: &UserId,
         new: &NewToken,
         now: u64,
         grace_secs: u64,
+    ) -> Result<(UserRecord, bool), StoreError> {
+        self.rotate_as(user, new, now, grace_secs, &Audit::by(audit::Actor::User))
+            .await
+    }
+
+    /// [`Db::rotate`], its audit event recording `audit`.
+    pub async fn rotate_as(
+        &self,
+        user: &UserId,
+        new: &NewToken,
+        now: u64,
+        grace_secs: u64,
+        audit: &Audit,
     ) -> Result<(UserRecord, bool), StoreError> {
         let fresh_index = encode_index(&IndexEntry::fresh(user.as_str(), &new.prefix, now))?;
         self.run(Rotate {
@@ -214,6 +232,7 @@ impl Db {
             now,
             grace_secs,
             fresh_index,
+            audit: audit.clone(),
         })
         .await
     }
@@ -221,11 +240,12 @@ impl Db {
     /// Returns the user's record, creating it from `candidate` if there is
     /// none: atomic (concurrent callers see exactly one `Created`), and the
     /// answer is durable when it returns.
-    pub async fn get_or_create(
+    pub async fn get_or_create_as(
         &self,
         user: &UserId,
         candidate: &NewToken,
         now: u64,
+        audit: &Audit,
     ) -> Result<GetOrCreate, StoreError> {
         let record = UserRecord {
             hash: *candidate.hash.as_bytes(),
@@ -241,6 +261,7 @@ impl Db {
             record,
             record_bytes,
             index_bytes,
+            audit: audit.clone(),
         })
         .await
     }
@@ -251,9 +272,23 @@ impl Db {
     /// it is durable, since a concurrent revoke may still be on its way to
     /// disk and answering "gone" before it lands could let a crash
     /// resurrect the token.
+    #[cfg(test)]
     pub async fn revoke(&self, user: &UserId) -> Result<bool, StoreError> {
+        self.revoke_as(user, Clock::system().now(), &Audit::by(audit::Actor::User))
+            .await
+    }
+
+    /// [`Db::revoke`] at `now`, its audit event recording `audit`.
+    pub async fn revoke_as(
+        &self,
+        user: &UserId,
+        now: u64,
+        audit: &Audit,
+    ) -> Result<bool, StoreError> {
         self.run(Revoke {
             user: user.as_str().to_owned(),
+            now,
+            audit: audit.clone(),
         })
         .await
     }

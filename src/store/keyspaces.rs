@@ -1,4 +1,4 @@
-//! The store's four keyspaces, their names, and how the database holding
+//! The store's keyspaces, their names, and how the database holding
 //! them is opened and sized.
 
 use std::path::Path;
@@ -14,6 +14,8 @@ pub const USER_TOKEN: &str = "user_token";
 pub const TOKENHASH_USER: &str = "tokenhash_user";
 pub const GRACE_EXPIRY: &str = "grace_expiry";
 pub const META: &str = "meta";
+pub const AUDIT_EVENT: &str = "audit_event";
+pub const AUDIT_USER: &str = "audit_user";
 
 /// One of the store's keyspaces: the one list of them, in one order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,10 +24,23 @@ pub enum Part {
     Index,
     Grace,
     Meta,
+    /// The audit trail (see [`crate::store::audit`]); created empty in
+    /// stores of earlier releases.
+    AuditEvents,
+    AuditUsers,
 }
 
 impl Part {
-    pub const ALL: [Part; 4] = [Part::Users, Part::Index, Part::Grace, Part::Meta];
+    pub const ALL: [Part; 6] = [
+        Part::Users,
+        Part::Index,
+        Part::Grace,
+        Part::Meta,
+        Part::AuditEvents,
+        Part::AuditUsers,
+    ];
+    /// The keyspaces of 0.1 (sled trees), in the order of [`Part::ALL`].
+    pub const SLED: [Part; 4] = [Part::Users, Part::Index, Part::Grace, Part::Meta];
 
     /// Its name on disk (a fjall keyspace, or a sled tree of an earlier release).
     pub const fn name(self) -> &'static str {
@@ -34,6 +49,8 @@ impl Part {
             Part::Index => TOKENHASH_USER,
             Part::Grace => GRACE_EXPIRY,
             Part::Meta => META,
+            Part::AuditEvents => AUDIT_EVENT,
+            Part::AuditUsers => AUDIT_USER,
         }
     }
 
@@ -45,6 +62,7 @@ impl Part {
         match self {
             Part::Users | Part::Index => MEMTABLE_BYTES,
             Part::Grace | Part::Meta => SMALL_MEMTABLE_BYTES,
+            Part::AuditEvents | Part::AuditUsers => AUDIT_MEMTABLE_BYTES,
         }
     }
 }
@@ -56,6 +74,8 @@ const MIB: u64 = 1024 * 1024;
 const MEMTABLE_BYTES: u64 = 8 * MIB;
 /// The grace and meta keyspaces see a few writes.
 const SMALL_MEMTABLE_BYTES: u64 = MIB;
+/// The audit keyspaces take an event per change, smaller than a record.
+const AUDIT_MEMTABLE_BYTES: u64 = 4 * MIB;
 /// Tables in level 0 before they are merged into level 1 (fjall's default:
 /// 4). Rotations change keys spread over the whole key space (user ids,
 /// random token hashes), so every merge rewrites all of level 1: merging
@@ -80,6 +100,8 @@ pub(crate) struct Keyspaces {
     pub index: Keyspace,
     pub grace: Keyspace,
     pub meta: Keyspace,
+    pub events: Keyspace,
+    pub event_users: Keyspace,
 }
 
 impl Keyspaces {
@@ -98,6 +120,8 @@ impl Keyspaces {
             index: open(Part::Index)?,
             grace: open(Part::Grace)?,
             meta: open(Part::Meta)?,
+            events: open(Part::AuditEvents)?,
+            event_users: open(Part::AuditUsers)?,
         })
     }
 
@@ -107,6 +131,8 @@ impl Keyspaces {
             Part::Index => &self.index,
             Part::Grace => &self.grace,
             Part::Meta => &self.meta,
+            Part::AuditEvents => &self.events,
+            Part::AuditUsers => &self.event_users,
         }
     }
 

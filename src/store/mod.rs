@@ -58,6 +58,7 @@
 //! a stop writes what is left before it closes the store. While writes are
 //! refused the stamps wait (in memory) for the reopen.
 
+pub mod audit;
 pub(crate) mod backend;
 pub(crate) mod db;
 pub mod durability;
@@ -93,6 +94,7 @@ use arc_swap::ArcSwapOption;
 
 use crate::domain::token::TokenHash;
 use crate::domain::user::UserId;
+use crate::store::audit::{Actor, Audit, AuditEvent};
 use crate::store::backend::Backend;
 use crate::store::durability::DurabilityError;
 use crate::store::stamps::{PendingStamps, STAMP_INTERVAL};
@@ -262,8 +264,8 @@ impl Store {
         now: u64,
         grace_secs: u64,
     ) -> Result<(UserRecord, bool), StoreError> {
-        let store = self.backend_for_writes()?;
-        self.refuse_writes_on_io_failure(store.rotate(user, new, now, grace_secs).await)
+        self.rotate_as(user, new, now, grace_secs, &Audit::by(Actor::User))
+            .await
     }
 
     pub async fn get_or_create(
@@ -272,13 +274,60 @@ impl Store {
         candidate: &NewToken,
         now: u64,
     ) -> Result<GetOrCreate, StoreError> {
-        let store = self.backend_for_writes()?;
-        self.refuse_writes_on_io_failure(store.get_or_create(user, candidate, now).await)
+        self.get_or_create_as(user, candidate, now, &Audit::by(Actor::User))
+            .await
     }
 
     pub async fn revoke(&self, user: &UserId) -> Result<bool, StoreError> {
+        let now = crate::domain::clock::Clock::system().now();
+        self.revoke_as(user, now, &Audit::by(Actor::User)).await
+    }
+
+    pub async fn rotate_as(
+        &self,
+        user: &UserId,
+        new: &NewToken,
+        now: u64,
+        grace_secs: u64,
+        audit: &Audit,
+    ) -> Result<(UserRecord, bool), StoreError> {
         let store = self.backend_for_writes()?;
-        self.refuse_writes_on_io_failure(store.revoke(user).await)
+        self.refuse_writes_on_io_failure(store.rotate_as(user, new, now, grace_secs, audit).await)
+    }
+
+    pub async fn get_or_create_as(
+        &self,
+        user: &UserId,
+        candidate: &NewToken,
+        now: u64,
+        audit: &Audit,
+    ) -> Result<GetOrCreate, StoreError> {
+        let store = self.backend_for_writes()?;
+        self.refuse_writes_on_io_failure(store.get_or_create_as(user, candidate, now, audit).await)
+    }
+
+    pub async fn revoke_as(
+        &self,
+        user: &UserId,
+        now: u64,
+        audit: &Audit,
+    ) -> Result<bool, StoreError> {
+        let store = self.backend_for_writes()?;
+        self.refuse_writes_on_io_failure(store.revoke_as(user, now, audit).await)
+    }
+
+    /// The user's audit events, newest first, at most `limit`.
+    pub fn events_of(&self, user: &UserId, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        self.backend()?.events_of(user, limit)
+    }
+
+    /// Removes audit events older than `before`; skipped (0) while the store recovers.
+    pub async fn sweep_audit(&self, before: u64) -> Result<usize, StoreError> {
+        if self.refuses_writes() {
+            return Ok(0);
+        }
+        let store = self.backend()?;
+        self.refuse_writes_on_io_failure(store.sweep_audit(before).await)
     }
 
     /// Revokes the token with this hash, whoever it belongs to: the user's

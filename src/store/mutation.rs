@@ -14,13 +14,16 @@
 //! While the server runs, the flusher thread is the only writer of every
 //! keyspace, so what an operation reads cannot change under it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use fjall::{Database, Keyspace, PersistMode};
 use tokio::sync::oneshot;
 
+use crate::store::audit::{
+    encode_event, event_key, user_event_key, Actor, Audit, AuditEvent, EventKind,
+};
 use crate::store::durability::{Applied, Committer, Completion, DurabilityError};
 use crate::store::error::StoreError;
 use crate::store::records::{
@@ -160,42 +163,73 @@ pub(crate) struct BatchView<'a> {
     pub grace: Tracked<'a>,
     /// Only the readiness probe's key.
     pub meta: Tracked<'a>,
+    pub events: Tracked<'a>,
+    pub event_users: Tracked<'a>,
+    /// The next audit event's sequence number.
+    next_seq: Cell<u64>,
+    /// Events of the running operation, then of the batch.
+    op_events: RefCell<Vec<AuditEvent>>,
+    batch_events: RefCell<Vec<AuditEvent>>,
 }
 
 impl<'a> BatchView<'a> {
-    fn new(
-        users: &'a Keyspace,
-        index: &'a Keyspace,
-        grace: &'a Keyspace,
-        meta: &'a Keyspace,
-    ) -> Self {
+    fn new(k: &'a StoreCommitter) -> Self {
         Self {
-            users: Tracked::new(users),
-            index: Tracked::new(index),
-            grace: Tracked::new(grace),
-            meta: Tracked::new(meta),
+            users: Tracked::new(&k.users),
+            index: Tracked::new(&k.index),
+            grace: Tracked::new(&k.grace),
+            meta: Tracked::new(&k.meta),
+            events: Tracked::new(&k.events),
+            event_users: Tracked::new(&k.event_users),
+            next_seq: Cell::new(k.next_seq.get()),
+            op_events: RefCell::default(),
+            batch_events: RefCell::default(),
         }
     }
 
+    fn parts(&self) -> [&Tracked<'a>; 6] {
+        [
+            &self.users,
+            &self.index,
+            &self.grace,
+            &self.meta,
+            &self.events,
+            &self.event_users,
+        ]
+    }
+
+    /// Records an audit event in this operation's writes: it is stored
+    /// exactly when the operation's changes are.
+    pub fn audit(&self, event: AuditEvent) -> TxResult<()> {
+        let seq = self.next_seq.get();
+        self.next_seq.set(seq.wrapping_add(1));
+        let key = event_key(event.at, seq);
+        self.events.insert(&key, encode_event(&event)?);
+        if let Some(user) = &event.user_id {
+            self.event_users
+                .insert(&user_event_key(user, &key), Vec::new());
+        }
+        self.op_events.borrow_mut().push(event);
+        Ok(())
+    }
+
     fn keep(&self) {
-        self.users.keep();
-        self.index.keep();
-        self.grace.keep();
-        self.meta.keep();
+        for part in self.parts() {
+            part.keep();
+        }
+        let op = std::mem::take(&mut *self.op_events.borrow_mut());
+        self.batch_events.borrow_mut().extend(op);
     }
 
     fn discard(&self) {
-        self.users.discard();
-        self.index.discard();
-        self.grace.discard();
-        self.meta.discard();
+        for part in self.parts() {
+            part.discard();
+        }
+        self.op_events.borrow_mut().clear();
     }
 
     fn is_empty(&self) -> bool {
-        self.users.is_empty()
-            && self.index.is_empty()
-            && self.grace.is_empty()
-            && self.meta.is_empty()
+        self.parts().iter().all(|part| part.is_empty())
     }
 }
 
@@ -285,6 +319,10 @@ pub(crate) struct StoreCommitter {
     pub grace: Keyspace,
     /// The schema version and the readiness probe's key.
     pub meta: Keyspace,
+    pub events: Keyspace,
+    pub event_users: Keyspace,
+    /// The next audit event's sequence number (see [`crate::store::audit`]).
+    pub next_seq: Cell<u64>,
     /// Hears every committed batch's changes before any answer goes out.
     pub listener: Arc<dyn ChangeListener>,
 }
@@ -303,7 +341,7 @@ impl Committer for StoreCommitter {
         if self.db.journal_count() <= 2 {
             return;
         }
-        for keyspace in [&self.grace, &self.meta] {
+        for keyspace in [&self.grace, &self.meta, &self.events, &self.event_users] {
             if let Err(e) = keyspace.rotate_memtable() {
                 log::warn!(
                     "cannot flush the {} keyspace's memtable: {e}",
@@ -314,7 +352,7 @@ impl Committer for StoreCommitter {
     }
 
     fn apply(&mut self, ops: Vec<Box<dyn Mutation>>) -> Applied {
-        let trees = BatchView::new(&self.users, &self.index, &self.grace, &self.meta);
+        let trees = BatchView::new(self);
         let mut kept = Vec::with_capacity(ops.len());
         for op in ops {
             match op.apply(&trees) {
@@ -329,6 +367,7 @@ impl Committer for StoreCommitter {
                 }
             }
         }
+        self.next_seq.set(trees.next_seq.get());
         if !trees.is_empty() {
             // Synced into the journal before the memtables take it: no
             // reader sees a change a crash could undo.
@@ -346,7 +385,10 @@ impl Committer for StoreCommitter {
                     .into_iter()
                     .filter_map(|(key, at)| Some((<[u8; 32]>::try_from(key.as_slice()).ok()?, at)))
                     .collect(),
+                events: std::mem::take(&mut *trees.batch_events.borrow_mut()),
             };
+            trees.events.write_into(&mut batch);
+            trees.event_users.write_into(&mut batch);
             // The probe's key concerns no answer: listeners are not told.
             trees.meta.write_into(&mut batch);
             let started = std::time::Instant::now();
@@ -362,6 +404,7 @@ impl Committer for StoreCommitter {
             // Before any answer: a client told "done" must never be
             // served an answer remembered from before its change.
             self.listener.committed(&changes);
+            crate::metrics::METRICS.audit_events_written(changes.events.len());
             let completions = kept.into_iter().filter_map(|op| op.answer()).collect();
             return Applied {
                 synced: true,
@@ -385,7 +428,7 @@ fn end_grace(trees: &BatchView<'_>, previous: Option<&GraceToken>) -> TxResult<(
     Ok(())
 }
 
-/// Replaces (or creates) a user's token; see [`crate::store::db::Db::rotate`].
+/// Replaces (or creates) a user's token; see [`crate::store::db::Db::rotate_as`].
 pub(crate) struct Rotate {
     pub user: String,
     pub hash: [u8; 32],
@@ -394,6 +437,7 @@ pub(crate) struct Rotate {
     pub grace_secs: u64,
     /// The new token's encoded index entry.
     pub fresh_index: Vec<u8>,
+    pub audit: Audit,
 }
 
 impl Apply for Rotate {
@@ -404,8 +448,14 @@ impl Apply for Rotate {
         let mut previous = None;
         let old = t.users.get(key)?;
         let replaced = old.is_some();
+        let mut event = self
+            .audit
+            .event(EventKind::Created, self.now, &self.user)
+            .with_prefix(&self.prefix);
         if let Some(old) = old {
             let old = decode_user(&old)?;
+            event = event.with_previous(&old.prefix);
+            event.kind = EventKind::Rotated;
             end_grace(t, old.previous.as_ref())?;
             if self.grace_secs == 0 {
                 t.index.remove(&old.hash)?;
@@ -435,11 +485,12 @@ impl Apply for Rotate {
         };
         t.users.insert(key, encode_user(&record)?);
         t.index.insert(&self.hash, self.fresh_index.as_slice());
+        t.audit(event)?;
         Ok((record, replaced))
     }
 }
 
-/// Creates a user's token unless one exists; see [`crate::store::db::Db::get_or_create`].
+/// Creates a user's token unless one exists; see [`crate::store::db::Db::get_or_create_as`].
 /// An existing record still waits for everything before it to be durable:
 /// it may come from a request whose change has not reached the disk yet,
 /// and we never report what a crash could undo.
@@ -448,6 +499,7 @@ pub(crate) struct Create {
     pub record: UserRecord,
     pub record_bytes: Vec<u8>,
     pub index_bytes: Vec<u8>,
+    pub audit: Audit,
 }
 
 impl Apply for Create {
@@ -461,13 +513,20 @@ impl Apply for Create {
         t.users.insert(key, self.record_bytes.as_slice());
         t.index
             .insert(&self.record.hash, self.index_bytes.as_slice());
+        t.audit(
+            self.audit
+                .event(EventKind::Created, self.record.created_at, &self.user)
+                .with_prefix(&self.record.prefix),
+        )?;
         Ok(GetOrCreate::Created(self.record.clone()))
     }
 }
 
-/// Removes a user's token and any token in grace; see [`crate::store::db::Db::revoke`].
+/// Removes a user's token and any token in grace; see [`crate::store::db::Db::revoke_as`].
 pub(crate) struct Revoke {
     pub user: String,
+    pub now: u64,
+    pub audit: Audit,
 }
 
 impl Apply for Revoke {
@@ -479,6 +538,14 @@ impl Apply for Revoke {
                 let old = decode_user(&old)?;
                 t.index.remove(&old.hash)?;
                 end_grace(t, old.previous.as_ref())?;
+                let mut event = self
+                    .audit
+                    .event(EventKind::Revoked, self.now, &self.user)
+                    .with_prefix(&old.prefix);
+                if let Some(prev) = &old.previous {
+                    event = event.with_previous(&prev.prefix);
+                }
+                t.audit(event)?;
                 Ok(true)
             }
             None => Ok(false),
@@ -634,7 +701,14 @@ impl Apply for ExpireGrace {
             }
             if let Some(bytes) = t.users.get(&user)? {
                 let record = decode_user(&bytes)?;
-                if record.previous.as_ref().is_some_and(|p| p.hash == hash) {
+                if let Some(prev) = record.previous.as_ref().filter(|p| p.hash == hash) {
+                    let user_id = std::str::from_utf8(&user)
+                        .map_err(|_| StoreError::Corrupt { what: "user key" })?;
+                    t.audit(
+                        Audit::by(Actor::System)
+                            .event(EventKind::GraceEnded, prev.until, user_id)
+                            .with_prefix(&prev.prefix),
+                    )?;
                     let record = UserRecord {
                         previous: None,
                         ..record
@@ -682,6 +756,9 @@ mod tests {
             index: keyspaces.index,
             grace: keyspaces.grace,
             meta: keyspaces.meta,
+            events: keyspaces.events,
+            event_users: keyspaces.event_users,
+            next_seq: Cell::new(0),
             listener: Arc::new(crate::store::NoListener),
         };
         (dir, committer)
@@ -700,6 +777,7 @@ mod tests {
                 now,
             ))
             .unwrap(),
+            audit: Audit::by(Actor::User),
         }
     }
 
@@ -782,6 +860,8 @@ mod tests {
         let (_dir, mut committer) = committer();
         let (r, mut r_rx) = Queued::queue(Revoke {
             user: "nobody".into(),
+            now: 10,
+            audit: Audit::by(Actor::User),
         });
         let applied = committer.apply(vec![r]);
         assert!(!applied.synced);
@@ -864,7 +944,11 @@ mod tests {
         }
         // bob revokes; his stamp, queued behind the revoke, must not bring
         // his token back.
-        let (r, _r) = Queued::queue(Revoke { user: "bob".into() });
+        let (r, _r) = Queued::queue(Revoke {
+            user: "bob".into(),
+            now: 60,
+            audit: Audit::by(Actor::User),
+        });
         let (s, mut s_rx) = Queued::queue(Stamp {
             stamps: vec![([1; 32], 70), ([2; 32], 70), ([9; 32], 70)],
         });

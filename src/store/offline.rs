@@ -270,7 +270,7 @@ impl AsStored {
             }
             Current::Sled(dir) => {
                 let db = crate::store::legacy::open_sled(path, &dir, cache_mb)?;
-                let [users, index, grace, meta] = Part::ALL.map(|part| db.open_tree(part.name()));
+                let [users, index, grace, meta] = Part::SLED.map(|part| db.open_tree(part.name()));
                 Source::Sled([users?, index?, grace?, meta?], db)
             }
         };
@@ -287,17 +287,24 @@ impl AsStored {
                 let (key, value) = item.into_inner()?;
                 Ok((key.to_vec(), value.to_vec()))
             })),
-            Source::Sled(trees, _) => Box::new(trees[part as usize].iter().map(|item| {
-                let (key, value) = item?;
-                Ok((key.to_vec(), value.to_vec()))
-            })),
+            Source::Sled(trees, _) => match trees.get(part as usize) {
+                Some(tree) => Box::new(tree.iter().map(|item| {
+                    let (key, value) = item?;
+                    Ok((key.to_vec(), value.to_vec()))
+                })),
+                // 0.1 kept no audit trail.
+                None => Box::new(std::iter::empty()),
+            },
         }
     }
 
     pub fn get(&self, part: Part, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(match &self.source {
             Source::Lsm(keyspaces, _) => keyspaces.get(part).get(key)?.map(|v| v.to_vec()),
-            Source::Sled(trees, _) => trees[part as usize].get(key)?.map(|v| v.to_vec()),
+            Source::Sled(trees, _) => match trees.get(part as usize) {
+                Some(tree) => tree.get(key)?.map(|v| v.to_vec()),
+                None => None,
+            },
         })
     }
 

@@ -107,6 +107,8 @@ pub struct Changes {
     pub tokens: Vec<Vec<u8>>,
     pub grace: Vec<Vec<u8>>,
     pub stamped_tokens: Vec<([u8; 32], u64)>,
+    /// The audit events the write stored, in order.
+    pub events: Vec<crate::store::audit::AuditEvent>,
 }
 
 impl Changes {
@@ -164,7 +166,7 @@ fn bincode_config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
-fn encode<T: Serialize>(format: u8, value: &T) -> Result<Vec<u8>, StoreError> {
+pub(crate) fn encode<T: Serialize>(format: u8, value: &T) -> Result<Vec<u8>, StoreError> {
     let mut out = vec![format];
     let body = bincode::serde::encode_to_vec(value, bincode_config())
         .map_err(|e| StoreError::Encode(e.to_string()))?;

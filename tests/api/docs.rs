@@ -21,6 +21,7 @@ use crate::helpers::*;
 const ROUTES: &[(&str, &[&str])] = &[
     ("/api/agent-tokens/me", &["get", "post", "delete"]),
     ("/api/agent-tokens/me/get-or-create", &["post"]),
+    ("/api/agent-tokens/me/events", &["get"]),
     ("/api/agent-tokens/verify", &["get", "head"]),
     ("/oauth2/introspect", &["post"]),
     ("/oauth2/revoke", &["post"]),
@@ -180,6 +181,7 @@ async fn the_management_page_covers_every_route_and_message() {
         "POST /api/agent-tokens/me",
         "POST /api/agent-tokens/me/get-or-create",
         "DELETE /api/agent-tokens/me",
+        "GET /api/agent-tokens/me/events",
     ] {
         assert_mentions(&page, &format!("## {route}\n"), "a section per route");
     }
@@ -748,6 +750,12 @@ async fn live_answers_match_the_documented_schemas() {
         .unwrap();
     assert_conforms(&doc, "post", "/oauth2/revoke", resp).await;
     assert_conforms(&doc, "delete", me, app.revoke(&jwt).await).await;
+    let events = "/api/agent-tokens/me/events";
+    let answer = app.request(Method::GET, events, Some(&jwt)).await;
+    let body = assert_conforms(&doc, "get", events, answer).await;
+    assert_eq!(body["events"].as_array().unwrap().len(), 3, "{body}");
+    let answer = app.request(Method::GET, events, Some(&token)).await;
+    assert_conforms(&doc, "get", events, answer).await;
     for (template, _) in ROUTES
         .iter()
         .filter(|(p, ms)| !p.starts_with("/api/agent-tokens") && ms.contains(&"get"))

@@ -1,5 +1,6 @@
 //! Integration tests against the real App on port 0 with a temporary sled directory.
 
+mod audit;
 mod caddy;
 mod concurrency;
 mod docs;

@@ -1,6 +1,7 @@
 //! HTTP routes, one file per area. Handlers extract, call the store, map.
 
 pub mod docs;
+pub mod events;
 pub mod health;
 pub mod oauth2;
 pub mod tokens;
@@ -22,6 +23,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, with_metrics: bool) {
     health::configure_liveness(cfg);
     verify::configure(cfg);
     tokens::configure(cfg);
+    events::configure(cfg);
     health::configure(cfg, with_metrics);
     docs::configure(cfg);
 }

@@ -15,6 +15,7 @@ use crate::http::auth::UserJwt;
 use crate::http::error::{ApiError, Operation};
 use crate::http::state::AppState;
 use crate::metrics::{TokenOperation, METRICS};
+use crate::store::audit::Actor;
 use crate::store::records::{GetOrCreate, NewToken};
 
 pub const ME_PATH: &str = "/api/agent-tokens/me";
@@ -79,7 +80,7 @@ pub struct GetOrCreateResponse {
 /// documented once for all four operations.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)] // Only its OpenAPI description is used.
-enum ManagementRefusals {
+pub(super) enum ManagementRefusals {
     /// Missing or invalid JWT, or an agent token: `error` is `missing_credentials`, `invalid_request`, `invalid_token` or `user_jwt_required`.
     #[response(
         status = 401,
@@ -174,19 +175,22 @@ async fn status(req: HttpRequest, UserJwt(user): UserJwt) -> Result<HttpResponse
     )
 )]
 async fn rotate(
+    req: HttpRequest,
     UserJwt(user): UserJwt,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     // Every rotate changes something (it creates or replaces).
     let reservation = state.limits.reserve_change(&user)?;
     let (token, new) = fresh_token(&state, Operation::StoreToken)?;
+    let audit = state.audit.context(&req, Actor::User, &state.rng);
     let (_, replaced) = state
         .store
-        .rotate(
+        .rotate_as(
             &user,
             &new,
             state.clock.now(),
             state.policy.rotation_grace_secs,
+            &audit,
         )
         .await
         .map_err(|e| ApiError::failed(Operation::StoreToken, e))?;
@@ -224,6 +228,7 @@ async fn rotate(
     )
 )]
 async fn get_or_create(
+    req: HttpRequest,
     UserJwt(user): UserJwt,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -244,9 +249,10 @@ async fn get_or_create(
     // It may create: reserve a change, given back if a token turns up.
     let reservation = state.limits.reserve_change(&user)?;
     let (token, new) = fresh_token(&state, op)?;
+    let audit = state.audit.context(&req, Actor::User, &state.rng);
     let outcome = state
         .store
-        .get_or_create(&user, &new, state.clock.now())
+        .get_or_create_as(&user, &new, state.clock.now(), &audit)
         .await
         .map_err(|e| ApiError::failed(op, e))?;
     Ok(match outcome {
@@ -296,12 +302,14 @@ fn existing_answer(token_prefix: String) -> HttpResponse {
     )
 )]
 async fn revoke(
+    req: HttpRequest,
     UserJwt(user): UserJwt,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let audit = state.audit.context(&req, Actor::User, &state.rng);
     let removed = state
         .store
-        .revoke(&user)
+        .revoke_as(&user, state.clock.now(), &audit)
         .await
         .map_err(|e| ApiError::failed(Operation::Revoke, e))?;
     if removed {
