@@ -93,6 +93,11 @@ impl RequestLimits {
     /// Checks a management request before its JWT is verified (so floods
     /// cost no signature checks); `Err` is the answer to send.
     pub fn check(&self, req: &HttpRequest) -> Result<(), ApiError> {
+        self.check_sized(req, self.max_body_bytes)
+    }
+
+    /// [`Self::check`] for a route that takes a body of up to `max_body_bytes`.
+    pub fn check_sized(&self, req: &HttpRequest, max_body_bytes: u64) -> Result<(), ApiError> {
         let header_bytes: usize = req
             .headers()
             .iter()
@@ -106,7 +111,7 @@ impl RequestLimits {
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared_body.is_some_and(|len| len > self.max_body_bytes) {
+        if declared_body.is_some_and(|len| len > max_body_bytes) {
             return Err(ApiError::PayloadTooLarge);
         }
         if let Some(limit) = &self.per_address {

@@ -41,6 +41,7 @@ pub const INTROSPECTION_CLIENT: &str = "introspection_client";
         routes::tokens::get_or_create,
         routes::tokens::revoke,
         routes::events::events,
+        routes::leaks::revoke,
         routes::verify::verify,
         routes::oauth2::introspect,
         routes::oauth2::revoke,
@@ -59,6 +60,7 @@ pub const INTROSPECTION_CLIENT: &str = "introspection_client";
     tags(
         (name = "token management", description = "The user's own agent token, managed with a user JWT. Token changes are rate limited per user (429 with `Retry-After`); requests per client address only when the operator turns that on. The verify route is never rate limited."),
         (name = "verification", description = "For gateways and APIs: is this agent token valid?"),
+        (name = "leaks", description = "Whoever holds a leaked agent token can revoke it, with no other credential."),
         (name = "oauth", description = "For resource servers that speak OAuth (MCP servers, Apache mod_oauth2): RFC 7662 introspection, RFC 7009 revocation, RFC 8414 metadata. Served only when `introspection.clients_file` lists the clients."),
         (name = "health", description = "For process supervisors and monitoring."),
         (name = "docs", description = "These API pages, as markdown, HTML and OpenAPI."),

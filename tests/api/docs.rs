@@ -23,6 +23,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/api/agent-tokens/me/get-or-create", &["post"]),
     ("/api/agent-tokens/me/events", &["get"]),
     ("/api/agent-tokens/verify", &["get", "head"]),
+    ("/api/agent-tokens/revoke", &["post"]),
     ("/oauth2/introspect", &["post"]),
     ("/oauth2/revoke", &["post"]),
     ("/.well-known/oauth-authorization-server", &["get"]),

@@ -3,6 +3,7 @@
 pub mod docs;
 pub mod events;
 pub mod health;
+pub mod leaks;
 pub mod oauth2;
 pub mod tokens;
 pub mod verify;
@@ -24,6 +25,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, with_metrics: bool) {
     verify::configure(cfg);
     tokens::configure(cfg);
     events::configure(cfg);
+    leaks::configure(cfg);
     health::configure(cfg, with_metrics);
     docs::configure(cfg);
 }
