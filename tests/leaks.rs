@@ -155,6 +155,26 @@ async fn github_alerts_are_taken_as_they_come() {
     let (status, body) = app.report(&alerts.to_string()).await;
     assert_eq!((status, body.as_str()), (200, r#"{"received":2}"#));
     assert_eq!(app.verify(&token).await, 401);
+
+    // The user sees it in their events, as a leak report, with where.
+    let (status, events) = call(
+        &app.client,
+        Method::GET,
+        &app.url("/api/agent-tokens/me/events"),
+        &hs256_jwt("dave"),
+    )
+    .await;
+    assert_eq!(status, 200, "{events}");
+    let newest = &events["events"][0];
+    assert_eq!(newest["type"], "revoked", "{events}");
+    assert_eq!(newest["actor"], "leak_report", "{events}");
+    assert_eq!(newest["token_prefix"], format!("{}...", &token[..15]));
+    let detail = newest["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("https://github.com/example/repo/blob/abc/config.env (content)"),
+        "{events}"
+    );
+    assert!(!events.to_string().contains(&token[7..]), "{events}");
 }
 
 #[tokio::test]

@@ -51,6 +51,7 @@ impl AuditRequests {
                 .then(|| self.address(req))
                 .flatten()
                 .map(|a| a.to_string()),
+            detail: None,
         }
     }
 

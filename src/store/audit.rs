@@ -87,6 +87,8 @@ pub struct Audit {
     pub request_id: Option<String>,
     /// Only set with `audit.record_addresses`.
     pub address: Option<String>,
+    /// What the events should say besides (a leak report's `url` and `source`).
+    pub detail: Option<String>,
 }
 
 impl Audit {
@@ -96,7 +98,13 @@ impl Audit {
             actor,
             request_id: None,
             address: None,
+            detail: None,
         }
+    }
+
+    pub fn with_detail(mut self, detail: String) -> Self {
+        self.detail = Some(detail);
+        self
     }
 
     /// The event this context records for `kind` at `at`.
@@ -110,7 +118,7 @@ impl Audit {
             previous_prefix: None,
             request_id: self.request_id.clone(),
             address: self.address.clone(),
-            detail: None,
+            detail: self.detail.clone(),
         }
     }
 }
@@ -375,6 +383,7 @@ mod tests {
             actor: Actor::User,
             request_id: Some("req-1".into()),
             address: None,
+            detail: None,
         }
         .event(EventKind::Rotated, 1_795_882_142, "alice")
         .with_prefix("sk_agt_0a1b2c3d...")

@@ -90,9 +90,11 @@ impl Backend {
     pub async fn revoke_token(
         &self,
         hash: &TokenHash,
+        now: u64,
+        audit: &Audit,
     ) -> Result<crate::store::TokenRevoked, StoreError> {
         let Backend::Embedded(db) = self;
-        db.revoke_token(hash).await
+        db.revoke_token(hash, now, audit).await
     }
 
     pub fn stamp_blocking(&self, stamps: Vec<([u8; 32], u64)>) -> Result<usize, StoreError> {

@@ -298,9 +298,16 @@ impl Db {
     /// a leaked token must not keep an older live one); a token in grace
     /// ends alone. Atomic, durable when it returns (an unknown hash too,
     /// as with [`Db::revoke`]).
-    pub async fn revoke_token(&self, hash: &TokenHash) -> Result<TokenRevoked, StoreError> {
+    pub async fn revoke_token(
+        &self,
+        hash: &TokenHash,
+        now: u64,
+        audit: &Audit,
+    ) -> Result<TokenRevoked, StoreError> {
         self.run(RevokeToken {
             hash: *hash.as_bytes(),
+            now,
+            audit: audit.clone(),
         })
         .await
     }

@@ -334,9 +334,14 @@ impl Store {
     /// current token goes with any of their tokens in grace (whoever holds
     /// a leaked token must not keep an older live one); a token in grace
     /// ends alone. Atomic, durable when it returns (an unknown hash too).
-    pub async fn revoke_token(&self, hash: &TokenHash) -> Result<TokenRevoked, StoreError> {
+    pub async fn revoke_token(
+        &self,
+        hash: &TokenHash,
+        now: u64,
+        audit: &Audit,
+    ) -> Result<TokenRevoked, StoreError> {
         let store = self.backend_for_writes()?;
-        self.refuse_writes_on_io_failure(store.revoke_token(hash).await)
+        self.refuse_writes_on_io_failure(store.revoke_token(hash, now, audit).await)
     }
 
     /// Records a use of the token at `now`, in memory: written within

@@ -570,6 +570,8 @@ pub enum TokenRevoked {
 /// [`crate::store::Store::revoke_token`].
 pub(crate) struct RevokeToken {
     pub hash: [u8; 32],
+    pub now: u64,
+    pub audit: Audit,
 }
 
 impl Apply for RevokeToken {
@@ -587,6 +589,14 @@ impl Apply for RevokeToken {
                 t.users.remove(key)?;
                 t.index.remove(&record.hash)?;
                 end_grace(t, record.previous.as_ref())?;
+                let mut event = self
+                    .audit
+                    .event(EventKind::Revoked, self.now, &entry.user_id)
+                    .with_prefix(&record.prefix);
+                if let Some(prev) = &record.previous {
+                    event = event.with_previous(&prev.prefix);
+                }
+                t.audit(event)?;
                 Ok(TokenRevoked::Current {
                     user: entry.user_id,
                 })
@@ -598,6 +608,13 @@ impl Apply for RevokeToken {
                     .is_some_and(|p| p.hash == self.hash) =>
             {
                 end_grace(t, record.previous.as_ref())?;
+                if let Some(prev) = &record.previous {
+                    t.audit(
+                        self.audit
+                            .event(EventKind::Revoked, self.now, &entry.user_id)
+                            .with_prefix(&prev.prefix),
+                    )?;
+                }
                 let record = UserRecord {
                     previous: None,
                     ..record
@@ -614,6 +631,11 @@ impl Apply for RevokeToken {
                 if let Some(until) = entry.grace_until {
                     t.grace.remove(&grace_key(until, &self.hash))?;
                 }
+                t.audit(
+                    self.audit
+                        .event(EventKind::Revoked, self.now, &entry.user_id)
+                        .with_prefix(&entry.prefix),
+                )?;
                 Ok(TokenRevoked::InGrace {
                     user: entry.user_id,
                 })
@@ -898,7 +920,14 @@ mod tests {
         assert_eq!(committer.grace.len().unwrap(), 1);
         // The token in grace ends alone; alice keeps her current token.
         assert_eq!(
-            run_one(&mut committer, RevokeToken { hash: [1; 32] }),
+            run_one(
+                &mut committer,
+                RevokeToken {
+                    hash: [1; 32],
+                    now: 100,
+                    audit: Audit::by(Actor::LeakReport)
+                }
+            ),
             TokenRevoked::InGrace {
                 user: "alice".into()
             }
@@ -916,7 +945,14 @@ mod tests {
             },
         );
         assert_eq!(
-            run_one(&mut committer, RevokeToken { hash: [3; 32] }),
+            run_one(
+                &mut committer,
+                RevokeToken {
+                    hash: [3; 32],
+                    now: 100,
+                    audit: Audit::by(Actor::LeakReport)
+                }
+            ),
             TokenRevoked::Current {
                 user: "alice".into()
             }
@@ -928,7 +964,14 @@ mod tests {
         assert_eq!(committer.grace.len().unwrap(), 0);
         // Unknown or already gone: nothing changes; bob is untouched.
         assert_eq!(
-            run_one(&mut committer, RevokeToken { hash: [3; 32] }),
+            run_one(
+                &mut committer,
+                RevokeToken {
+                    hash: [3; 32],
+                    now: 100,
+                    audit: Audit::by(Actor::LeakReport)
+                }
+            ),
             TokenRevoked::Unknown
         );
         assert!(committer.index.get([7u8; 32]).unwrap().is_some());

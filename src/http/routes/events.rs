@@ -47,6 +47,9 @@ pub struct UserEvent {
     /// The client address, only when the operator records addresses.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// For a leak report, where the reporter says the token was found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 impl From<AuditEvent> for UserEvent {
@@ -59,6 +62,7 @@ impl From<AuditEvent> for UserEvent {
             actor: e.actor.as_str(),
             request_id: e.request_id,
             address: e.address,
+            detail: e.detail,
         }
     }
 }

@@ -12,10 +12,11 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
 use super::Resource;
-use crate::domain::token::{PresentedToken, TokenHash};
+use crate::domain::token::{PresentedToken, TokenHash, TOKEN_PREFIX};
 use crate::http::error::{no_store, ApiError, Operation};
 use crate::http::state::app_state;
 use crate::metrics::{TokenOperation, METRICS};
+use crate::store::audit::Actor;
 use crate::store::TokenRevoked;
 
 pub const REVOKE_PATH: &str = "/api/agent-tokens/revoke";
@@ -64,7 +65,35 @@ pub struct LeakReportResponse {
     pub received: usize,
 }
 
+/// Longest `url` or `source` kept in the audit trail.
+const MAX_FOUND_AT: usize = 512;
+
 impl LeakReport {
+    /// Where the tokens were found, as the report says: the alerts' `url`
+    /// and `source`, for the audit trail (each cut to a bound).
+    fn found_at(&self) -> Option<String> {
+        let LeakReport::Alerts(alerts) = self else {
+            return None;
+        };
+        let mut places: Vec<String> = alerts
+            .iter()
+            .filter_map(|a| match (&a.url, &a.source) {
+                (None, None) => None,
+                (url, source) => Some(format!(
+                    "{}{}",
+                    url.as_deref().map(bounded).unwrap_or_default(),
+                    source
+                        .as_deref()
+                        .map(|s| format!(" ({})", bounded(s)))
+                        .unwrap_or_default()
+                )),
+            })
+            .collect();
+        places.sort();
+        places.dedup();
+        (!places.is_empty()).then(|| format!("reported found at: {}", places.join(", ")))
+    }
+
     fn tokens(&self) -> Vec<&str> {
         match self {
             LeakReport::Tokens { tokens } => tokens.iter().map(String::as_str).collect(),
@@ -122,10 +151,18 @@ pub async fn revoke(req: HttpRequest, payload: web::Payload) -> Result<HttpRespo
         return Err(ApiError::InvalidRequest(MALFORMED));
     }
     let hashes = well_formed_hashes(&tokens);
+    let mut audit = state.audit.context(&req, Actor::LeakReport, &state.rng);
+    if let Some(detail) = report.found_at() {
+        audit = audit.with_detail(detail);
+    }
+    let now = state.clock.now();
     // Queued together, so one batch (one sync) takes them all.
-    let outcomes =
-        futures_util::future::join_all(hashes.iter().map(|hash| state.store.revoke_token(hash)))
-            .await;
+    let outcomes = futures_util::future::join_all(
+        hashes
+            .iter()
+            .map(|hash| state.store.revoke_token(hash, now, &audit)),
+    )
+    .await;
     for outcome in outcomes {
         if outcome.map_err(|e| ApiError::failed(Operation::Revoke, e))? != TokenRevoked::Unknown {
             METRICS.token_operation(TokenOperation::Revoked);
@@ -144,4 +181,41 @@ pub async fn revoke(req: HttpRequest, payload: web::Payload) -> Result<HttpRespo
         .json(LeakReportResponse {
             received: tokens.len(),
         }))
+}
+
+/// `text` cut to [`MAX_FOUND_AT`] characters, control characters dropped,
+/// and anything after a token prefix hidden: an event never holds a token,
+/// even one a reporter pasted into a URL.
+fn bounded(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_FOUND_AT)
+        .collect();
+    let mut from = 0;
+    while let Some(at) = out[from..].find(TOKEN_PREFIX) {
+        let start = from + at + TOKEN_PREFIX.len();
+        let end = out[start..]
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .map_or(out.len(), |n| start + n);
+        out.replace_range(start..end, "…");
+        from = start;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_pasted_into_a_report_url_never_reaches_the_audit_trail() {
+        // A newline (dropped) cannot end the hidden part early either.
+        let url = "https://x.example/?t=sk_agt_0a1b2c3d4e5f&u=sk_agt_ffff\nffff/next";
+        assert_eq!(
+            bounded(url),
+            "https://x.example/?t=sk_agt_…&u=sk_agt_…/next"
+        );
+        assert_eq!(bounded(&"a".repeat(2000)).len(), MAX_FOUND_AT);
+    }
 }

@@ -23,6 +23,7 @@ use crate::domain::token::PresentedToken;
 use crate::http::error::{no_store, ApiError, Operation};
 use crate::http::state::{app_state, AppState, OAuthClients};
 use crate::metrics::{TokenOperation, METRICS};
+use crate::store::audit::Actor;
 use crate::store::TokenRevoked;
 
 pub const INTROSPECT_PATH: &str = "/oauth2/introspect";
@@ -166,9 +167,14 @@ async fn revoke(req: HttpRequest, payload: web::Payload) -> Result<HttpResponse,
     // changes nothing and gets the same answer.
     if let Ok(presented) = PresentedToken::new(token) {
         if presented.check().is_ok() {
+            // The client is a resource server the operator configured.
+            let audit = state
+                .audit
+                .context(&req, Actor::Admin, &state.rng)
+                .with_detail("RFC 7009 revocation by an introspection client".to_owned());
             let revoked = state
                 .store
-                .revoke_token(presented.hash())
+                .revoke_token(presented.hash(), state.clock.now(), &audit)
                 .await
                 .map_err(|e| ApiError::failed(Operation::Revoke, e))?;
             if revoked != TokenRevoked::Unknown {
