@@ -1,5 +1,6 @@
 //! What a token and a user are: format, identity, policy, time, user JWTs.
 
+pub mod admin;
 pub mod clients;
 pub mod clock;
 pub mod jwt;

@@ -20,6 +20,7 @@ use sd_notify::NotifyState;
 use tokio::net::TcpStream;
 
 use crate::config::{ConfigError, Settings};
+use crate::domain::admin::AdminSecret;
 use crate::domain::clients::ClientsFile;
 use crate::domain::clock::Clock;
 use crate::domain::jwt::JwtVerifier;
@@ -121,6 +122,7 @@ impl Application {
             oauth,
             audit: AuditRequests::from_settings(&settings.audit, &settings.rate_limit),
             audit_retention_days: settings.audit.retention_days,
+            admin_secret: settings.admin_secret()?.as_ref().map(AdminSecret::new),
         });
         Self::serve(listener, metrics_listener, state, settings)
     }
@@ -137,6 +139,7 @@ impl Application {
         let data = web::Data::from(Arc::clone(&state));
         let metrics_on_main = metrics_listener.is_none();
         let oauth_on = state.oauth.is_some();
+        let admin_on = state.admin_secret.is_some();
         let access_log = server_settings.access_log;
         LazyLock::force(&METRICS);
         // Built from actix-server and actix-http rather than actix-web's
@@ -202,6 +205,9 @@ impl Application {
                         .configure(|cfg| {
                             if oauth_on {
                                 routes::oauth2::configure(cfg);
+                            }
+                            if admin_on {
+                                routes::admin::configure(cfg);
                             }
                         })
                         .configure(openapi::configure)

@@ -65,6 +65,10 @@ pub enum ApiError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The deprovisioning route without the admin secret (a user JWT, an
+    /// agent token, a wrong secret or none).
+    #[error("admin secret required")]
+    AdminSecretRequired,
     /// An OAuth client (RFC 7662 §2.1, RFC 7009 §2.1) that did not
     /// authenticate: unknown, wrong secret, or no credentials.
     #[error("introspection client authentication failed")]
@@ -109,6 +113,7 @@ impl ApiError {
             ApiError::MalformedAuthorization => "invalid_request",
             ApiError::InvalidJwt(_) | ApiError::InvalidAgentToken(_) => "invalid_token",
             ApiError::AgentTokenNotAllowed => "user_jwt_required",
+            ApiError::AdminSecretRequired => "invalid_token",
             ApiError::InvalidClient => "invalid_client",
             ApiError::InvalidRequest(_) => "invalid_request",
             ApiError::Failed { .. } | ApiError::Internal(_) => "internal_error",
@@ -130,6 +135,7 @@ impl ApiError {
                 "Agent tokens cannot be used here. This endpoint requires a user JWT."
             }
             ApiError::InvalidAgentToken(reason) => reason.message(),
+            ApiError::AdminSecretRequired => "This endpoint requires the admin secret.",
             ApiError::InvalidClient => "Client authentication failed.",
             ApiError::InvalidRequest(what) => what,
             ApiError::Failed { op, .. } => op.failure_message(),
@@ -160,6 +166,10 @@ impl ApiError {
                 "This endpoint requires a user JWT".to_owned(),
             ),
             ApiError::InvalidAgentToken(reason) => ("invalid_token", reason.to_string()),
+            ApiError::AdminSecretRequired => (
+                "invalid_token",
+                "This endpoint requires the admin secret".to_owned(),
+            ),
             _ => return None,
         };
         Some(format!(
@@ -194,6 +204,7 @@ impl ResponseError for ApiError {
             | ApiError::InvalidJwt(_)
             | ApiError::AgentTokenNotAllowed
             | ApiError::InvalidAgentToken(_)
+            | ApiError::AdminSecretRequired
             | ApiError::InvalidClient => StatusCode::UNAUTHORIZED,
             ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Failed { .. } | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

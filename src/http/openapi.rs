@@ -20,6 +20,8 @@ use crate::http::routes;
 
 /// The security scheme name of the user JWT (management routes).
 pub const USER_JWT: &str = "user_jwt";
+/// The security scheme name of the admin secret (deprovisioning).
+pub const ADMIN_SECRET: &str = "admin_secret";
 /// The security scheme name of the agent token (the verify route).
 pub const AGENT_TOKEN: &str = "agent_token";
 /// The agent token as a Basic password (the verify route).
@@ -42,6 +44,7 @@ pub const INTROSPECTION_CLIENT: &str = "introspection_client";
         routes::tokens::revoke,
         routes::events::events,
         routes::leaks::revoke,
+        routes::admin::deprovision,
         routes::verify::verify,
         routes::oauth2::introspect,
         routes::oauth2::revoke,
@@ -64,6 +67,7 @@ pub const INTROSPECTION_CLIENT: &str = "introspection_client";
         (name = "oauth", description = "For resource servers that speak OAuth (MCP servers, Apache mod_oauth2): RFC 7662 introspection, RFC 7009 revocation, RFC 8414 metadata. Served only when `introspection.clients_file` lists the clients."),
         (name = "health", description = "For process supervisors and monitoring."),
         (name = "docs", description = "These API pages, as markdown, HTML and OpenAPI."),
+        (name = "administration", description = "For the application's back end, with the operator's admin secret (`admin.token_file`); absent unless that is set."),
     )
 )]
 pub struct ApiDoc;
@@ -82,6 +86,17 @@ impl Modify for SecuritySchemes {
                     .bearer_format("JWT")
                     .description(Some(
                         "A user JWT issued by your application. Agent tokens are refused here.",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            ADMIN_SECRET,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The operator's admin secret, read from `admin.token_file`. User JWTs and agent tokens are refused.",
                     ))
                     .build(),
             ),

@@ -39,6 +39,8 @@ pub struct AppState {
     pub audit: AuditRequests,
     /// Days audit events are kept (`audit.retention_days`).
     pub audit_retention_days: u64,
+    /// `admin.token_file`'s secret; `None`: no deprovisioning route.
+    pub admin_secret: Option<crate::domain::admin::AdminSecret>,
 }
 
 /// What the `/oauth2/` routes need besides the store.

@@ -3,6 +3,7 @@
 mod audit;
 mod caddy;
 mod concurrency;
+mod deprovision;
 mod docs;
 mod failures;
 mod gateway;

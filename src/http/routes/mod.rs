@@ -1,5 +1,6 @@
 //! HTTP routes, one file per area. Handlers extract, call the store, map.
 
+pub mod admin;
 pub mod docs;
 pub mod events;
 pub mod health;
