@@ -22,6 +22,23 @@ if [ ! -x /usr/bin/caddy ]; then
     || { as_root apt-get update && as_root apt-get install -y --no-install-recommends caddy; }
 fi
 
+# Apache httpd with mod_oauth2, and curl, for the consumer tests (tests/api/consumers.rs).
+if [ ! -x /usr/sbin/apache2 ] || [ ! -f /usr/lib/apache2/modules/mod_oauth2.so ] || ! command -v curl >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  as_root apt-get install -y --no-install-recommends apache2 libapache2-mod-oauth2 curl \
+    || { as_root apt-get update && as_root apt-get install -y --no-install-recommends apache2 libapache2-mod-oauth2 curl; }
+fi
+
+# FastMCP from PyPI, pinned, in its own venv, for the MCP consumer test
+# (tests/api/consumers.rs, tests/consumers/*.py).
+FASTMCP_VERSION=4.0.10
+CONSUMERS_VENV=target/consumers-venv
+if [ "$("$CONSUMERS_VENV/bin/python" -c 'import fastmcp; print(fastmcp.__version__)' 2>/dev/null)" != "$FASTMCP_VERSION" ]; then
+  rm -rf "$CONSUMERS_VENV"
+  python3 -m venv "$CONSUMERS_VENV"
+  "$CONSUMERS_VENV/bin/python" -m pip install --quiet "fastmcp==$FASTMCP_VERSION"
+fi
+
 # systemd-analyze, for the unit's security score (tests/packaging.rs).
 if ! command -v systemd-analyze >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive

@@ -172,10 +172,19 @@ impl ApiError {
             ),
             _ => return None,
         };
-        Some(format!(
+        let bearer = format!(
             "Bearer realm=\"{REALM}\", error=\"{error}\", error_description=\"{}\"",
             quoted_string_safe(&description)
-        ))
+        );
+        // Basic-only clients (git, registries) send a credential only after
+        // a Basic challenge. In the same header: nginx `auth_request` passes
+        // on only the first `WWW-Authenticate`.
+        Some(match self {
+            ApiError::InvalidAgentToken(VerifyRefusal::Missing) => {
+                format!("{bearer}, {BASIC_CHALLENGE}")
+            }
+            _ => bearer,
+        })
     }
 }
 
@@ -244,13 +253,9 @@ impl ResponseError for ApiError {
                 response.insert_header((header::WWW_AUTHENTICATE, value));
             }
         }
-        // Basic-only clients (git, registries) send a credential only
-        // after a Basic challenge; OAuth clients authenticate with Basic.
-        if matches!(
-            self,
-            ApiError::InvalidAgentToken(VerifyRefusal::Missing) | ApiError::InvalidClient
-        ) {
-            response.append_header((header::WWW_AUTHENTICATE, basic_challenge()));
+        // OAuth clients authenticate with Basic (RFC 6749 §2.3.1).
+        if let ApiError::InvalidClient = self {
+            response.insert_header((header::WWW_AUTHENTICATE, basic_challenge()));
         }
         if let ApiError::InvalidAgentToken(_) = self {
             return response.json(InactiveBody {
@@ -337,9 +342,11 @@ impl fmt::Display for ErrorChain<'_> {
     }
 }
 
-/// `WWW-Authenticate: Basic realm="agent-tokens", charset="UTF-8"` (RFC 7617).
+/// The Basic challenge (RFC 7617).
+const BASIC_CHALLENGE: &str = "Basic realm=\"agent-tokens\", charset=\"UTF-8\"";
+
 fn basic_challenge() -> HeaderValue {
-    HeaderValue::from_static("Basic realm=\"agent-tokens\", charset=\"UTF-8\"")
+    HeaderValue::from_static(BASIC_CHALLENGE)
 }
 
 /// Token answers and errors must never be cached by a proxy or browser

@@ -267,6 +267,14 @@ async fn the_verification_page_covers_every_answer_and_recipe() {
             "refusal messages",
         );
         let www = www.expect("a challenge");
+        let basic = ", Basic realm=\"agent-tokens\", charset=\"UTF-8\"";
+        let www = match www.strip_suffix(basic) {
+            Some(bearer) => {
+                assert_mentions(&page, &format!("`{basic}`"), "the Basic challenge");
+                bearer.to_owned()
+            }
+            None => www,
+        };
         let (challenge, description) = www.split_once("error_description=\"").unwrap();
         assert_mentions(&page, challenge, "the challenge");
         let description = description.trim_end_matches('"');

@@ -146,7 +146,7 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Spawns `command` in a new process group, stderr to `dir/error.log`,
+    /// Spawns `command` in a new process group, stdout and stderr to `dir/error.log`,
     /// and waits until `port` accepts connections.
     pub fn spawn(mut command: Command, port: u16, dir: tempfile::TempDir) -> Gateway {
         use std::os::unix::process::CommandExt;
@@ -159,7 +159,7 @@ impl Gateway {
         let child = command
             .process_group(0)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stderr.try_clone().unwrap())
             .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
@@ -169,7 +169,8 @@ impl Gateway {
             _dir: dir,
             log,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // Generous: a Python server imports its framework first, on a busy host.
+        let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 return gateway;
@@ -179,7 +180,7 @@ impl Gateway {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("the gateway did not listen in 10 s: {}", gateway.log());
+        panic!("the gateway did not listen in 30 s: {}", gateway.log());
     }
 
     pub fn log(&self) -> String {
@@ -216,10 +217,6 @@ fn start_nginx(
     backend: u16,
     extra: &[(&str, String)],
 ) -> Gateway {
-    assert!(
-        Path::new(NGINX).exists(),
-        "nginx is not installed: run ./scripts/test.sh, which installs Debian's nginx-light"
-    );
     let front = free_port();
     let mut text = recipe(file);
     text = point(
@@ -232,9 +229,19 @@ fn start_nginx(
     for (from, to) in extra {
         text = point(text, from, to);
     }
+    start_nginx_text(&text, front)
+}
+
+/// Starts nginx with `recipe` (already pointed at the test's ports) in the
+/// `http {}` context; `front` is the port it listens on.
+pub fn start_nginx_text(recipe: &str, front: u16) -> Gateway {
+    assert!(
+        Path::new(NGINX).exists(),
+        "nginx is not installed: run ./scripts/test.sh, which installs Debian's nginx-light"
+    );
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
-    std::fs::write(dir.path().join("recipe.conf"), text).unwrap();
+    std::fs::write(dir.path().join("recipe.conf"), recipe).unwrap();
     let conf = format!(
         r#"{user}
 daemon off;

@@ -3,6 +3,7 @@
 mod audit;
 mod caddy;
 mod concurrency;
+mod consumers;
 mod deprovision;
 mod docs;
 mod failures;
