@@ -322,6 +322,37 @@ async fn rfc7009_revocation_ends_a_token_and_answers_200_for_anything() {
     }
     let status: Value = app.get_me(&jwt).await.json().await.unwrap();
     assert_eq!(status["has_token"], false);
+    // Each revocation is in the user's audit trail, by whoever presented it.
+    let resp = app
+        .request(Method::GET, "/api/agent-tokens/me/events", Some(&jwt))
+        .await;
+    let events: Value = resp.json().await.unwrap();
+    let revoked: Vec<(&str, &str, Option<&str>)> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "revoked")
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap(),
+                e["token_prefix"].as_str().unwrap(),
+                e["previous_prefix"].as_str(),
+            )
+        })
+        .collect();
+    let prefix = |t: &str| format!("{}...", &t[..15]);
+    assert_eq!(
+        revoked,
+        [
+            (
+                "admin",
+                prefix(&newest).as_str(),
+                Some(prefix(&current).as_str())
+            ),
+            ("admin", prefix(&in_grace).as_str(), None),
+        ],
+        "{events}"
+    );
     // Unknown, already revoked or malformed: the same 200, nothing revealed.
     for token in [newest.as_str(), "sk_agt_nope", "garbage"] {
         let resp = post_form(&app, REVOKE, &[("token", token)]).await;
