@@ -272,10 +272,15 @@ impl Application {
             notify_systemd(&[NotifyState::Stopping]);
             handle.stop(true).await;
         });
+        // Also before READY=1: SIGHUP's default disposition ends the process.
+        let reloads = reload_on_hangup(Arc::downgrade(&self.state));
         on_ready(self.port);
         notify_systemd(&[NotifyState::Ready]);
         let result = self.run_until_stopped().await;
         signals.abort();
+        if let Some(reloads) = reloads {
+            reloads.abort();
+        }
         result
     }
 
@@ -409,6 +414,26 @@ async fn expire_grace_periodically(state: Weak<AppState>) {
         drop(app);
         tokio::time::sleep(GRACE_SWEEP_INTERVAL).await;
     }
+}
+
+/// Installs a SIGHUP handler now (`systemctl reload`): each SIGHUP re-reads
+/// what can change without a restart (see [`AppState::reload`]).
+fn reload_on_hangup(state: Weak<AppState>) -> Option<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(e) => {
+            log::error!("cannot install a SIGHUP handler ({e}); restart to re-read files");
+            return None;
+        }
+    };
+    Some(tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let Some(state) = state.upgrade() else { return };
+            log::info!("SIGHUP: re-reading files");
+            state.reload();
+        }
+    }))
 }
 
 /// Installs SIGTERM (systemd's stop) and SIGINT (Ctrl-C) handlers now and

@@ -52,6 +52,20 @@ pub struct OAuthClients {
     pub max_body_bytes: usize,
 }
 
+impl AppState {
+    /// Re-reads what SIGHUP re-reads: `introspection.clients_file`. A file
+    /// that fails to read or parse is logged and the previous list stays.
+    pub fn reload(&self) {
+        if let Some(oauth) = &self.oauth {
+            let path = oauth.clients.path().display();
+            match oauth.clients.reload() {
+                Ok(n) => log::info!("introspection.clients_file {path}: {n} client(s)"),
+                Err(e) => log::error!("{e} The previous clients stay in force."),
+            }
+        }
+    }
+}
+
 /// The shared state, borrowed from the request. The hot handlers use this
 /// rather than extracting `web::Data`, which clones an `Arc` whose count
 /// every worker writes on every request.
