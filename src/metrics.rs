@@ -36,6 +36,8 @@ pub struct Metrics {
     pub flush_batch: Histogram,
     pub storage_bytes: IntGauge,
     pub storage_background: IntGauge,
+    /// Live tokens that stop verifying within 7 days, as last counted.
+    pub tokens_expiring: IntGauge,
     pub audit_events: IntCounter,
     pub admin_actions: IntCounterVec,
 }
@@ -154,6 +156,12 @@ impl Metrics {
             storage_background: register_int_gauge_with_registry!(
                 "storage_background_jobs",
                 "Memtable flushes waiting and table merges running in the store's background.",
+                registry
+            )
+            .expect("metric registers"),
+            tokens_expiring: register_int_gauge_with_registry!(
+                "tokens_expiring_within_7d",
+                "Live tokens (current or in a rotation's grace window) that stop verifying within 7 days, counted in the background every few minutes.",
                 registry
             )
             .expect("metric registers"),

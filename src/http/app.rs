@@ -290,8 +290,11 @@ impl Application {
     pub async fn run_until_stopped(self) -> Result<(), StartupError> {
         let Application { server, state, .. } = self;
         let sweeper = tokio::spawn(expire_grace_periodically(Arc::downgrade(&state)));
+        let expiring = tokio::spawn(count_expiring_periodically(Arc::downgrade(&state)));
         let served = server.await.map_err(StartupError::Server);
         sweeper.abort();
+        expiring.abort();
+        let _ = expiring.await;
         let _ = sweeper.await;
         // Worker threads drop their App (and its Arc) as they wind down; the
         // last reference must be ours so the store closes before we return.
@@ -413,6 +416,29 @@ async fn expire_grace_periodically(state: Weak<AppState>) {
         }
         drop(app);
         tokio::time::sleep(GRACE_SWEEP_INTERVAL).await;
+    }
+}
+
+/// How often the tokens expiring within 7 days are counted (a read of the
+/// whole index when `tokens.max_age_days` is set).
+const EXPIRING_COUNT_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Keeps `agent_tokens_tokens_expiring_within_7d` current, off the request
+/// threads, at start and then every [`EXPIRING_COUNT_INTERVAL`].
+async fn count_expiring_periodically(state: Weak<AppState>) {
+    loop {
+        let counting = state.clone();
+        let counted =
+            tokio::task::spawn_blocking(move || counting.upgrade().map(|app| app.count_expiring()))
+                .await;
+        match counted {
+            Ok(Some(Ok(n))) => METRICS
+                .tokens_expiring
+                .set(i64::try_from(n).unwrap_or(i64::MAX)),
+            Ok(Some(Err(e))) => log::warn!("cannot count the tokens expiring soon: {e}"),
+            Ok(None) | Err(_) => return,
+        }
+        tokio::time::sleep(EXPIRING_COUNT_INTERVAL).await;
     }
 }
 

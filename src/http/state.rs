@@ -52,7 +52,28 @@ pub struct OAuthClients {
     pub max_body_bytes: usize,
 }
 
+/// The window of `agent_tokens_tokens_expiring_within_7d`.
+pub const EXPIRING_WINDOW_SECS: u64 = 7 * 86_400;
+
 impl AppState {
+    /// Live tokens that stop verifying within [`EXPIRING_WINDOW_SECS`]:
+    /// without `tokens.max_age_days` only grace windows end (a range
+    /// read); with it, every token is assessed (a read of the index).
+    pub fn count_expiring(&self) -> Result<u64, StoreError> {
+        let now = self.clock.now();
+        let until = now.saturating_add(EXPIRING_WINDOW_SECS);
+        if self.policy.max_age_secs.is_none() {
+            return self
+                .store
+                .grace_ending(now.saturating_add(1), until.saturating_add(1));
+        }
+        self.store.count_tokens(|entry| {
+            self.policy
+                .assess(entry.created_at, entry.grace_until, now)
+                .is_ok_and(|active| active.expires_at.is_some_and(|t| t <= until))
+        })
+    }
+
     /// Re-reads what SIGHUP re-reads: `introspection.clients_file`. A file
     /// that fails to read or parse is logged and the previous list stays.
     pub fn reload(&self) {

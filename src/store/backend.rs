@@ -44,6 +44,16 @@ impl Backend {
         db.lookup(hash)
     }
 
+    pub fn count_tokens(&self, counts: impl Fn(&IndexEntry) -> bool) -> Result<u64, StoreError> {
+        let Backend::Embedded(db) = self;
+        db.count_tokens(counts)
+    }
+
+    pub fn grace_ending(&self, from: u64, until: u64) -> Result<u64, StoreError> {
+        let Backend::Embedded(db) = self;
+        db.grace_ending(from, until)
+    }
+
     pub async fn rotate_as(
         &self,
         user: &UserId,

@@ -21,8 +21,8 @@ use crate::store::mutation::{
     StoreCommitter, TokenRevoked,
 };
 use crate::store::records::{
-    decode_index, decode_user, encode_index, encode_user, ChangeListener, GetOrCreate, IndexEntry,
-    NewToken, UserRecord,
+    decode_index, decode_user, encode_index, encode_user, grace_key, ChangeListener, GetOrCreate,
+    IndexEntry, NewToken, UserRecord,
 };
 use crate::store::schema::check_schema;
 
@@ -179,6 +179,29 @@ impl Db {
             .get(hash.as_bytes())?
             .map(|v| decode_index(&v))
             .transpose()
+    }
+
+    /// How many index entries (current and grace tokens) `counts` picks: a
+    /// read of the whole index, for background passes, never a request.
+    pub fn count_tokens(&self, counts: impl Fn(&IndexEntry) -> bool) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for item in self.keyspaces.index.iter() {
+            let (_, value) = item.into_inner()?;
+            n += u64::from(counts(&decode_index(&value)?));
+        }
+        Ok(n)
+    }
+
+    /// How many rotated-out tokens' grace windows end in `[from, until)`:
+    /// a range read of the grace-expiry keyspace.
+    pub fn grace_ending(&self, from: u64, until: u64) -> Result<u64, StoreError> {
+        let range = grace_key(from, &[0; 32])..grace_key(until, &[0; 32]);
+        let mut n = 0;
+        for item in self.keyspaces.grace.range(range) {
+            item.key()?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Queues a mutation for the flusher thread and waits for its answer.

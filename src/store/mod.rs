@@ -257,6 +257,22 @@ impl Store {
         }
     }
 
+    /// See [`Db::count_tokens`]; a whole-index read for background passes.
+    pub fn count_tokens(&self, counts: impl Fn(&IndexEntry) -> bool) -> Result<u64, StoreError> {
+        match &*self.shared.backend.load() {
+            Some(store) => store.count_tokens(counts),
+            None => Err(StoreError::Recovering),
+        }
+    }
+
+    /// See [`Db::grace_ending`].
+    pub fn grace_ending(&self, from: u64, until: u64) -> Result<u64, StoreError> {
+        match &*self.shared.backend.load() {
+            Some(store) => store.grace_ending(from, until),
+            None => Err(StoreError::Recovering),
+        }
+    }
+
     pub async fn rotate(
         &self,
         user: &UserId,
