@@ -10,6 +10,9 @@ use crate::config::{Settings, Sources};
 use crate::domain::clock::Clock;
 use crate::domain::jwt::JwtVerifier;
 use crate::http::app::{Application, StartupError};
+use crate::ops::admin::client::Output;
+use crate::ops::admin::server::AdminServer;
+use crate::ops::admin::Request;
 use crate::ops::backup::{self, BackupError};
 use crate::ops::dev::DevMode;
 use crate::store::error::StoreError;
@@ -64,12 +67,97 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Act on the running server through its admin socket (server.admin_socket; filesystem permissions are the credential). With the server stopped, the verbs work on the store directly.
+    Admin {
+        #[arg(long, value_name = "PATH")]
+        config: PathBuf,
+        #[command(subcommand)]
+        verb: AdminVerb,
+    },
     /// Find agent tokens in files and directories (recursively, skipping .git and binary files), or in stdin when no path is given. Prints path:line:prefix for each token with a valid checksum, never the token. Exit 1 if any is found, 0 if none, 2 on errors.
     Scan {
         /// Files or directories to scan; stdin when none.
         #[arg(value_name = "PATH")]
         paths: Vec<PathBuf>,
     },
+}
+
+/// What `agent-tokens admin` does.
+#[derive(Debug, Subcommand)]
+pub enum AdminVerb {
+    /// One line per user with a token: user id, display prefix, created, last used, expires.
+    List {
+        /// JSON lines with user_id, token_prefix, created_at, last_used_at, expires_at.
+        #[arg(long)]
+        json: bool,
+        /// Only tokens that expire within this long (e.g. 7d, 12h).
+        #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+        expiring_within: Option<u64>,
+        /// Only tokens not used for this long (never used: since created).
+        #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+        unused_for: Option<u64>,
+    },
+    /// The same for one user; exit 1 when the user has no token.
+    Show {
+        user: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The user(s) whose current or in-grace token has this display prefix (sk_agt_1a2b3c4d, with or without ...).
+    Lookup {
+        prefix: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a user's token at once, grace window included; the next verify answers 401.
+    Revoke { user: String },
+    /// The incident kill switch: revoke every token created before TIME (RFC 3339 or Unix seconds), or every token that exists now.
+    RevokeAll {
+        #[arg(long, value_name = "TIME|now", value_parser = parse_before)]
+        before: Before,
+    },
+    /// A consistent snapshot while serving, in the format `agent-tokens import` reads (to FILE, created 0600, or stdout).
+    Export {
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+    /// The audit trail, oldest first: every event, or one user's.
+    Events {
+        user: Option<String>,
+        /// Only events at or after TIME (RFC 3339 or Unix seconds).
+        #[arg(long, value_name = "TIME", value_parser = parse_time)]
+        since: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `--before`: a time, or `now`.
+#[derive(Debug, Clone, Copy)]
+pub struct Before(Option<u64>);
+
+fn parse_duration(text: &str) -> Result<u64, String> {
+    humantime::parse_duration(text)
+        .map(|d| d.as_secs())
+        .map_err(|e| format!("{e} (write e.g. 30d, 12h or 90m)"))
+}
+
+fn parse_time(text: &str) -> Result<u64, String> {
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(secs);
+    }
+    humantime::parse_rfc3339_weak(text)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs())
+        .ok_or_else(|| "write a time as RFC 3339 (2026-12-01T10:00:00Z) or Unix seconds".to_owned())
+}
+
+fn parse_before(text: &str) -> Result<Before, String> {
+    match text {
+        "now" => Ok(Before(None)),
+        text => parse_time(text).map(|t| Before(Some(t))),
+    }
 }
 
 /// `scan`'s exit codes, as gitleaks has them: a pre-commit hook or a CI
@@ -100,6 +188,7 @@ pub fn main() -> ExitCode {
         Command::Export { config } => export(config),
         Command::Import { config, force } => import(config, force),
         Command::Compact { config } => compact(config),
+        Command::Admin { config, verb } => admin(config, verb),
         Command::Scan { paths } => scan(&paths),
     }
 }
@@ -188,6 +277,8 @@ fn serve(config: Option<PathBuf>, dev: bool) -> ExitCode {
     let result = actix_web::rt::System::new().block_on(async move {
         let app = Application::build(&settings)?;
         let metrics_port = app.metrics_port();
+        // Dropped when serving ends: the socket file goes with it.
+        let _admin = AdminServer::start(&settings, app.state())?;
         app.run_until_signalled(|port| {
             match &dev_mode {
                 Some(dev) => dev.announce(&settings, port),
@@ -376,4 +467,44 @@ fn scan(paths: &[PathBuf]) -> ExitCode {
     } else {
         ExitCode::from(EXIT_FOUND)
     }
+}
+
+fn admin(config: PathBuf, verb: AdminVerb) -> ExitCode {
+    let settings = match offline_settings(&config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let mut output = Output::default();
+    let request = match verb {
+        AdminVerb::List {
+            json,
+            expiring_within,
+            unused_for,
+        } => {
+            output.json = json;
+            Request::List {
+                expiring_within,
+                unused_for,
+            }
+        }
+        AdminVerb::Show { user, json } => {
+            output.json = json;
+            Request::Show { user }
+        }
+        AdminVerb::Lookup { prefix, json } => {
+            output.json = json;
+            Request::Lookup { prefix }
+        }
+        AdminVerb::Revoke { user } => Request::Revoke { user },
+        AdminVerb::RevokeAll { before } => Request::RevokeAll { before: before.0 },
+        AdminVerb::Export { file } => {
+            output.file = file;
+            Request::Export
+        }
+        AdminVerb::Events { user, since, json } => {
+            output.json = json;
+            Request::Events { user, since }
+        }
+    };
+    crate::ops::admin::client::run(&settings, request, &output)
 }

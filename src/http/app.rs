@@ -251,6 +251,12 @@ impl Application {
         self.metrics_port
     }
 
+    /// The shared state, for what serves beside HTTP (the admin socket);
+    /// weak, so it never keeps the store open past the stop.
+    pub fn state(&self) -> Weak<AppState> {
+        Arc::downgrade(&self.state)
+    }
+
     /// A handle to stop the server (`stop(true)` finishes in-flight requests).
     pub fn handle(&self) -> ServerHandle {
         self.server.handle()

@@ -28,6 +28,7 @@ use crate::domain::user::UserId;
 use crate::store::error::StoreError;
 use crate::store::offline::{ImportedUser, Offline};
 use crate::store::records::{GraceToken, UserRecord};
+use crate::store::snapshot::Records;
 
 /// The header's `format`: what this file is.
 pub const FORMAT: &str = "agent-tokens-export";
@@ -532,9 +533,13 @@ fn check_unique(entries: &[Entry]) -> Result<(), BackupError> {
 }
 
 /// Writes every user record of `store` as an export to `out`. Reads
-/// only; the store is held exclusively meanwhile, so the export is one
-/// consistent state.
-pub fn export(store: &Offline, out: &mut impl Write, now: u64) -> Result<Summary, BackupError> {
+/// only; `store` is one consistent state: a stopped store held
+/// exclusively, or a running store's [`crate::store::snapshot::Snapshot`].
+pub fn export(
+    store: &impl Records,
+    out: &mut impl Write,
+    now: u64,
+) -> Result<Summary, BackupError> {
     let header = Header {
         format: FORMAT,
         version: VERSION,
@@ -544,7 +549,7 @@ pub fn export(store: &Offline, out: &mut impl Write, now: u64) -> Result<Summary
     };
     write_json(out, &header)?;
     let mut summary = Summary::default();
-    for item in store.users() {
+    for item in store.each_user() {
         let (user_id, record) = item?;
         let grace = match &record.previous {
             Some(prev) => grace_line(store, &user_id, prev)?,
@@ -594,11 +599,11 @@ pub fn import(store: &mut Offline, backup: &Backup, force: bool) -> Result<Summa
 /// The grace part of an export line, from the rotated-out token's index
 /// entry. A grace token without one does not verify, so it is left out.
 fn grace_line<'a>(
-    store: &Offline,
+    store: &impl Records,
     user_id: &str,
     prev: &'a GraceToken,
 ) -> Result<Option<GraceLine<'a>>, BackupError> {
-    let Some(entry) = store.lookup(&TokenHash::from_bytes(prev.hash))? else {
+    let Some(entry) = store.index_entry(&TokenHash::from_bytes(prev.hash))? else {
         log::warn!(
             "user {user_id:?}: the rotated-out token {} has no index entry; it is not exported",
             prev.prefix

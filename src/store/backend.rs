@@ -92,6 +92,26 @@ impl Backend {
         db.events_of(user, limit)
     }
 
+    pub fn snapshot(&self) -> crate::store::snapshot::Snapshot {
+        let Backend::Embedded(db) = self;
+        db.snapshot()
+    }
+
+    pub async fn revoke_all(
+        &self,
+        before: Option<u64>,
+        now: u64,
+        audit: &Audit,
+    ) -> Result<usize, StoreError> {
+        let Backend::Embedded(db) = self;
+        db.revoke_all(before, now, audit).await
+    }
+
+    pub async fn note(&self, event: AuditEvent) -> Result<(), StoreError> {
+        let Backend::Embedded(db) = self;
+        db.note(event).await
+    }
+
     pub async fn sweep_audit(&self, before: u64) -> Result<usize, StoreError> {
         let Backend::Embedded(db) = self;
         db.sweep_audit(before).await

@@ -148,6 +148,17 @@ impl Db {
         self.keyspaces.flush_memtables(&self.db, timeout)
     }
 
+    /// Every keyspace as it is now (see [`crate::store::snapshot`]).
+    pub fn snapshot(&self) -> crate::store::snapshot::Snapshot {
+        crate::store::snapshot::Snapshot {
+            snapshot: self.db.snapshot(),
+            users: self.keyspaces.users.clone(),
+            index: self.keyspaces.index.clone(),
+            events: self.keyspaces.events.clone(),
+            event_users: self.keyspaces.event_users.clone(),
+        }
+    }
+
     /// Memtable flushes waiting and table merges running.
     pub fn background_jobs(&self) -> usize {
         self.db.outstanding_flushes() + self.db.active_compactions()

@@ -65,12 +65,14 @@ pub mod durability;
 pub mod error;
 mod generation;
 pub mod keyspaces;
+pub mod kill_switch;
 pub mod layout;
 pub mod legacy;
 pub(crate) mod mutation;
 pub mod offline;
 pub mod records;
 pub mod schema;
+pub mod snapshot;
 pub mod stamps;
 
 pub use error::StoreError;
@@ -330,6 +332,37 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let store = self.backend_for_writes()?;
         self.refuse_writes_on_io_failure(store.revoke_as(user, now, audit).await)
+    }
+
+    /// The store as it is now, for consistent reads while writes go on.
+    /// Last-used times recorded in the last [`STAMP_INTERVAL`] are not in
+    /// it yet: see [`Store::pending_last_use`].
+    pub fn snapshot(&self) -> Result<snapshot::Snapshot, StoreError> {
+        Ok(self.backend()?.snapshot())
+    }
+
+    /// The newest use of a token recorded in memory and not written yet.
+    pub fn pending_last_use(&self, hash: &[u8; 32]) -> Option<u64> {
+        self.shared.stamps.newest(hash)
+    }
+
+    /// Revokes every token created before `before` (all when `None`),
+    /// current or in grace, while other changes go on; durable when it
+    /// returns. Returns how many tokens were revoked.
+    pub async fn revoke_all(
+        &self,
+        before: Option<u64>,
+        now: u64,
+        audit: &Audit,
+    ) -> Result<usize, StoreError> {
+        let store = self.backend_for_writes()?;
+        self.refuse_writes_on_io_failure(store.revoke_all(before, now, audit).await)
+    }
+
+    /// Stores an admin action's event that concerns no user.
+    pub async fn note(&self, event: AuditEvent) -> Result<(), StoreError> {
+        let store = self.backend_for_writes()?;
+        self.refuse_writes_on_io_failure(store.note(event).await)
     }
 
     /// The user's audit events, newest first, at most `limit`.

@@ -107,6 +107,34 @@ impl<'a> Tracked<'a> {
         Ok(old)
     }
 
+    /// Every key and value as the batch sees it now: the stored ones under
+    /// what the batch and this operation wrote or removed. Unordered.
+    pub fn all(&self) -> TxResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        let batch = self.batch.borrow();
+        let op = self.op.borrow();
+        let written = |key: &[u8]| op.get(key).or_else(|| batch.get(key));
+        let mut out = Vec::new();
+        for item in self.base.iter() {
+            let (key, value) = item.into_inner()?;
+            match written(&key) {
+                Some(Some(value)) => out.push((key.to_vec(), value.clone())),
+                Some(None) => {}
+                None => out.push((key.to_vec(), value.to_vec())),
+            }
+        }
+        // Keys only written in this batch (the operation's writes first: they win).
+        let mut seen = std::collections::HashSet::new();
+        for (key, value) in op.iter().chain(batch.iter()) {
+            if !seen.insert(key.as_slice()) || self.base.contains_key(key)? {
+                continue;
+            }
+            if let Some(value) = value {
+                out.push((key.clone(), value.clone()));
+            }
+        }
+        Ok(out)
+    }
+
     /// The stored keys up to and including `end`, in order (not the batch's).
     pub fn stored_keys_through(&self, end: &[u8]) -> TxResult<Vec<Vec<u8>>> {
         self.base

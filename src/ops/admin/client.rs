@@ -1,0 +1,242 @@
+//! The `agent-tokens admin` command: sends one request to the server's
+//! admin socket and prints the answer; with the server stopped, runs the
+//! same verb on the store directly (holding its lock meanwhile).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::server::EXIT_NOPERM;
+use super::{execute, Reply, Request, EXIT_FAILED};
+use crate::config::Settings;
+use crate::domain::clock::Clock;
+use crate::domain::policy::TokenPolicy;
+use crate::store::error::StoreError;
+use crate::store::offline::Offline;
+use crate::store::records::NoListener;
+use crate::store::Store;
+
+/// How an answer is printed.
+#[derive(Debug, Clone, Default)]
+pub struct Output {
+    /// JSON lines instead of one readable line per record.
+    pub json: bool,
+    /// Where an export goes (stdout when `None`).
+    pub file: Option<PathBuf>,
+}
+
+fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("agent-tokens: {message}");
+    ExitCode::from(code)
+}
+
+/// Runs `request` against the server of `settings` (or its stopped store).
+pub fn run(settings: &Settings, request: Request, output: &Output) -> ExitCode {
+    let path = settings.admin_socket_path();
+    let mut printer = match Printer::new(output) {
+        Ok(p) => p,
+        Err(e) => return fail(73, format!("cannot create the export file: {e}")),
+    };
+    match UnixStream::connect(&path) {
+        Ok(stream) => over_socket(stream, &request, &mut printer),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => fail(
+            EXIT_NOPERM,
+            format!(
+                "permission denied on the admin socket {}: it is for the server's user (and the members of server.admin_group)",
+                path.display()
+            ),
+        ),
+        // Nobody listens: the server is stopped; act on the store itself.
+        Err(_) => offline(settings, request, &mut printer),
+    }
+}
+
+fn over_socket(mut stream: UnixStream, request: &Request, printer: &mut Printer) -> ExitCode {
+    let sent = serde_json::to_vec(request)
+        .map_err(std::io::Error::other)
+        .and_then(|mut line| {
+            line.push(b'\n');
+            stream.write_all(&line)
+        });
+    if let Err(e) = sent {
+        return fail(
+            EXIT_FAILED,
+            format!("cannot send the request to the server: {e}"),
+        );
+    }
+    for line in BufReader::new(stream).lines() {
+        let reply = line
+            .map_err(|e| e.to_string())
+            .and_then(|l| serde_json::from_str::<Reply>(&l).map_err(|e| e.to_string()));
+        match reply {
+            Ok(reply) => {
+                if let Some(code) = printer.print(request, reply) {
+                    return code;
+                }
+            }
+            Err(e) => return fail(EXIT_FAILED, format!("the server's answer broke off: {e}")),
+        }
+    }
+    fail(
+        EXIT_FAILED,
+        "the server closed the connection without an answer",
+    )
+}
+
+fn offline(settings: &Settings, request: Request, printer: &mut Printer) -> ExitCode {
+    let path = &settings.storage.path;
+    if !Offline::exists(path) {
+        return fail(
+            66,
+            format!(
+                "the server is not running (nothing answers at {}) and there is no store at {}",
+                settings.admin_socket_path().display(),
+                path.display()
+            ),
+        );
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(EXIT_FAILED, e),
+    };
+    let store = match Store::open(path, settings.storage.cache_mb, Arc::new(NoListener)) {
+        Ok(store) => store,
+        Err(StoreError::InUse { .. }) => {
+            return fail(
+                75,
+                format!(
+                    "the store at {} is in use, but no server answers at the admin socket {} (check server.admin_socket)",
+                    path.display(),
+                    settings.admin_socket_path().display()
+                ),
+            )
+        }
+        Err(e) => return fail(EXIT_FAILED, e),
+    };
+    let policy = TokenPolicy::from_settings(&settings.tokens);
+    let code = runtime.block_on(async {
+        let (tx, mut rx) = mpsc::channel(256);
+        let (store, asked) = (&store, request.clone());
+        let work = async move {
+            execute(asked, store, policy, Clock::system().now(), &tx).await;
+        };
+        let print = async {
+            while let Some(reply) = rx.recv().await {
+                if let Some(code) = printer.print(&request, reply) {
+                    return code;
+                }
+            }
+            fail(EXIT_FAILED, "no answer")
+        };
+        let ((), code) = tokio::join!(work, print);
+        code
+    });
+    drop(store);
+    code
+}
+
+struct Printer {
+    json: bool,
+    export: Box<dyn Write>,
+    out: std::io::Stdout,
+}
+
+impl Printer {
+    fn new(output: &Output) -> std::io::Result<Self> {
+        let export: Box<dyn Write> = match &output.file {
+            Some(path) => Box::new(std::io::BufWriter::new(create_private(path)?)),
+            None => Box::new(std::io::stdout()),
+        };
+        Ok(Self {
+            json: output.json,
+            export,
+            out: std::io::stdout(),
+        })
+    }
+
+    /// Prints one reply; the exit code once the answer is complete.
+    fn print(&mut self, request: &Request, reply: Reply) -> Option<ExitCode> {
+        let written = match reply {
+            Reply::Item(item) if self.json => writeln!(self.out, "{item}"),
+            Reply::Item(item) => writeln!(self.out, "{}", readable(request, &item)),
+            Reply::Line(line) => writeln!(self.export, "{line}"),
+            Reply::Done(message) => {
+                if let Err(e) = self.export.flush() {
+                    return Some(fail(74, format!("cannot write the export: {e}")));
+                }
+                if !message.is_empty() {
+                    eprintln!("agent-tokens: {message}");
+                }
+                return Some(ExitCode::SUCCESS);
+            }
+            Reply::Failed { message, code } => return Some(fail(code, message)),
+        };
+        match written {
+            Ok(()) => None,
+            // The reader went away (`| head`).
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Some(ExitCode::from(74)),
+            Err(e) => Some(fail(74, format!("cannot write: {e}"))),
+        }
+    }
+}
+
+/// An export file holds token hashes: 0600 from its creation.
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// One record as a line for people: the values, tab-separated.
+fn readable(request: &Request, item: &serde_json::Value) -> String {
+    let keys: &[&str] = match request {
+        Request::Lookup { .. } => &["user_id", "token_prefix", "state", "grace_until"],
+        Request::Events { .. } => &[
+            "at",
+            "type",
+            "user_id",
+            "token_prefix",
+            "previous_prefix",
+            "actor",
+            "request_id",
+            "address",
+            "detail",
+        ],
+        _ => &[
+            "user_id",
+            "token_prefix",
+            "created_at",
+            "last_used_at",
+            "expires_at",
+        ],
+    };
+    keys.iter()
+        .filter_map(|key| match item.get(*key) {
+            Some(serde_json::Value::String(s)) => Some(match *key {
+                "previous_prefix" => format!("(was {s})"),
+                "actor" => format!("by {s}"),
+                "request_id" => format!("request {s}"),
+                "address" => format!("from {s}"),
+                _ => s.clone(),
+            }),
+            Some(serde_json::Value::Null) | None => match *key {
+                "last_used_at" => Some("never used".to_owned()),
+                "expires_at" => Some("no expiry".to_owned()),
+                _ => None,
+            },
+            Some(other) => Some(other.to_string()),
+        })
+        .collect::<Vec<_>>()
+        .join("\t")
+}
