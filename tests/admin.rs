@@ -471,3 +471,120 @@ async fn an_export_taken_while_rotations_run_has_every_acknowledged_token() {
         );
     }
 }
+
+/// What one user's client saw across the kills.
+#[derive(Default, Clone)]
+struct Seen {
+    /// Prefixes of the rotations answered 200, in order.
+    acked: Vec<String>,
+    /// Answered 429: refused, so never an event.
+    refused: usize,
+    /// A rotation whose answer never came (the kill): it may have landed.
+    in_flight: bool,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_audit_trail_survives_sigkill_exactly_as_the_changes_do() {
+    const USERS: usize = 4;
+    const CYCLES: usize = 5;
+    let dir = tempfile::tempdir().unwrap();
+    // A small burst, so some rotations are refused (429) between the others.
+    let config = write_config_with(
+        dir.path(),
+        "[rate_limit]\nmanagement_per_minute = 600\nmanagement_burst = 12",
+    );
+    let seen: Arc<Vec<Mutex<Seen>>> =
+        Arc::new((0..USERS).map(|_| Mutex::new(Seen::default())).collect());
+    let mut rng = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    eprintln!("audit crash test seed: {rng}");
+    for cycle in 0..CYCLES {
+        let mut server = Server::start(&config);
+        let base = server.base();
+        let clients: Vec<_> = (0..USERS)
+            .map(|user| {
+                let (seen, base) = (seen.clone(), base.clone());
+                tokio::spawn(async move {
+                    let client = reqwest::Client::new();
+                    let jwt = hs256_jwt(&format!("crash-{user}"));
+                    loop {
+                        seen[user].lock().unwrap().in_flight = true;
+                        let resp = client
+                            .post(format!("{base}/api/agent-tokens/me"))
+                            .bearer_auth(&jwt)
+                            .timeout(Duration::from_secs(10))
+                            .send()
+                            .await;
+                        let Ok(resp) = resp else { return };
+                        let status = resp.status().as_u16();
+                        let Ok(body) = resp.json::<Value>().await else {
+                            return;
+                        };
+                        let mut seen = seen[user].lock().unwrap();
+                        match status {
+                            200 => seen
+                                .acked
+                                .push(body["token_prefix"].as_str().unwrap().into()),
+                            429 => seen.refused += 1,
+                            other => panic!("rotation answered {other}: {body}"),
+                        }
+                        seen.in_flight = false;
+                    }
+                })
+            })
+            .collect();
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        tokio::time::sleep(Duration::from_millis(150 + (rng >> 33) % 450)).await;
+        server.signal("KILL");
+        tokio::task::spawn_blocking(move || {
+            server.wait_exit(10);
+        })
+        .await
+        .unwrap();
+        for c in clients {
+            c.await.unwrap();
+        }
+
+        // The server is down: the verb reads the store itself.
+        let events = json_lines(&admin_ok(&config, &["events", "--json"]));
+        for (user, state) in seen.iter().enumerate() {
+            let mut state = state.lock().unwrap();
+            let stored: Vec<String> = events
+                .iter()
+                .filter(|e| e["user_id"] == format!("crash-{user}"))
+                .map(|e| {
+                    assert!(matches!(e["type"].as_str(), Some("created" | "rotated")));
+                    e["token_prefix"].as_str().unwrap().to_owned()
+                })
+                .collect();
+            if stored.len() == state.acked.len() + 1 && state.in_flight {
+                // The rotation in flight at the kill landed: it is a change
+                // the store has, so it has its event; it is acknowledged
+                // from now on.
+                state.acked.push(stored.last().unwrap().clone());
+            }
+            assert_eq!(
+                stored, state.acked,
+                "cycle {cycle}, user {user}: one event per acknowledged rotation"
+            );
+            state.in_flight = false;
+        }
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", output_text(&out));
+    }
+    let refused: usize = seen.iter().map(|s| s.lock().unwrap().refused).sum();
+    let acked: usize = seen.iter().map(|s| s.lock().unwrap().acked.len()).sum();
+    eprintln!("audit crash test: {acked} rotations acknowledged, {refused} refused");
+    assert!(
+        refused > 0 && acked > USERS * CYCLES,
+        "{acked} acked, {refused} refused"
+    );
+}
