@@ -46,6 +46,18 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
     || { as_root apt-get update && as_root apt-get install -y --no-install-recommends systemd; }
 fi
 
+# Node.js and npm's oauth2-mock-server: a real OpenID provider on loopback
+# for the identity-provider tests (tests/idp.rs), pinned by tests/idp/package-lock.json.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  as_root apt-get install -y --no-install-recommends nodejs npm \
+    || { as_root apt-get update && as_root apt-get install -y --no-install-recommends nodejs npm; }
+fi
+if [ ! -f tests/idp/node_modules/.package-lock.json ] \
+  || [ tests/idp/package-lock.json -nt tests/idp/node_modules/.package-lock.json ]; then
+  (cd tests/idp && npm ci --no-audit --no-fund)
+fi
+
 # cargo-deb, for the Debian package (tests/deb.rs, scripts/offline-bundle.sh).
 CARGO_DEB_VERSION=3.8.0
 if [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb $CARGO_DEB_VERSION" ]; then

@@ -242,6 +242,12 @@ fn check_config(path: PathBuf) -> ExitCode {
         Ok(j) => j,
         Err(e) => return fail(EXIT_CONFIG, e),
     };
+    // Offline: the URL and jwt.ca_file are checked, nothing is fetched.
+    let keys = match crate::idp::Plan::from_settings(&settings) {
+        Ok(Some(plan)) => plan.describe(),
+        Ok(None) => jwt.describe_keys(),
+        Err(e) => return fail(EXIT_CONFIG, e),
+    };
     warn_obsolete(&settings);
     print_stdout(format_args!(
         "config OK: listen {}, storage {} (cache {} MiB), JWT {} with {}, user claim {:?}\n",
@@ -249,7 +255,7 @@ fn check_config(path: PathBuf) -> ExitCode {
         settings.storage.path.display(),
         settings.storage.cache_mb,
         settings.jwt.algorithms.join("/"),
-        jwt.describe_keys(),
+        keys,
         settings.jwt.user_claim,
     ));
     ExitCode::SUCCESS

@@ -260,6 +260,13 @@ pub struct JwtSettings {
     pub hmac_secret_file: Option<PathBuf>,
     pub public_key_file: Option<PathBuf>,
     pub jwks_file: Option<PathBuf>,
+    /// An identity provider's JWK set URL, fetched at start and refreshed
+    /// in the background (`crate::idp`).
+    pub jwks_url: Option<String>,
+    /// An issuer URL: its `/.well-known/openid-configuration` names the JWK set.
+    pub oidc_discovery_url: Option<String>,
+    /// PEM certificates trusted, besides the system's roots, for those URLs.
+    pub ca_file: Option<PathBuf>,
     pub issuer: Option<String>,
     pub audience: Option<String>,
     /// With keys someone else issues for many clients (a public key, a
@@ -277,6 +284,9 @@ impl Default for JwtSettings {
             hmac_secret_file: None,
             public_key_file: None,
             jwks_file: None,
+            jwks_url: None,
+            oidc_discovery_url: None,
+            ca_file: None,
             issuer: None,
             audience: None,
             require_audience: true,

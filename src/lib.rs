@@ -7,5 +7,6 @@ pub mod metrics;
 
 pub mod domain;
 pub mod http;
+pub mod idp;
 pub mod ops;
 pub mod store;

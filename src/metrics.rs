@@ -40,6 +40,12 @@ pub struct Metrics {
     pub tokens_expiring: IntGauge,
     pub audit_events: IntCounter,
     pub admin_actions: IntCounterVec,
+    /// Fetches of an identity provider's keys, by `result`.
+    pub idp_fetches: IntCounterVec,
+    pub jwt_keys_loaded: IntGauge,
+    jwt_key_set_age: IntGauge,
+    /// When the key set in use was loaded or fetched (Unix seconds; 0: none).
+    jwt_key_set_since: AtomicU64,
 }
 
 /// Token operations counted in `agent_tokens_token_operations_total{operation}`.
@@ -178,6 +184,26 @@ impl Metrics {
                 registry
             )
             .expect("metric registers"),
+            idp_fetches: register_int_counter_vec_with_registry!(
+                "idp_key_fetches_total",
+                "Fetches of the identity provider's keys by result: ok, timeout, network_error, http_error, too_large, invalid, issuer_mismatch.",
+                &["result"],
+                registry
+            )
+            .expect("metric registers"),
+            jwt_keys_loaded: register_int_gauge_with_registry!(
+                "jwt_keys_loaded",
+                "User JWT verification keys in use.",
+                registry
+            )
+            .expect("metric registers"),
+            jwt_key_set_age: register_int_gauge_with_registry!(
+                "jwt_key_set_age_seconds",
+                "Seconds since the key set in use was loaded or fetched from the identity provider; -1 while none is loaded.",
+                registry
+            )
+            .expect("metric registers"),
+            jwt_key_set_since: AtomicU64::new(0),
             registry,
         };
         // Present from the start, so rate() works before the first event.
@@ -236,6 +262,13 @@ impl Metrics {
             .set(i64::try_from(background_jobs).unwrap_or(i64::MAX));
     }
 
+    /// A key set of `keys` keys, loaded or fetched at `since` (Unix seconds).
+    pub fn jwt_key_set(&self, keys: usize, since: u64) {
+        self.jwt_keys_loaded
+            .set(i64::try_from(keys).unwrap_or(i64::MAX));
+        self.jwt_key_set_since.store(since, Ordering::Relaxed);
+    }
+
     pub fn observe_flush(&self, took: Duration, waiters: usize) {
         self.flush_duration.observe(took.as_secs_f64());
         self.flush_batch.observe(waiters as f64);
@@ -256,6 +289,16 @@ impl Metrics {
     /// The registry in Prometheus text format.
     pub fn render(&self) -> Result<String, prometheus::Error> {
         self.fold_operations();
+        let since = self.jwt_key_set_since.load(Ordering::Relaxed);
+        let age = match since {
+            0 => -1,
+            since => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |now| {
+                    i64::try_from(now.as_secs().saturating_sub(since)).unwrap_or(i64::MAX)
+                }),
+        };
+        self.jwt_key_set_age.set(age);
         let mut out = Vec::with_capacity(8 * 1024);
         TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
         String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))

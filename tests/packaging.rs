@@ -450,7 +450,7 @@ fn service_lines(unit: &str) -> Vec<String> {
 }
 
 #[test]
-fn both_units_allow_more_files_than_the_default_max_connections() {
+fn both_units_allow_more_files_than_the_default_max_connections_and_reload_on_sighup() {
     for unit in [UNIT, "debian/agent-tokens.service"] {
         let lines = service_lines(&std::fs::read_to_string(repo().join(unit)).unwrap());
         let limit: u64 = lines
@@ -462,7 +462,7 @@ fn both_units_allow_more_files_than_the_default_max_connections() {
         // limits.max_connections defaults to 10000; the store, the admin
         // socket and outgoing fetches need descriptors too.
         assert!(limit >= 10_000 + 1024, "{unit}: LimitNOFILE={limit}");
-        // SIGHUP re-reads files (tests/reload.rs); systemctl reload sends it.
+        // SIGHUP re-reads the key and client files (tests/idp.rs, tests/reload.rs).
         assert!(
             lines
                 .iter()

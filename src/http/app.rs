@@ -29,8 +29,10 @@ use crate::http::answers::Answers;
 use crate::http::audit::{AuditFile, AuditRequests, Listeners};
 use crate::http::conn::{Deadlines, RequestPhase, TimedStream};
 use crate::http::limits::RequestLimits;
+use crate::http::reload::{self, Reloads};
 use crate::http::state::{AppState, OAuthClients, Readiness};
 use crate::http::{openapi, routes};
+use crate::idp::{self, KeySource};
 use crate::metrics::METRICS;
 use crate::store::error::StoreError;
 use crate::store::records::ChangeListener;
@@ -54,6 +56,8 @@ pub enum StartupError {
     },
     #[error("the HTTP server failed: {0}")]
     Server(#[source] std::io::Error),
+    #[error("cannot start fetching the identity provider's keys: {0}")]
+    KeyFetcher(#[source] std::io::Error),
 }
 
 /// A bound, ready-to-run server.
@@ -62,6 +66,7 @@ pub struct Application {
     metrics_port: Option<u16>,
     server: Server,
     state: Arc<AppState>,
+    reloads: Reloads,
 }
 
 impl Application {
@@ -73,7 +78,8 @@ impl Application {
     /// [`Application::build`] with a clock tests can move.
     pub fn build_with_clock(settings: &Settings, clock: Clock) -> Result<Self, StartupError> {
         settings.validate()?;
-        let jwt = JwtVerifier::from_settings(&settings.jwt)?;
+        let jwt = Arc::new(JwtVerifier::from_settings(&settings.jwt)?);
+        let idp_plan = idp::Plan::from_settings(settings)?;
         let oauth = match &settings.introspection.clients_file {
             Some(path) => Some(OAuthClients {
                 clients: ClientsFile::load(path)?,
@@ -109,10 +115,23 @@ impl Application {
                     e => StartupError::Store(e),
                 }
             })?;
+        // After the store: the saved key set lives in its directory.
+        let idp = match idp_plan {
+            Some(plan) => {
+                Some(KeySource::start(plan, Arc::clone(&jwt)).map_err(StartupError::KeyFetcher)?)
+            }
+            None => {
+                METRICS.jwt_key_set(jwt.key_count(), clock.now());
+                None
+            }
+        };
+        let reloads = Reloads::default();
+        reloads.register("JWT keys", reload::jwt_keys(Arc::clone(&jwt), idp.clone()));
         let state = Arc::new(AppState {
             store,
             answers,
             jwt,
+            idp,
             rng: SystemRandom::new(),
             clock,
             policy: TokenPolicy::from_settings(&settings.tokens),
@@ -124,13 +143,23 @@ impl Application {
             audit_retention_days: settings.audit.retention_days,
             admin_secret: settings.admin_secret()?.as_ref().map(AdminSecret::new),
         });
-        Self::serve(listener, metrics_listener, state, settings)
+        if state.oauth.is_some() {
+            let weak = Arc::downgrade(&state);
+            reloads.register("introspection.clients_file", move || {
+                let state = weak.upgrade();
+                Box::pin(async move {
+                    state.map_or_else(|| Ok("the server is stopping".to_owned()), |s| s.reload())
+                })
+            });
+        }
+        Self::serve(listener, metrics_listener, state, reloads, settings)
     }
 
     fn serve(
         listener: TcpListener,
         metrics_listener: Option<TcpListener>,
         state: Arc<AppState>,
+        reloads: Reloads,
         settings: &Settings,
     ) -> Result<Self, StartupError> {
         let server_settings = &settings.server;
@@ -238,6 +267,7 @@ impl Application {
             metrics_port,
             server,
             state,
+            reloads,
         })
     }
 
@@ -255,6 +285,11 @@ impl Application {
     /// weak, so it never keeps the store open past the stop.
     pub fn state(&self) -> Weak<AppState> {
         Arc::downgrade(&self.state)
+    }
+
+    /// What `SIGHUP` runs; register a part's own reload here. Tests run it directly.
+    pub fn reloads(&self) -> Reloads {
+        self.reloads.clone()
     }
 
     /// A handle to stop the server (`stop(true)` finishes in-flight requests).
@@ -279,14 +314,15 @@ impl Application {
             handle.stop(true).await;
         });
         // Also before READY=1: SIGHUP's default disposition ends the process.
-        let reloads = reload_on_hangup(Arc::downgrade(&self.state));
+        let reloader = tokio::spawn(reload_on_hangup(
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()),
+            self.reloads.clone(),
+        ));
         on_ready(self.port);
         notify_systemd(&[NotifyState::Ready]);
         let result = self.run_until_stopped().await;
         signals.abort();
-        if let Some(reloads) = reloads {
-            reloads.abort();
-        }
+        reloader.abort();
         result
     }
 
@@ -448,26 +484,6 @@ async fn count_expiring_periodically(state: Weak<AppState>) {
     }
 }
 
-/// Installs a SIGHUP handler now (`systemctl reload`): each SIGHUP re-reads
-/// what can change without a restart (see [`AppState::reload`]).
-fn reload_on_hangup(state: Weak<AppState>) -> Option<tokio::task::JoinHandle<()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangups = match signal(SignalKind::hangup()) {
-        Ok(hangups) => hangups,
-        Err(e) => {
-            log::error!("cannot install a SIGHUP handler ({e}); restart to re-read files");
-            return None;
-        }
-    };
-    Some(tokio::spawn(async move {
-        while hangups.recv().await.is_some() {
-            let Some(state) = state.upgrade() else { return };
-            log::info!("SIGHUP: re-reading files");
-            state.reload();
-        }
-    }))
-}
-
 /// Installs SIGTERM (systemd's stop) and SIGINT (Ctrl-C) handlers now and
 /// returns a future that resolves, with the signal's name, when one arrives.
 fn shutdown_signal() -> impl std::future::Future<Output = &'static str> {
@@ -487,6 +503,21 @@ fn shutdown_signal() -> impl std::future::Future<Output = &'static str> {
                 std::future::pending().await
             }
         }
+    }
+}
+
+/// Runs the reload hooks on every SIGHUP (`systemctl reload`).
+async fn reload_on_hangup(hangups: std::io::Result<tokio::signal::unix::Signal>, reloads: Reloads) {
+    let mut hangups = match hangups {
+        Ok(hangups) => hangups,
+        Err(e) => {
+            log::error!("cannot handle SIGHUP ({e}); restart the service to reload keys");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        log::info!("SIGHUP: reloading");
+        reloads.run().await;
     }
 }
 

@@ -5,19 +5,22 @@
 //! Missing or malformed headers, agent tokens and invalid JWTs each map to
 //! their own `ApiError`; the credential itself is never logged or echoed.
 
-use std::future::{ready, Ready};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use actix_web::dev::Payload;
 use actix_web::http::header::{HeaderValue, AUTHORIZATION};
-use actix_web::{FromRequest, HttpRequest};
+use actix_web::{web, FromRequest, HttpRequest};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use secrecy::zeroize::Zeroizing;
 
-use crate::domain::jwt::JwtVerifier;
+use crate::domain::jwt::{JwtError, JwtVerifier};
 use crate::domain::token::{looks_like_agent_token, PresentedToken, TokenError};
 use crate::domain::user::UserId;
 use crate::http::error::{ApiError, VerifyRefusal};
+use crate::http::state::AppState;
 
 /// The bearer credential in an `Authorization` header value.
 ///
@@ -57,7 +60,10 @@ pub fn authenticate_user(
     if looks_like_agent_token(credential) {
         return Err(ApiError::AgentTokenNotAllowed);
     }
-    jwt.verify(credential).map_err(ApiError::InvalidJwt)
+    jwt.verify(credential).map_err(|e| match e {
+        JwtError::NoKeySet => ApiError::KeysNotLoaded,
+        e => ApiError::InvalidJwt(e),
+    })
 }
 
 /// Where the verify route decodes a Basic credential: empty (and free)
@@ -157,14 +163,64 @@ impl UserJwt {
         state.limits.check(req)?;
         authenticate_user(req.headers().get(AUTHORIZATION), &state.jwt).map(UserJwt)
     }
+
+    /// After a token named a key the set lacks: once the identity
+    /// provider's set is fetched again (or the cooldown says no), verify
+    /// again. Only this request waits; the others go on with the set in use.
+    async fn after_refetch(
+        state: web::Data<AppState>,
+        header: Option<HeaderValue>,
+    ) -> Result<Self, ApiError> {
+        if let Some(idp) = &state.idp {
+            idp.after_unknown_kid().await;
+        }
+        authenticate_user(header.as_ref(), &state.jwt).map(UserJwt)
+    }
+}
+
+/// The extractor's answer: at once, or after a refetch of the keys.
+pub enum UserJwtFuture {
+    Ready(Option<Result<UserJwt, ApiError>>),
+    Refetching(Pin<Box<dyn Future<Output = Result<UserJwt, ApiError>>>>),
+}
+
+impl Future for UserJwtFuture {
+    type Output = Result<UserJwt, ApiError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            UserJwtFuture::Ready(answer) => Poll::Ready(
+                answer
+                    .take()
+                    .unwrap_or(Err(ApiError::Internal("user JWT answer polled twice"))),
+            ),
+            UserJwtFuture::Refetching(future) => future.as_mut().poll(cx),
+        }
+    }
 }
 
 impl FromRequest for UserJwt {
     type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
+    type Future = UserJwtFuture;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(Self::authenticate(req))
+        let answer = Self::authenticate(req);
+        if matches!(
+            answer,
+            Err(ApiError::InvalidJwt(JwtError::UnknownKid) | ApiError::KeysNotLoaded)
+        ) {
+            if let Some(state) = req
+                .app_data::<web::Data<AppState>>()
+                .filter(|state| state.idp.is_some())
+            {
+                let header = req.headers().get(AUTHORIZATION).cloned();
+                return UserJwtFuture::Refetching(Box::pin(Self::after_refetch(
+                    state.clone(),
+                    header,
+                )));
+            }
+        }
+        UserJwtFuture::Ready(Some(answer))
     }
 }
 

@@ -82,6 +82,10 @@ pub enum ApiError {
     /// Storage cannot take a durable write right now (`/readyz`).
     #[error("storage is not ready: {0}")]
     NotReady(#[source] crate::store::StoreError),
+    /// No user JWT key set is loaded: the identity provider has not
+    /// answered since start and no saved copy exists.
+    #[error("no JWT key set is loaded yet")]
+    KeysNotLoaded,
     /// Too many management requests from one client address.
     #[error("rate limited (client address)")]
     RateLimited { retry_after_secs: u64 },
@@ -117,7 +121,7 @@ impl ApiError {
             ApiError::InvalidClient => "invalid_client",
             ApiError::InvalidRequest(_) => "invalid_request",
             ApiError::Failed { .. } | ApiError::Internal(_) => "internal_error",
-            ApiError::NotReady(_) => "not_ready",
+            ApiError::NotReady(_) | ApiError::KeysNotLoaded => "not_ready",
             ApiError::RateLimited { .. } | ApiError::TooManyChanges { .. } => "rate_limited",
             ApiError::HeadersTooLarge => "headers_too_large",
             ApiError::PayloadTooLarge => "payload_too_large",
@@ -141,6 +145,9 @@ impl ApiError {
             ApiError::Failed { op, .. } => op.failure_message(),
             ApiError::Internal(_) => "Internal server error.",
             ApiError::NotReady(_) => "Storage is not accepting writes.",
+            ApiError::KeysNotLoaded => {
+                "The identity provider's keys are not loaded yet. Retry later."
+            }
             ApiError::RateLimited { .. } => "Too many requests from this address. Retry later.",
             ApiError::TooManyChanges { .. } => "Too many token changes for this user. Retry later.",
             ApiError::HeadersTooLarge => "The request headers are too large.",
@@ -217,7 +224,7 @@ impl ResponseError for ApiError {
             | ApiError::InvalidClient => StatusCode::UNAUTHORIZED,
             ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Failed { .. } | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotReady(_) | ApiError::KeysNotLoaded => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RateLimited { .. } | ApiError::TooManyChanges { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }

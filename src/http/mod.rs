@@ -8,5 +8,6 @@ pub mod conn;
 pub mod error;
 pub mod limits;
 pub mod openapi;
+pub mod reload;
 pub mod routes;
 pub mod state;

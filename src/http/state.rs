@@ -15,6 +15,7 @@ use crate::http::answers::Answers;
 use crate::http::audit::AuditRequests;
 use crate::http::error::ApiError;
 use crate::http::limits::RequestLimits;
+use crate::idp::KeySource;
 use crate::store::error::StoreError;
 use crate::store::Store;
 
@@ -23,7 +24,9 @@ pub struct AppState {
     pub store: Store,
     /// Remembered verify and status answers; the store's writes keep them exact.
     pub answers: Arc<Answers>,
-    pub jwt: JwtVerifier,
+    pub jwt: Arc<JwtVerifier>,
+    /// Fetches the identity provider's keys, when they come from a URL.
+    pub idp: Option<KeySource>,
     pub rng: SystemRandom,
     pub clock: Clock,
     pub policy: TokenPolicy,
@@ -74,15 +77,17 @@ impl AppState {
         })
     }
 
-    /// Re-reads what SIGHUP re-reads: `introspection.clients_file`. A file
-    /// that fails to read or parse is logged and the previous list stays.
-    pub fn reload(&self) {
-        if let Some(oauth) = &self.oauth {
-            let path = oauth.clients.path().display();
-            match oauth.clients.reload() {
-                Ok(n) => log::info!("introspection.clients_file {path}: {n} client(s)"),
-                Err(e) => log::error!("{e} The previous clients stay in force."),
-            }
+    /// Re-reads `introspection.clients_file`: a SIGHUP hook (see
+    /// `crate::http::reload`, which logs the outcome). A file that fails to
+    /// read or parse changes nothing; the error names key and line, never a secret.
+    pub fn reload(&self) -> crate::http::reload::ReloadResult {
+        let Some(oauth) = &self.oauth else {
+            return Ok("not configured".to_owned());
+        };
+        let path = oauth.clients.path().display();
+        match oauth.clients.reload() {
+            Ok(n) => Ok(format!("{path}: {n} client(s)")),
+            Err(e) => Err(format!("{e} The previous clients stay in force.")),
         }
     }
 }

@@ -53,6 +53,9 @@ impl DevMode {
                 "jwt.hmac_secret_file",
                 "jwt.public_key_file",
                 "jwt.jwks_file",
+                "jwt.jwks_url",
+                "jwt.oidc_discovery_url",
+                "jwt.ca_file",
             ],
         }
     }

@@ -2,10 +2,12 @@
 
 use super::*;
 
+use std::fs;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use jsonwebtoken::{encode, EncodingKey, Header};
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{encode, DecodingKey, EncodingKey, Header};
 use secrecy::SecretString;
 use serde_json::json;
 use tempfile::NamedTempFile;
@@ -124,7 +126,7 @@ fn an_unknown_algorithm_name_is_refused_with_the_list_of_known_ones() {
 fn a_repeated_algorithm_is_accepted_once() {
     let verifier =
         JwtVerifier::from_settings(&with_secret(&["HS256", "HS256"], SECRET_32)).unwrap();
-    assert_eq!(verifier.allowed, vec![Algorithm::HS256]);
+    assert_eq!(verifier.rules.allowed, vec![Algorithm::HS256]);
 }
 
 // --- HMAC secret ---
@@ -388,7 +390,7 @@ fn no_key_at_all_is_refused() {
     for algorithms in [&["HS256"][..], &["RS256"][..], &["EdDSA", "ES256"][..]] {
         assert_eq!(
             config_error(&settings(algorithms)),
-            "No JWT key is configured: set jwt.hmac_secret, jwt.hmac_secret_file, jwt.public_key_file or jwt.jwks_file."
+            "No JWT key is configured: set jwt.hmac_secret, jwt.hmac_secret_file, jwt.public_key_file, jwt.jwks_file, jwt.jwks_url or jwt.oidc_discovery_url."
         );
     }
 }
@@ -1032,4 +1034,151 @@ fn an_hmac_secret_needs_no_audience() {
     let exp = jsonwebtoken::get_current_timestamp() + 600;
     let token = hs256(&json!({ "sub": "u", "exp": exp, "aud": "anything" }));
     assert_eq!(verifier.verify(&token).unwrap().as_str(), "u");
+}
+
+// --- key sets from an identity provider, swapped at run time ---
+
+fn with_jwks_url(algorithms: &[&str]) -> JwtSettings {
+    JwtSettings {
+        jwks_url: Some("https://sso.example/certs".to_owned()),
+        audience: Some(AUDIENCE.to_owned()),
+        ..settings(algorithms)
+    }
+}
+
+fn idp_set(verifier: &JwtVerifier, keys: &[serde_json::Value]) -> KeySet {
+    let body = json!({ "keys": keys }).to_string();
+    verifier.parse_idp_keys(body.as_bytes()).unwrap().set
+}
+
+#[test]
+fn a_url_source_starts_without_keys_and_refuses_until_a_set_arrives() {
+    let verifier = JwtVerifier::from_settings(&with_jwks_url(&["RS256"])).unwrap();
+    assert!(verifier.from_idp() && !verifier.has_keys());
+    let token = sign(Algorithm::RS256, "rsa", Some("rsa-1"));
+    assert_eq!(verifier.verify(&token).unwrap_err(), JwtError::NoKeySet);
+    verifier.replace_keys(idp_set(&verifier, &[fixture_jwk("rsa-1")]));
+    assert_eq!(verifier.verify(&token).unwrap().as_str(), "user-1");
+}
+
+#[test]
+fn a_url_source_excludes_every_other_key_source() {
+    let s = JwtSettings {
+        oidc_discovery_url: Some("https://sso.example".to_owned()),
+        ..with_jwks_url(&["RS256"])
+    };
+    assert_eq!(
+        config_error(&s),
+        "Set only one JWT key source: jwt.jwks_url, jwt.oidc_discovery_url are all set, and jwt.jwks_url brings every key the identity provider publishes; remove the others."
+    );
+    let s = JwtSettings {
+        public_key_file: Some(fixture("rsa_public.pem")),
+        ..with_jwks_url(&["RS256"])
+    };
+    assert!(config_error(&s)
+        .starts_with("Set only one JWT key source: jwt.public_key_file, jwt.jwks_url are all set"));
+    let s = JwtSettings {
+        audience: None,
+        ..with_jwks_url(&["RS256"])
+    };
+    assert!(config_error(&s).starts_with("jwt.audience is required with jwt.jwks_url "));
+    assert_eq!(
+        config_error(&with_jwks_url(&["HS256"])),
+        "jwt.jwks_url is set but jwt.algorithms lists only HMAC algorithms; list the identity provider's signing algorithm (RS256 for most)."
+    );
+}
+
+#[test]
+fn a_remembered_answer_goes_with_its_key() {
+    let verifier = JwtVerifier::from_settings(&with_jwks_url(&["RS256", "ES256"])).unwrap();
+    let (rsa, ec) = (fixture_jwk("rsa-1"), fixture_jwk("ec-1"));
+    verifier.replace_keys(idp_set(&verifier, &[rsa.clone(), ec.clone()]));
+    let by_rsa = sign(Algorithm::RS256, "rsa", Some("rsa-1"));
+    let by_ec = sign(Algorithm::ES256, "ec256", Some("ec-1"));
+    assert!(verifier.verify(&by_rsa).is_ok() && verifier.verify(&by_ec).is_ok());
+
+    // The same keys again (a refresh that changed nothing): remembered answers stay.
+    assert!(!verifier.replace_keys(idp_set(&verifier, &[ec.clone(), rsa.clone()])));
+    assert!(verifier.verify(&by_rsa).is_ok());
+
+    // rsa-1 leaves: its token, remembered a moment ago, is refused at once.
+    assert!(verifier.replace_keys(idp_set(&verifier, std::slice::from_ref(&ec))));
+    assert_eq!(verifier.verify(&by_rsa).unwrap_err(), JwtError::UnknownKid);
+    assert!(verifier.verify(&by_ec).is_ok());
+
+    // A different key under a known kid counts as the old one leaving.
+    let mut other = fixture_jwk("rsa-1");
+    other["kid"] = json!("ec-1");
+    assert!(verifier.replace_keys(idp_set(&verifier, &[other])));
+    assert!(verifier.verify(&by_ec).is_err());
+}
+
+#[test]
+fn a_published_set_skips_keys_it_cannot_use_and_refuses_garbage() {
+    let verifier = JwtVerifier::from_settings(&with_jwks_url(&["RS256"])).unwrap();
+    let mut enc = fixture_jwk("rsa-1");
+    enc["kid"] = json!("enc-1");
+    enc["use"] = json!("enc");
+    let mut p521 = fixture_jwk("ec-1");
+    p521["kid"] = json!("p521");
+    p521["crv"] = json!("P-521");
+    let hmac =
+        json!({ "kty": "oct", "kid": "h", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA" });
+    let odd =
+        json!({ "kty": "RSA", "kid": "odd", "alg": "RSA-OAEP-256", "n": "AQAB", "e": "AQAB" });
+    let keys = [
+        fixture_jwk("rsa-1"),
+        fixture_jwk("ec-1"), // ES256 is not configured
+        enc,
+        p521,
+        hmac,
+        odd,
+        json!({ "kty": "nonsense" }),
+    ];
+    let body = json!({ "keys": keys }).to_string();
+    let parsed = verifier.parse_idp_keys(body.as_bytes()).unwrap();
+    assert_eq!(parsed.set.kids(), vec!["rsa-1"]);
+    assert_eq!(parsed.ignored, 6);
+    assert_eq!(parsed.usable.len(), 1);
+
+    for (body, err) in [
+        ("<html>", JwksError::NotJson),
+        ("{\"keys\": {}}", JwksError::NotAJwkSet),
+        ("[]", JwksError::NotAJwkSet),
+        ("{\"keys\": []}", JwksError::NoUsableKey { ignored: 0 }),
+    ] {
+        assert_eq!(verifier.parse_idp_keys(body.as_bytes()).err(), Some(err));
+    }
+    let twice = json!({ "keys": [fixture_jwk("rsa-1"), fixture_jwk("rsa-1")] }).to_string();
+    assert_eq!(
+        verifier.parse_idp_keys(twice.as_bytes()).err(),
+        Some(JwksError::DuplicateKid("rsa-1".to_owned()))
+    );
+}
+
+#[test]
+fn a_reload_reads_the_key_file_again_and_a_bad_file_changes_nothing() {
+    let file = temp_file(&fs::read(fixture("rsa_public.pem")).unwrap());
+    let verifier =
+        JwtVerifier::from_settings(&with_public_key(&["RS256"], file.path().to_owned())).unwrap();
+    let old = sign(Algorithm::RS256, "rsa", None);
+    let new = sign(Algorithm::RS256, "rsa_other", None);
+    assert!(verifier.verify(&old).is_ok() && verifier.verify(&new).is_err());
+
+    fs::write(file.path(), b"not a key").unwrap();
+    assert!(verifier
+        .reload_files()
+        .unwrap_err()
+        .to_string()
+        .contains("is not a PEM public key"));
+    assert!(verifier.verify(&old).is_ok());
+
+    fs::write(
+        file.path(),
+        fs::read(fixture("rsa_other_public.pem")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(verifier.reload_files().unwrap(), Some(1));
+    assert!(verifier.verify(&new).is_ok());
+    assert_eq!(verifier.verify(&old).unwrap_err(), JwtError::BadSignature);
 }

@@ -37,19 +37,23 @@ pub async fn healthz() -> HttpResponse {
         .body("ok")
 }
 
-/// Handles `GET /readyz`: 200 only when the store accepts a durable write now.
+/// Handles `GET /readyz`: 200 only when a JWT key set is loaded and the
+/// store accepts a durable write now.
 #[utoipa::path(
     get,
     path = "/readyz",
     tag = "health",
     operation_id = "readyz",
-    summary = "Readiness: storage accepts a durable write now",
+    summary = "Readiness: a JWT key set is loaded and storage accepts a durable write now",
     responses(
         (status = 200, description = "Always `ready`.", body = String, content_type = "text/plain"),
-        (status = 503, description = "Storage is not accepting writes.", body = crate::http::error::ErrorBody),
+        (status = 503, description = "No JWT key set is loaded yet (the identity provider has not answered and no saved copy exists), or storage is not accepting writes.", body = crate::http::error::ErrorBody),
     ),
 )]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if !state.jwt.has_keys() {
+        return Err(ApiError::KeysNotLoaded);
+    }
     state
         .readiness
         .check(&state.store, state.clock.now())
