@@ -1,133 +1,14 @@
 //! `agent-tokens export` and `import`, run as an operator runs them: against
 //! real config files and stores, with the built binary and a real server.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::path::Path;
+use std::process::Output;
 
+use common::{hs256_jwt, run, write_config, Server, TestConfig, SECRET};
 use serde_json::{json, Value};
-
-const BIN: &str = env!("CARGO_BIN_EXE_agent-tokens");
-const SECRET: &str = "backup-test-secret-of-at-least-32-bytes";
-
-/// Writes `dir/agent-tokens.toml` with its store in `dir/db`.
-fn write_config(dir: &Path, tokens: &str) -> PathBuf {
-    let secret_file = dir.join("jwt-secret");
-    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
-    let config = dir.join("agent-tokens.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nbind = \"127.0.0.1:0\"\n\n[storage]\npath = \"{}\"\ncache_mb = 8\n\n\
-             [jwt]\nalgorithms = [\"HS256\"]\nhmac_secret_file = \"{}\"\n\n[tokens]\n{tokens}\n",
-            dir.join("db").display(),
-            secret_file.display()
-        ),
-    )
-    .unwrap();
-    config
-}
-
-/// A running server, killed if a test panics.
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    fn start(config: &Path) -> Self {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .env_remove("AGENT_TOKENS__SERVER__BIND")
-            .env_remove("AGENT_TOKENS__STORAGE__PATH")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        // Reads the log for the port, then keeps draining it so the child never blocks.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        let mut seen = Vec::new();
-        let port = loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(30))
-                .unwrap_or_else(|_| panic!("the server did not start; log: {seen:#?}"));
-            if let Some(rest) = line.split("listening on port ").nth(1) {
-                break rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .parse::<u16>()
-                    .unwrap();
-            }
-            seen.push(line);
-        };
-        Self {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    /// SIGTERM, as systemd stops it, and wait for a clean exit.
-    fn stop(mut self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        for _ in 0..300 {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "the server exited with {status:?}");
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the server did not stop within 15 s of SIGTERM");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Runs `agent-tokens <command> --config <config> [extra]` with `input` on stdin.
-fn run(command: &str, config: &Path, extra: &[&str], input: &[u8]) -> Output {
-    let mut child = Command::new(BIN)
-        .arg(command)
-        .arg("--config")
-        .arg(config)
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .env_remove("AGENT_TOKENS__STORAGE__PATH")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    // The import may stop reading early on a bad line: ignore a broken pipe.
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    out
-}
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -150,19 +31,6 @@ fn user_lines(export: &str) -> Vec<Value> {
         .skip(1)
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
-}
-
-fn jwt(sub: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &json!({"sub": sub, "exp": now + 600}),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
 }
 
 async fn call(client: &reqwest::Client, method: &str, url: String, bearer: &str) -> (u16, Value) {
@@ -197,9 +65,11 @@ async fn verify(client: &reqwest::Client, base: &str, token: &str) -> (u16, Opti
 #[tokio::test]
 async fn an_export_restores_every_token_into_a_new_store_with_another_config() {
     let a = tempfile::tempdir().unwrap();
-    let config_a = write_config(a.path(), "rotation_grace_secs = 3600");
+    let config_a = TestConfig::served(a.path())
+        .set("tokens", "rotation_grace_secs", 3600)
+        .write(a.path());
     let server = Server::start(&config_a);
-    let base = server.base.clone();
+    let base = server.base();
     let client = reqwest::Client::new();
     let users = ["alice", "bob", "carol", "dave", "ünïcødé@example.com"];
     let mut tokens: BTreeMap<&str, String> = BTreeMap::new();
@@ -208,7 +78,7 @@ async fn an_export_restores_every_token_into_a_new_store_with_another_config() {
             &client,
             "POST",
             format!("{base}/api/agent-tokens/me/get-or-create"),
-            &jwt(user),
+            &hs256_jwt(user),
         )
         .await;
         assert_eq!(status, 200, "{body}");
@@ -219,7 +89,7 @@ async fn an_export_restores_every_token_into_a_new_store_with_another_config() {
         &client,
         "POST",
         format!("{base}/api/agent-tokens/me"),
-        &jwt("bob"),
+        &hs256_jwt("bob"),
     )
     .await;
     assert_eq!(status, 200, "{body}");
@@ -231,7 +101,7 @@ async fn an_export_restores_every_token_into_a_new_store_with_another_config() {
         &client,
         "DELETE",
         format!("{base}/api/agent-tokens/me"),
-        &jwt("dave"),
+        &hs256_jwt("dave"),
     )
     .await;
     assert_eq!(status, 204);
@@ -262,7 +132,7 @@ async fn an_export_restores_every_token_into_a_new_store_with_another_config() {
             &client,
             "GET",
             format!("{base}/api/agent-tokens/me"),
-            &jwt(user),
+            &hs256_jwt(user),
         )
         .await;
         assert_eq!(status, 200);
@@ -307,7 +177,9 @@ async fn an_export_restores_every_token_into_a_new_store_with_another_config() {
 
     // Restore into an empty directory with a different config (no grace window).
     let b = tempfile::tempdir().unwrap();
-    let config_b = write_config(b.path(), "rotation_grace_secs = 0");
+    let config_b = TestConfig::served(b.path())
+        .set("tokens", "rotation_grace_secs", 0)
+        .write(b.path());
     let out = import(&config_b, &[], &exported);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
@@ -320,14 +192,14 @@ async fn an_export_restores_every_token_into_a_new_store_with_another_config() {
     assert_eq!(user_lines(&export(&config_b)), user_lines(&exported));
 
     let server = Server::start(&config_b);
-    let base = server.base.clone();
+    let base = server.base();
     // /me first: a verify could stamp a new last-used minute.
     for user in users {
         let (status, me) = call(
             &client,
             "GET",
             format!("{base}/api/agent-tokens/me"),
-            &jwt(user),
+            &hs256_jwt(user),
         )
         .await;
         assert_eq!(status, 200);
@@ -394,7 +266,7 @@ fn backup_text(users: &[Value]) -> String {
 #[test]
 fn import_refuses_a_non_empty_store_without_force_and_replaces_it_with_force() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "");
+    let config = write_config(dir.path());
     let first = backup_text(&[user_value("one"), with_grace(user_value("two"))]);
     let second = backup_text(&[user_value("three")]);
     let out = import(&config, &[], &first);
@@ -628,13 +500,13 @@ fn a_bad_line_is_refused_with_its_number_and_nothing_is_written() {
 
     // A target that already holds data: even with --force, a bad file changes nothing.
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "");
+    let config = write_config(dir.path());
     let existing = backup_text(&[user_value("existing"), with_grace(user_value("other"))]);
     assert!(import(&config, &[], &existing).status.success());
     let before = export(&config);
     // A target that does not exist yet: it is not even created.
     let fresh = tempfile::tempdir().unwrap();
-    let fresh_config = write_config(fresh.path(), "");
+    let fresh_config = write_config(fresh.path());
 
     let mut inputs: Vec<(Vec<u8>, usize, String)> = cases
         .into_iter()
@@ -680,7 +552,7 @@ fn a_bad_line_is_refused_with_its_number_and_nothing_is_written() {
 #[tokio::test]
 async fn export_and_import_say_plainly_when_the_server_holds_the_store() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "");
+    let config = write_config(dir.path());
     let server = Server::start(&config);
     let expected = format!(
         "agent-tokens: the store at {} is in use (is the server running?)",
@@ -720,7 +592,7 @@ async fn export_and_import_say_plainly_when_the_server_holds_the_store() {
 #[test]
 fn export_of_a_missing_store_says_so_and_creates_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "");
+    let config = write_config(dir.path());
     let out = run("export", &config, &[], b"");
     assert_eq!(out.status.code(), Some(66), "{}", stderr(&out));
     assert_eq!(

@@ -18,7 +18,7 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-pub const HMAC_SECRET: &str = "test-secret-that-is-at-least-32-bytes-long!";
+pub use crate::common::{TestConfig, SECRET as HMAC_SECRET};
 
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -31,36 +31,6 @@ pub fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-/// The `[jwt]` section (and anything else) of a test config, as TOML.
-#[derive(Clone)]
-pub struct TestConfig {
-    pub toml: String,
-}
-
-impl TestConfig {
-    /// HS256 with [`HMAC_SECRET`].
-    pub fn hs256() -> Self {
-        Self {
-            toml: format!("[jwt]\nalgorithms = [\"HS256\"]\nhmac_secret = \"{HMAC_SECRET}\"\n"),
-        }
-    }
-
-    /// Arbitrary `[jwt]` body lines, e.g. `algorithms = ["RS256"]`.
-    pub fn jwt(lines: &str) -> Self {
-        Self {
-            toml: format!("[jwt]\n{lines}\n"),
-        }
-    }
-
-    /// Appends more TOML (a whole other section).
-    pub fn with(mut self, more: &str) -> Self {
-        self.toml.push('\n');
-        self.toml.push_str(more);
-        self.toml.push('\n');
-        self
-    }
 }
 
 pub struct TestApp {
@@ -76,17 +46,10 @@ pub struct TestApp {
 }
 
 pub fn settings_for(config: &TestConfig, db_path: &Path) -> Settings {
-    // Tests fire many requests from one address; the rate-limit tests opt in.
-    let rate_limit = if config.toml.contains("[rate_limit]") {
-        ""
-    } else {
-        "[rate_limit]\nmanagement_per_minute = 0\n"
-    };
-    let toml = format!(
-        "[server]\nbind = \"127.0.0.1:0\"\naccess_log = false\n[storage]\npath = \"{}\"\ncache_mb = 8\n{rate_limit}{}",
-        db_path.display(),
-        config.toml
-    );
+    let toml = config
+        .clone()
+        .or_set("server", "access_log", false)
+        .to_toml(db_path);
     Settings::load(Sources {
         file: None,
         overlay: Some(Overlay {

@@ -1,4 +1,7 @@
-//! Integration tests against the real App on port 0 with a temporary sled directory.
+//! Integration tests against the real App on port 0 with a temporary data directory.
+
+#[path = "../common/mod.rs"]
+mod common;
 
 mod audit;
 mod caddy;

@@ -2,57 +2,194 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_agent-tokens");
-pub const SECRET: &str = "smoke-test-secret-of-at-least-32-bytes";
+/// The HS256 key of every test's user JWTs.
+pub const SECRET: &str = "test-secret-that-is-at-least-32-bytes-long!";
 
-/// Writes a config (with `extra` TOML appended) whose store lives in `dir/db`.
-pub fn write_config_with(dir: &Path, extra: &str) -> PathBuf {
-    let secret_file = dir.join("jwt-secret");
-    // A trailing newline, as `echo` or `openssl rand -hex` leave it.
-    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
-    let config = dir.join("agent-tokens.toml");
-    // Load tests fire many requests from one address; rate-limit tests opt in.
-    let rate_limit = if extra.contains("[rate_limit]") {
-        ""
+/// A test's configuration: TOML sections of typed values, written out
+/// whole with the store's path. A test starts from a constructor and adds
+/// what it needs with [`TestConfig::set`] or a TOML fragment
+/// ([`TestConfig::with`]).
+#[derive(Clone, Debug, Default)]
+pub struct TestConfig {
+    sections: toml::Table,
+}
+
+impl TestConfig {
+    /// User JWTs signed with HS256 and [`SECRET`], given inline.
+    pub fn hs256() -> Self {
+        Self::default()
+            .set("jwt", "algorithms", vec!["HS256"])
+            .set("jwt", "hmac_secret", SECRET)
+    }
+
+    /// The `[jwt]` section from TOML lines, e.g. `algorithms = ["RS256"]`.
+    pub fn jwt(lines: &str) -> Self {
+        Self::default().with(&format!("[jwt]\n{lines}"))
+    }
+
+    /// What the binary is served with by an operator: HS256 with the secret
+    /// in `dir/jwt-secret` (a trailing newline, as `echo` leaves it), and
+    /// the access log on.
+    pub fn served(dir: &Path) -> Self {
+        let secret_file = dir.join("jwt-secret");
+        std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+        Self::default()
+            .set("server", "access_log", true)
+            .set("jwt", "algorithms", vec!["HS256"])
+            .set("jwt", "hmac_secret_file", secret_file.display().to_string())
+            .set("jwt", "leeway_secs", 30)
+            .set("jwt", "user_claim", "sub")
+    }
+
+    /// Sets `key` of `[section]`.
+    pub fn set(mut self, section: &str, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.section(section).insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Sets `key` of `[section]` unless the test did.
+    pub fn or_set(mut self, section: &str, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.section(section)
+            .entry(key.to_owned())
+            .or_insert_with(|| value.into());
+        self
+    }
+
+    /// Adds the keys of a TOML fragment's sections (`[limits]\nkeep_alive_secs = 1`).
+    pub fn with(mut self, fragment: &str) -> Self {
+        let parsed: toml::Table = toml::from_str(fragment)
+            .unwrap_or_else(|e| panic!("a test's TOML does not parse: {e}\n{fragment}"));
+        for (name, value) in parsed {
+            let toml::Value::Table(keys) = value else {
+                panic!("{name} is not a section");
+            };
+            self.section(&name).extend(keys);
+        }
+        self
+    }
+
+    /// Whether the test configures `[section]` itself.
+    pub fn has(&self, section: &str) -> bool {
+        self.sections.contains_key(section)
+    }
+
+    fn section(&mut self, name: &str) -> &mut toml::Table {
+        let entry = self
+            .sections
+            .entry(name.to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match entry {
+            toml::Value::Table(table) => table,
+            _ => panic!("{name} is not a section"),
+        }
+    }
+
+    /// The whole file, with the store in `store`, listening on a free
+    /// loopback port. The management rate limit is off unless the test
+    /// configures `[rate_limit]`: tests fire many requests from one address.
+    pub fn to_toml(&self, store: &Path) -> String {
+        let mut config = self
+            .clone()
+            .set("server", "bind", "127.0.0.1:0")
+            .set("storage", "path", store.display().to_string())
+            .set("storage", "cache_mb", 8);
+        if !self.has("rate_limit") {
+            config = config.set("rate_limit", "management_per_minute", 0);
+        }
+        let mut out = String::new();
+        for (name, keys) in &config.sections {
+            out.push_str(&format!("[{name}]\n"));
+            if let toml::Value::Table(keys) = keys {
+                for (key, value) in keys {
+                    out.push_str(&format!("{} = {}\n", toml_key(key), toml_literal(value)));
+                }
+            }
+        }
+        out
+    }
+
+    /// Writes `dir/agent-tokens.toml`, with the store in `dir/db`.
+    pub fn write(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("agent-tokens.toml");
+        std::fs::write(&path, self.to_toml(&dir.join("db"))).unwrap();
+        path
+    }
+}
+
+fn toml_key(key: &str) -> String {
+    if !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        key.to_owned()
     } else {
-        "[rate_limit]\nmanagement_per_minute = 0"
-    };
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-bind = "127.0.0.1:0"
-access_log = true
+        toml_literal(&toml::Value::String(key.to_owned()))
+    }
+}
 
-[storage]
-path = "{}"
-cache_mb = 8
+/// A value as TOML (a JSON string is a valid TOML basic string).
+fn toml_literal(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => serde_json::to_string(s).unwrap(),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(f) => format!("{f:?}"),
+        toml::Value::Boolean(b) => b.to_string(),
+        toml::Value::Datetime(d) => d.to_string(),
+        toml::Value::Array(items) => {
+            let items: Vec<String> = items.iter().map(toml_literal).collect();
+            format!("[{}]", items.join(", "))
+        }
+        toml::Value::Table(keys) => {
+            let keys: Vec<String> = keys
+                .iter()
+                .map(|(k, v)| format!("{} = {}", toml_key(k), toml_literal(v)))
+                .collect();
+            format!("{{{}}}", keys.join(", "))
+        }
+    }
+}
 
-[jwt]
-algorithms = ["HS256"]
-hmac_secret_file = "{}"
-leeway_secs = 30
-user_claim = "sub"
-{rate_limit}
-{extra}
-"#,
-            dir.join("db").display(),
-            secret_file.display()
-        ),
-    )
-    .unwrap();
-    config
+/// Writes the config an operator would serve with (plus a TOML fragment)
+/// into `dir`, its store in `dir/db`.
+pub fn write_config_with(dir: &Path, extra: &str) -> PathBuf {
+    TestConfig::served(dir).with(extra).write(dir)
 }
 
 pub fn write_config(dir: &Path) -> PathBuf {
     write_config_with(dir, "")
+}
+
+/// Runs `agent-tokens <command> --config <config> [extra]` with `input` on stdin.
+pub fn run(command: &str, config: &Path, extra: &[&str], input: &[u8]) -> Output {
+    let mut child = Command::new(BIN)
+        .arg(command)
+        .arg("--config")
+        .arg(config)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .env_remove("AGENT_TOKENS__STORAGE__PATH")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    // The import may stop reading early on a bad line: ignore a broken pipe.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
 }
 
 /// Reads the child's stream on a thread and returns lines as they come.
@@ -111,6 +248,7 @@ impl Server {
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .env_remove("AGENT_TOKENS__SERVER__BIND")
+            .env_remove("AGENT_TOKENS__STORAGE__PATH")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -147,6 +285,12 @@ impl Server {
     pub fn terminate(&mut self) -> ExitStatus {
         self.signal("TERM");
         self.wait_exit(15)
+    }
+
+    /// SIGTERM, as systemd stops it, and a clean exit.
+    pub fn stop(mut self) {
+        let status = self.terminate();
+        assert!(status.success(), "the server exited with {status:?}");
     }
 
     /// Everything logged so far.
