@@ -79,6 +79,9 @@ pub enum Command {
         /// Files or directories to scan; stdin when none.
         #[arg(value_name = "PATH")]
         paths: Vec<PathBuf>,
+        /// Also revoke what was found: POST it to this agent-tokens server's revoke route (its base URL, or the route's full URL). Holding a token is all the route asks.
+        #[arg(long, value_name = "URL")]
+        revoke: Option<String>,
     },
 }
 
@@ -189,7 +192,7 @@ pub fn main() -> ExitCode {
         Command::Import { config, force } => import(config, force),
         Command::Compact { config } => compact(config),
         Command::Admin { config, verb } => admin(config, verb),
-        Command::Scan { paths } => scan(&paths),
+        Command::Scan { paths, revoke } => scan(&paths, revoke.as_deref()),
     }
 }
 
@@ -440,7 +443,7 @@ fn check(config: PathBuf) -> ExitCode {
     }
 }
 
-fn scan(paths: &[PathBuf]) -> ExitCode {
+fn scan(paths: &[PathBuf], revoke: Option<&str>) -> ExitCode {
     use crate::ops::scan;
     let report = if paths.is_empty() {
         let mut report = scan::Report::default();
@@ -466,7 +469,23 @@ fn scan(paths: &[PathBuf]) -> ExitCode {
         files.len(),
         report.files,
     );
-    if !report.errors.is_empty() {
+    let mut failed = !report.errors.is_empty();
+    if let Some(url) = revoke {
+        let tokens = report.distinct_tokens();
+        if !tokens.is_empty() {
+            match scan::revoke(url, &tokens) {
+                Ok(endpoint) => eprintln!(
+                    "agent-tokens scan: sent {} token(s) to {endpoint}: every one that was live is revoked",
+                    tokens.len()
+                ),
+                Err(e) => {
+                    eprintln!("agent-tokens scan: could not revoke what was found: {e}");
+                    failed = true;
+                }
+            }
+        }
+    }
+    if failed {
         ExitCode::from(EXIT_SCAN_ERROR)
     } else if report.findings.is_empty() {
         ExitCode::SUCCESS

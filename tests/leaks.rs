@@ -242,3 +242,42 @@ async fn the_address_limit_applies_when_configured() {
     assert_eq!(&statuses[..3], &[200, 200, 200]);
     assert_eq!(statuses[4], 429, "{statuses:?}");
 }
+
+#[tokio::test]
+async fn scan_revoke_kills_what_it_finds() {
+    let (app, _) = start("");
+    let leaked = app.new_token("gina").await;
+    let kept = app.new_token("hank").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("transcript.txt"),
+        format!("agent: using {leaked}\nagent: again {leaked}\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["scan", "--revoke", &app.server.base()])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(shown.contains("sent 1 token(s)"), "{shown}");
+    assert!(!shown.contains(&leaked), "{shown}");
+    assert_eq!(app.verify(&leaked).await, 401);
+    assert_eq!(app.verify(&kept).await, 200);
+
+    // A server that cannot be reached is an error (exit 2), not a pass.
+    let out = std::process::Command::new(BIN)
+        .args(["scan", "--revoke", "http://127.0.0.1:9"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("could not revoke"), "{stderr}");
+    assert!(!stderr.contains(&leaked), "{stderr}");
+}

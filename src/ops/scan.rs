@@ -144,10 +144,117 @@ pub fn scan_reader(name: &str, reader: impl Read, report: &mut Report) -> io::Re
     }
 }
 
+/// The revoke route's path on a server.
+const REVOKE_PATH: &str = "/api/agent-tokens/revoke";
+/// Tokens the route takes per request.
+const REVOKE_BATCH: usize = 1000;
+const REVOKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Why found tokens could not be sent for revocation. Never holds a token.
+#[derive(Debug, thiserror::Error)]
+pub enum RevokeError {
+    #[error("{0:?} is not an http or https URL")]
+    BadUrl(String),
+    #[error("cannot reach {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("{url} answered {status}: {body}")]
+    Refused {
+        url: String,
+        status: u16,
+        body: String,
+    },
+    #[error("cannot start the HTTP client: {0}")]
+    Client(String),
+}
+
+/// The revoke route's URL: `url` itself when it names the route, else
+/// the route under `url` as a base.
+fn revoke_endpoint(url: &str) -> Result<String, RevokeError> {
+    let lower = url.to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+        return Err(RevokeError::BadUrl(url.to_owned()));
+    }
+    let base = url.trim_end_matches('/');
+    Ok(if base.ends_with(REVOKE_PATH) {
+        base.to_owned()
+    } else {
+        format!("{base}{REVOKE_PATH}")
+    })
+}
+
+/// Sends `tokens` to the server's revoke route, 1,000 per request; returns
+/// the route's URL.
+pub fn revoke(url: &str, tokens: &[&PlainToken]) -> Result<String, RevokeError> {
+    let endpoint = revoke_endpoint(url)?;
+    let client = reqwest::Client::builder()
+        .timeout(REVOKE_TIMEOUT)
+        .build()
+        .map_err(|e| RevokeError::Client(e.to_string()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| RevokeError::Client(e.to_string()))?;
+    runtime.block_on(async {
+        for batch in tokens.chunks(REVOKE_BATCH) {
+            let body = serde_json::json!({
+                "tokens": batch.iter().map(|t| t.expose()).collect::<Vec<_>>()
+            });
+            let unreachable = |e: reqwest::Error| RevokeError::Unreachable {
+                url: endpoint.clone(),
+                // Without the URL again, and never the body.
+                reason: e.without_url().to_string(),
+            };
+            let resp = client
+                .post(&endpoint)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .map_err(unreachable)?;
+            let status = resp.status();
+            if !status.is_success() {
+                let text = resp.text().await.unwrap_or_default();
+                return Err(RevokeError::Refused {
+                    url: endpoint.clone(),
+                    status: status.as_u16(),
+                    body: text.chars().take(300).collect(),
+                });
+            }
+        }
+        Ok(endpoint.clone())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use ring::rand::SystemRandom;
+
+    #[test]
+    fn the_revoke_route_is_found_from_a_base_or_named_whole() {
+        for (given, want) in [
+            (
+                "https://t.example",
+                "https://t.example/api/agent-tokens/revoke",
+            ),
+            (
+                "https://t.example/",
+                "https://t.example/api/agent-tokens/revoke",
+            ),
+            (
+                "http://127.0.0.1:8080/tokens",
+                "http://127.0.0.1:8080/tokens/api/agent-tokens/revoke",
+            ),
+            (
+                "https://t.example/api/agent-tokens/revoke",
+                "https://t.example/api/agent-tokens/revoke",
+            ),
+        ] {
+            assert_eq!(revoke_endpoint(given).unwrap(), want);
+        }
+        assert!(revoke_endpoint("t.example").is_err());
+        assert!(revoke_endpoint("ftp://t.example").is_err());
+    }
 
     fn token() -> PlainToken {
         PlainToken::generate(&SystemRandom::new()).unwrap()
