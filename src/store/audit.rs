@@ -18,11 +18,8 @@ use fjall::Keyspace;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::clock::Timestamp;
-use crate::domain::user::UserId;
-use crate::store::db::Db;
+use crate::store::codec::{decode_body, encode};
 use crate::store::error::StoreError;
-use crate::store::mutation::{Apply, BatchView};
-use crate::store::records::{decode_body, encode};
 
 const EVENT_FORMAT: u8 = 1;
 
@@ -292,88 +289,6 @@ pub(crate) fn first_seq(events: &Keyspace) -> Result<u64, StoreError> {
     Ok(last.max(micros))
 }
 
-/// Removes events older than a time, at most `max` of them per operation
-/// so a sweep never holds the flusher long (see [`Db::sweep_audit`]).
-pub(crate) struct SweepAudit {
-    pub before: u64,
-    pub max: usize,
-}
-
-impl Apply for SweepAudit {
-    type Output = usize;
-
-    fn apply(&self, t: &BatchView<'_>) -> Result<usize, StoreError> {
-        let Some(end) = self.before.checked_sub(1) else {
-            return Ok(0);
-        };
-        let mut removed = 0;
-        for key in t.events.stored_keys_through(&event_key(end, u64::MAX))? {
-            if removed == self.max {
-                break;
-            }
-            let Some(bytes) = t.events.remove(&key)? else {
-                continue;
-            };
-            let event_key =
-                <[u8; 16]>::try_from(key.as_slice()).map_err(|_| StoreError::Corrupt {
-                    what: "audit event key",
-                })?;
-            if let Some(user) = decode_event(&bytes)?.user_id {
-                t.event_users.remove(&user_event_key(&user, &event_key))?;
-            }
-            removed += 1;
-        }
-        Ok(removed)
-    }
-
-    /// Nobody waits on old events: answered once readers see the change.
-    fn durable(&self) -> bool {
-        false
-    }
-}
-
-/// Events swept per queued operation.
-const SWEEP_BATCH: usize = 4096;
-
-impl Db {
-    /// The user's events, newest first, at most `limit`. Reads only.
-    pub fn events_of(&self, user: &UserId, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
-        let mut events = Vec::new();
-        for item in self
-            .keyspaces
-            .event_users
-            .prefix(user_prefix(user.as_str()))
-            .rev()
-            .take(limit)
-        {
-            let key = event_key_of_user_key(&item.key()?)?;
-            // The index entry and its event are written and swept together.
-            if let Some(bytes) = self.keyspaces.events.get(key)? {
-                events.push(decode_event(&bytes)?);
-            }
-        }
-        Ok(events)
-    }
-
-    /// Removes every event older than `before`, through the flusher in
-    /// bounded steps. Returns how many were removed.
-    pub async fn sweep_audit(&self, before: u64) -> Result<usize, StoreError> {
-        let mut total = 0;
-        loop {
-            let removed = self
-                .run(SweepAudit {
-                    before,
-                    max: SWEEP_BATCH,
-                })
-                .await?;
-            total += removed;
-            if removed < SWEEP_BATCH {
-                return Ok(total);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,46 +332,5 @@ mod tests {
         assert_eq!(event_key_of_user_key(&a).unwrap(), key);
         assert_eq!(split_event_key(&key).unwrap(), (5, 7));
         assert!(decode_event(b"\x09junk").is_err());
-    }
-
-    #[tokio::test]
-    async fn a_store_of_the_previous_release_opens_with_an_empty_trail() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        let rng = ring::rand::SystemRandom::new();
-        let alice = UserId::parse("alice").unwrap();
-        let new = || {
-            crate::store::NewToken::of(&crate::domain::token::PlainToken::generate(&rng).unwrap())
-        };
-        {
-            let store = Db::open(&path, 8).unwrap();
-            store.rotate(&alice, &new(), 1_000, 0).await.unwrap();
-        }
-        // What 0.2 wrote: the same store without the two audit keyspaces.
-        {
-            let opened = crate::store::db::open_current(&path, 8).unwrap();
-            for name in [
-                crate::store::keyspaces::AUDIT_EVENT,
-                crate::store::keyspaces::AUDIT_USER,
-            ] {
-                let ks = opened
-                    .db
-                    .keyspace(name, fjall::KeyspaceCreateOptions::default)
-                    .unwrap();
-                opened.db.delete_keyspace(ks).unwrap();
-            }
-            opened.db.persist(fjall::PersistMode::SyncAll).unwrap();
-        }
-        let store = Db::open(&path, 8).unwrap();
-        assert!(store.get(&alice).unwrap().is_some());
-        assert!(store.events_of(&alice, 10).unwrap().is_empty());
-        store.rotate(&alice, &new(), 2_000, 0).await.unwrap();
-        let events = store.events_of(&alice, 10).unwrap();
-        assert_eq!(events.len(), 1);
-        assert_eq!(events[0].kind, EventKind::Rotated);
-        drop(store);
-        let report = crate::ops::check::check_store(&path).unwrap();
-        assert!(report.is_consistent(), "{report}");
-        assert_eq!(report.audit_events, 1);
     }
 }

@@ -10,7 +10,9 @@ use fjall::Database;
 use crate::domain::clock::Clock;
 use crate::domain::token::TokenHash;
 use crate::domain::user::UserId;
-use crate::store::audit::{self, Audit};
+use crate::store::audit::{
+    self, decode_event, event_key_of_user_key, user_prefix, Audit, AuditEvent,
+};
 use crate::store::durability::{DurabilityError, Flusher};
 use crate::store::error::StoreError;
 use crate::store::generation;
@@ -18,7 +20,7 @@ use crate::store::keyspaces::{open_db, Keyspaces};
 use crate::store::layout::{self, Current};
 use crate::store::mutation::{
     Apply, Create, ExpireGrace, Mutation, Probe, Queued, Revoke, RevokeToken, Rotate, Stamp,
-    StoreCommitter, TokenRevoked,
+    StoreCommitter, SweepAudit, TokenRevoked,
 };
 use crate::store::records::{
     decode_index, decode_user, encode_index, encode_user, grace_key, ChangeListener, GetOrCreate,
@@ -388,5 +390,93 @@ impl Db {
     /// that report state another request may still be committing.
     pub async fn wait_until_durable(&self) -> Result<(), StoreError> {
         Ok(self.flusher.wait_for_all_writes().await?)
+    }
+}
+
+/// Events swept per queued operation.
+const SWEEP_BATCH: usize = 4096;
+
+impl Db {
+    /// The user's events, newest first, at most `limit`. Reads only.
+    pub fn events_of(&self, user: &UserId, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        let mut events = Vec::new();
+        for item in self
+            .keyspaces
+            .event_users
+            .prefix(user_prefix(user.as_str()))
+            .rev()
+            .take(limit)
+        {
+            let key = event_key_of_user_key(&item.key()?)?;
+            // The index entry and its event are written and swept together.
+            if let Some(bytes) = self.keyspaces.events.get(key)? {
+                events.push(decode_event(&bytes)?);
+            }
+        }
+        Ok(events)
+    }
+
+    /// Removes every event older than `before`, through the flusher in
+    /// bounded steps. Returns how many were removed.
+    pub async fn sweep_audit(&self, before: u64) -> Result<usize, StoreError> {
+        let mut total = 0;
+        loop {
+            let removed = self
+                .run(SweepAudit {
+                    before,
+                    max: SWEEP_BATCH,
+                })
+                .await?;
+            total += removed;
+            if removed < SWEEP_BATCH {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_store_of_the_previous_release_opens_with_an_empty_trail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let rng = ring::rand::SystemRandom::new();
+        let alice = UserId::parse("alice").unwrap();
+        let new = || {
+            crate::store::NewToken::of(&crate::domain::token::PlainToken::generate(&rng).unwrap())
+        };
+        {
+            let store = Db::open(&path, 8).unwrap();
+            store.rotate(&alice, &new(), 1_000, 0).await.unwrap();
+        }
+        // What 0.2 wrote: the same store without the two audit keyspaces.
+        {
+            let opened = crate::store::db::open_current(&path, 8).unwrap();
+            for name in [
+                crate::store::keyspaces::AUDIT_EVENT,
+                crate::store::keyspaces::AUDIT_USER,
+            ] {
+                let ks = opened
+                    .db
+                    .keyspace(name, fjall::KeyspaceCreateOptions::default)
+                    .unwrap();
+                opened.db.delete_keyspace(ks).unwrap();
+            }
+            opened.db.persist(fjall::PersistMode::SyncAll).unwrap();
+        }
+        let store = Db::open(&path, 8).unwrap();
+        assert!(store.get(&alice).unwrap().is_some());
+        assert!(store.events_of(&alice, 10).unwrap().is_empty());
+        store.rotate(&alice, &new(), 2_000, 0).await.unwrap();
+        let events = store.events_of(&alice, 10).unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].kind, audit::EventKind::Rotated);
+        drop(store);
+        let report = crate::ops::check::check_store(&path).unwrap();
+        assert!(report.is_consistent(), "{report}");
+        assert_eq!(report.audit_events, 1);
     }
 }

@@ -20,11 +20,12 @@ use std::path::{Path, PathBuf};
 use fjall::{Database, Keyspace};
 use sled::Tree;
 
+use crate::store::codec::decode_body;
 use crate::store::error::StoreError;
 use crate::store::keyspaces::{GRACE_EXPIRY, META, TOKENHASH_USER, USER_TOKEN};
 use crate::store::records::{
-    decode_body, decode_index, decode_user, encode_index, encode_user, IndexEntry, UserRecord,
-    FORMAT_V1, FORMAT_V2,
+    decode_index, decode_user, encode_index, encode_user, IndexEntry, UserRecord, FORMAT_V1,
+    FORMAT_V2,
 };
 use crate::store::schema::{decode_schema, SCHEMA_KEY, SCHEMA_VERSION};
 

@@ -60,6 +60,7 @@
 
 pub mod audit;
 pub(crate) mod backend;
+mod codec;
 pub(crate) mod db;
 pub mod durability;
 pub mod error;

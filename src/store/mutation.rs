@@ -22,7 +22,7 @@ use fjall::{Database, Keyspace, PersistMode};
 use tokio::sync::oneshot;
 
 use crate::store::audit::{
-    encode_event, event_key, user_event_key, Actor, Audit, AuditEvent, EventKind,
+    decode_event, encode_event, event_key, user_event_key, Actor, Audit, AuditEvent, EventKind,
 };
 use crate::store::durability::{Applied, Committer, Completion, DurabilityError};
 use crate::store::error::StoreError;
@@ -789,6 +789,46 @@ impl Apply for Probe {
     fn apply(&self, t: &BatchView<'_>) -> TxResult<()> {
         t.meta.insert(PROBE_KEY, self.now.to_be_bytes());
         Ok(())
+    }
+}
+
+/// Removes events older than a time, at most `max` of them per operation
+/// so a sweep never holds the flusher long (see `Db::sweep_audit`).
+pub(crate) struct SweepAudit {
+    pub before: u64,
+    pub max: usize,
+}
+
+impl Apply for SweepAudit {
+    type Output = usize;
+
+    fn apply(&self, t: &BatchView<'_>) -> Result<usize, StoreError> {
+        let Some(end) = self.before.checked_sub(1) else {
+            return Ok(0);
+        };
+        let mut removed = 0;
+        for key in t.events.stored_keys_through(&event_key(end, u64::MAX))? {
+            if removed == self.max {
+                break;
+            }
+            let Some(bytes) = t.events.remove(&key)? else {
+                continue;
+            };
+            let event_key =
+                <[u8; 16]>::try_from(key.as_slice()).map_err(|_| StoreError::Corrupt {
+                    what: "audit event key",
+                })?;
+            if let Some(user) = decode_event(&bytes)?.user_id {
+                t.event_users.remove(&user_event_key(&user, &event_key))?;
+            }
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Nobody waits on old events: answered once readers see the change.
+    fn durable(&self) -> bool {
+        false
     }
 }
 

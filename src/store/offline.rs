@@ -23,6 +23,7 @@ use crate::store::layout::{self, Current};
 use crate::store::records::{
     decode_index, decode_user, encode_index, encode_user, grace_key, IndexEntry, UserRecord,
 };
+use crate::store::snapshot::Records;
 
 /// How long a compaction waits for the memtables to be written out first.
 const COMPACT_FLUSH_WAIT: Duration = Duration::from_secs(600);
@@ -362,5 +363,19 @@ pub mod raw {
 
     pub fn len(path: &Path, name: &str) -> Result<usize, StoreError> {
         with(path, name, |ks| Ok(ks.len()?))
+    }
+}
+
+impl Records for Offline {
+    fn user_count(&self) -> Result<usize, StoreError> {
+        Offline::user_count(self)
+    }
+
+    fn each_user(&self) -> Box<dyn Iterator<Item = Result<(String, UserRecord), StoreError>> + '_> {
+        Box::new(self.users())
+    }
+
+    fn index_entry(&self, hash: &TokenHash) -> Result<Option<IndexEntry>, StoreError> {
+        self.lookup(hash)
     }
 }

@@ -4,7 +4,7 @@
 //! socket's `export`, `list`, `lookup` and `events` read.
 //!
 //! [`Records`] is what an export needs, from a snapshot or from a stopped
-//! store ([`crate::store::offline::Offline`]) alike.
+//! store (`crate::store::offline::Offline`) alike.
 
 use fjall::{Keyspace, Readable};
 
@@ -13,7 +13,6 @@ use crate::domain::user::UserId;
 use crate::store::audit::AuditEvent;
 use crate::store::audit::{decode_event, event_key, event_key_of_user_key, user_prefix};
 use crate::store::error::StoreError;
-use crate::store::offline::Offline;
 use crate::store::records::{decode_index, decode_user, IndexEntry, UserRecord};
 
 /// The token records an export reads.
@@ -23,20 +22,6 @@ pub trait Records {
     fn each_user(&self) -> Box<dyn Iterator<Item = Result<(String, UserRecord), StoreError>> + '_>;
     /// The index entry of a token hash.
     fn index_entry(&self, hash: &TokenHash) -> Result<Option<IndexEntry>, StoreError>;
-}
-
-impl Records for Offline {
-    fn user_count(&self) -> Result<usize, StoreError> {
-        Offline::user_count(self)
-    }
-
-    fn each_user(&self) -> Box<dyn Iterator<Item = Result<(String, UserRecord), StoreError>> + '_> {
-        Box::new(self.users())
-    }
-
-    fn index_entry(&self, hash: &TokenHash) -> Result<Option<IndexEntry>, StoreError> {
-        self.lookup(hash)
-    }
 }
 
 /// The store at one moment; hold it briefly (what it sees cannot be
