@@ -166,7 +166,8 @@ async fn the_compact_command_runs_on_a_stopped_store_and_refuses_a_running_one()
         String::from_utf8_lossy(&busy.stderr)
     );
     assert_eq!(entries(&store), before);
-    drop(server);
+    // Stopped as systemd stops it, which also removes the admin socket.
+    server.stop();
 
     let out = run(&["compact"], &config);
     let stderr = String::from_utf8_lossy(&out.stderr);
