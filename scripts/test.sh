@@ -29,6 +29,15 @@ if [ ! -x /usr/sbin/apache2 ] || [ ! -f /usr/lib/apache2/modules/mod_oauth2.so ]
     || { as_root apt-get update && as_root apt-get install -y --no-install-recommends apache2 libapache2-mod-oauth2 curl; }
 fi
 
+# PostgreSQL from Debian, for the shared store's tests (tests/common/pg.rs
+# starts a cluster in a temporary directory as an unprivileged user; util-linux's
+# runuser drops root).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v runuser >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  as_root apt-get install -y --no-install-recommends postgresql util-linux \
+    || { as_root apt-get update && as_root apt-get install -y --no-install-recommends postgresql util-linux; }
+fi
+
 # FastMCP from PyPI, pinned, in its own venv, for the MCP consumer test
 # (tests/api/consumers.rs, tests/consumers/*.py).
 FASTMCP_VERSION=4.0.10
@@ -79,6 +88,9 @@ fi
 python3 bench/bench_helper.py selftest
 
 cargo test --all-targets "$@"
+
+# The API suite again, on PostgreSQL instead of the embedded store.
+AGENT_TOKENS_TEST_BACKEND=postgres cargo test --test api "$@"
 
 # API conformance of the running server against its own /openapi.json
 # (installs schemathesis from PyPI itself).

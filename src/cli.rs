@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Settings, Sources};
+use crate::config::{Settings, Sources, StorageBackend};
 use crate::domain::clock::Clock;
 use crate::domain::jwt::JwtVerifier;
 use crate::http::app::{Application, StartupError};
@@ -16,6 +16,7 @@ use crate::ops::admin::Request;
 use crate::ops::backup::{self, BackupError};
 use crate::ops::dev::DevMode;
 use crate::store::error::StoreError;
+use crate::store::postgres::PgSettings;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -251,17 +252,41 @@ fn check_config(path: PathBuf) -> ExitCode {
         Ok(None) => jwt.describe_keys(),
         Err(e) => return fail(EXIT_CONFIG, e),
     };
+    let storage = match settings.storage.backend {
+        StorageBackend::Embedded => format!(
+            "storage {} (cache {} MiB)",
+            settings.storage.path.display(),
+            settings.storage.cache_mb
+        ),
+        // The one setting checked by using it: the server must answer.
+        StorageBackend::Postgres => match postgres_settings(&settings) {
+            Ok(pg) => match crate::store::postgres::check_connection(&pg) {
+                Ok(answered) => format!("storage {answered}, pool of {}", pg.pool_size),
+                Err(e) => return fail(EXIT_CONFIG, format!("storage.url: {e}")),
+            },
+            Err(code) => return code,
+        },
+    };
     warn_obsolete(&settings);
     print_stdout(format_args!(
-        "config OK: listen {}, storage {} (cache {} MiB), JWT {} with {}, user claim {:?}\n",
+        "config OK: listen {}, {storage}, JWT {} with {}, user claim {:?}\n",
         settings.server.bind,
-        settings.storage.path.display(),
-        settings.storage.cache_mb,
         settings.jwt.algorithms.join("/"),
         keys,
         settings.jwt.user_claim,
     ));
     ExitCode::SUCCESS
+}
+
+/// `[storage]`'s PostgreSQL settings; the URL read from `url_file` if so.
+fn postgres_settings(settings: &Settings) -> Result<PgSettings, ExitCode> {
+    Ok(PgSettings {
+        url: settings
+            .storage
+            .postgres_url()
+            .map_err(|e| fail(EXIT_CONFIG, e))?,
+        pool_size: settings.storage.pool_size,
+    })
 }
 
 fn serve(config: Option<PathBuf>, dev: bool) -> ExitCode {

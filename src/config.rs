@@ -236,7 +236,26 @@ pub struct StorageSettings {
     pub compact_growth_percent: Option<u64>,
     pub compact_min_growth_mb: Option<u64>,
     pub compact_check_secs: Option<u64>,
+    /// Where tokens live: the embedded store in `path`, or PostgreSQL.
+    pub backend: StorageBackend,
+    /// PostgreSQL's URL (it may carry a password); or `url_file`.
+    pub url: Option<SecretString>,
+    /// A file holding the URL (a systemd credential).
+    pub url_file: Option<PathBuf>,
+    /// PostgreSQL connections per replica.
+    pub pool_size: usize,
 }
+
+/// `storage.backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    #[default]
+    Embedded,
+    Postgres,
+}
+
+pub const DEFAULT_POOL_SIZE: usize = 16;
 
 impl Default for StorageSettings {
     fn default() -> Self {
@@ -246,7 +265,67 @@ impl Default for StorageSettings {
             compact_growth_percent: None,
             compact_min_growth_mb: None,
             compact_check_secs: None,
+            backend: StorageBackend::Embedded,
+            url: None,
+            url_file: None,
+            pool_size: DEFAULT_POOL_SIZE,
         }
+    }
+}
+
+impl StorageSettings {
+    /// PostgreSQL's URL, from `storage.url` or the file `storage.url_file`
+    /// names. Errors name the key, never the URL.
+    pub fn postgres_url(&self) -> Result<SecretString, ConfigError> {
+        match (&self.url, &self.url_file) {
+            (Some(_), Some(_)) => Err(ConfigError::new(
+                "Set only one of storage.url and storage.url_file.",
+            )),
+            (Some(url), None) => Ok(url.clone()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::new(format!(
+                        "storage.url_file {} cannot be read: {e}.",
+                        path.display()
+                    ))
+                })?;
+                // A credential file written with `echo` ends with a newline.
+                Ok(SecretString::from(text.trim().to_owned()))
+            }
+            (None, None) => Err(ConfigError::new(
+                "storage.backend = \"postgres\" needs storage.url or storage.url_file.",
+            )),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        match self.backend {
+            StorageBackend::Embedded => {
+                if self.url.is_some() || self.url_file.is_some() {
+                    return Err(ConfigError::new(
+                        "storage.url and storage.url_file need storage.backend = \"postgres\".",
+                    ));
+                }
+            }
+            StorageBackend::Postgres => {
+                if self.url.is_some() && self.url_file.is_some() {
+                    return Err(ConfigError::new(
+                        "Set only one of storage.url and storage.url_file.",
+                    ));
+                }
+                if self.url.is_none() && self.url_file.is_none() {
+                    return Err(ConfigError::new(
+                        "storage.backend = \"postgres\" needs storage.url or storage.url_file.",
+                    ));
+                }
+            }
+        }
+        if self.pool_size == 0 || self.pool_size > 1024 {
+            return Err(ConfigError::new(
+                "storage.pool_size must be between 1 and 1024.",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -460,6 +539,7 @@ impl Settings {
                 "storage.cache_mb must be between 1 and 65536.",
             ));
         }
+        self.storage.validate()?;
         if self.jwt.algorithms.is_empty() {
             return Err(ConfigError::new(
                 "jwt.algorithms must list at least one algorithm.",

@@ -33,6 +33,9 @@ pub const ANSWER_CACHE_ENTRIES: usize = 131_072;
 /// A cache whose entries are forgotten whenever the store changes them.
 pub struct AnswerCache<K, V> {
     entries: Cache<K, V>,
+    /// Off for a store other processes change (PostgreSQL's replicas):
+    /// nothing is remembered, every answer is read.
+    enabled: bool,
     generation: AtomicU64,
     /// Serializes "remember if unchanged" against "bump and forget".
     writes: Mutex<()>,
@@ -48,8 +51,13 @@ where
     V: Clone,
 {
     pub fn new(capacity: usize) -> Self {
+        Self::with(capacity, true)
+    }
+
+    fn with(capacity: usize, enabled: bool) -> Self {
         Self {
             entries: Cache::new(capacity),
+            enabled,
             generation: AtomicU64::new(0),
             writes: Mutex::new(()),
         }
@@ -59,6 +67,9 @@ where
     where
         Q: Hash + Equivalent<K> + ?Sized,
     {
+        if !self.enabled {
+            return None;
+        }
         self.entries.get(key)
     }
 
@@ -70,6 +81,9 @@ where
     /// Remembers `value`, unless a change was reported since `ticket` was
     /// taken (the value may predate it).
     pub fn remember(&self, ticket: Ticket, key: K, value: V) {
+        if !self.enabled {
+            return;
+        }
         let _writes = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
         if self.generation.load(Ordering::SeqCst) == ticket.0 {
             self.entries.insert(key, value);
@@ -270,6 +284,16 @@ impl Answers {
         Self {
             verify: AnswerCache::new(capacity),
             status: AnswerCache::new(capacity),
+            status_keys: DefaultHashBuilder::default(),
+        }
+    }
+
+    /// Remembers nothing: for a store other replicas write too, where an
+    /// answer remembered here could outlive a revoke made elsewhere.
+    pub fn off() -> Self {
+        Self {
+            verify: AnswerCache::with(1, false),
+            status: AnswerCache::with(1, false),
             status_keys: DefaultHashBuilder::default(),
         }
     }

@@ -19,7 +19,7 @@ use ring::rand::SystemRandom;
 use sd_notify::NotifyState;
 use tokio::net::TcpStream;
 
-use crate::config::{ConfigError, Settings};
+use crate::config::{ConfigError, Settings, StorageBackend};
 use crate::domain::admin::AdminSecret;
 use crate::domain::clients::ClientsFile;
 use crate::domain::clock::Clock;
@@ -35,6 +35,7 @@ use crate::http::{openapi, routes};
 use crate::idp::{self, KeySource};
 use crate::metrics::METRICS;
 use crate::store::error::StoreError;
+use crate::store::postgres::PgSettings;
 use crate::store::records::ChangeListener;
 use crate::store::Store;
 
@@ -102,19 +103,38 @@ impl Application {
             )?),
             None => None,
         };
-        let answers = Arc::new(Answers::default());
+        let postgres = settings.storage.backend == StorageBackend::Postgres;
+        let answers = Arc::new(if postgres {
+            Answers::off()
+        } else {
+            Answers::default()
+        });
         let mut heard = Arc::clone(&answers) as Arc<dyn ChangeListener>;
         if let Some(path) = &settings.audit.file {
             let file = Arc::new(AuditFile::open(path)?) as Arc<dyn ChangeListener>;
             heard = Arc::new(Listeners(vec![heard, file]));
         }
-        let store =
-            Store::open(&settings.storage.path, settings.storage.cache_mb, heard).map_err(|e| {
-                match e {
-                    StoreError::InUse { path } => StartupError::InUse { path },
-                    e => StartupError::Store(e),
-                }
-            })?;
+        let opened = if postgres {
+            // No tokens there, but the admin socket and the identity
+            // provider's saved keys live in storage.path.
+            std::os::unix::fs::DirBuilderExt::mode(
+                std::fs::DirBuilder::new().recursive(true),
+                0o700,
+            )
+            .create(&settings.storage.path)
+            .map_err(|e| StartupError::Store(StoreError::layout(&settings.storage.path)(e)))?;
+            let pg = PgSettings {
+                url: settings.storage.postgres_url()?,
+                pool_size: settings.storage.pool_size,
+            };
+            Store::open_postgres(&pg, heard)
+        } else {
+            Store::open(&settings.storage.path, settings.storage.cache_mb, heard)
+        };
+        let store = opened.map_err(|e| match e {
+            StoreError::InUse { path } => StartupError::InUse { path },
+            e => StartupError::Store(e),
+        })?;
         // After the store: the saved key set lives in its directory.
         let idp = match idp_plan {
             Some(plan) => {

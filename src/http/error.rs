@@ -79,6 +79,15 @@ pub enum ApiError {
     /// A wiring fault in the server itself (never caused by the client).
     #[error("internal error: {0}")]
     Internal(&'static str),
+    /// The shared store (PostgreSQL) cannot be reached during `op`: a
+    /// verify fails closed with 503, neither vouching for a token nor
+    /// calling a good one bad.
+    #[error("{} ({source})", op.failure_message())]
+    Unavailable {
+        op: Operation,
+        #[source]
+        source: crate::store::StoreError,
+    },
     /// Storage cannot take a durable write right now (`/readyz`).
     #[error("storage is not ready: {0}")]
     NotReady(#[source] crate::store::StoreError),
@@ -111,8 +120,20 @@ impl ApiError {
         }
     }
 
+    /// A failed verify read: 503 while the store is unreachable, else 500.
+    pub fn verify_failed(source: crate::store::StoreError) -> Self {
+        match source {
+            crate::store::StoreError::Unavailable(_) => ApiError::Unavailable {
+                op: Operation::Verify,
+                source,
+            },
+            other => ApiError::failed(Operation::Verify, other),
+        }
+    }
+
     fn code(&self) -> &'static str {
         match self {
+            ApiError::Unavailable { .. } => "temporarily_unavailable",
             ApiError::MissingCredentials => "missing_credentials",
             ApiError::MalformedAuthorization => "invalid_request",
             ApiError::InvalidJwt(_) | ApiError::InvalidAgentToken(_) => "invalid_token",
@@ -142,7 +163,7 @@ impl ApiError {
             ApiError::AdminSecretRequired => "This endpoint requires the admin secret.",
             ApiError::InvalidClient => "Client authentication failed.",
             ApiError::InvalidRequest(what) => what,
-            ApiError::Failed { op, .. } => op.failure_message(),
+            ApiError::Failed { op, .. } | ApiError::Unavailable { op, .. } => op.failure_message(),
             ApiError::Internal(_) => "Internal server error.",
             ApiError::NotReady(_) => "Storage is not accepting writes.",
             ApiError::KeysNotLoaded => {
@@ -224,7 +245,9 @@ impl ResponseError for ApiError {
             | ApiError::InvalidClient => StatusCode::UNAUTHORIZED,
             ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Failed { .. } | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::NotReady(_) | ApiError::KeysNotLoaded => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotReady(_) | ApiError::KeysNotLoaded | ApiError::Unavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::RateLimited { .. } | ApiError::TooManyChanges { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -240,6 +263,9 @@ impl ResponseError for ApiError {
             ApiError::Failed { op, source } => {
                 log::error!("{}: {}", op.failure_message(), ErrorChain(source.as_ref()));
             }
+            ApiError::Unavailable { op, source } => {
+                log::error!("{}: {source}", op.failure_message());
+            }
             ApiError::Internal(what) => log::error!("internal error: {what}"),
             ApiError::NotReady(e) => log::error!("readiness probe failed: {e}"),
             ApiError::InvalidJwt(e) => log::debug!("rejected user JWT: {e}"),
@@ -249,6 +275,9 @@ impl ResponseError for ApiError {
         response.insert_header(no_store());
         if let ApiError::MethodNotAllowed { allow } = self {
             response.insert_header((header::ALLOW, allow.as_ref()));
+        }
+        if let ApiError::Unavailable { .. } = self {
+            response.insert_header((header::RETRY_AFTER, "1"));
         }
         if let ApiError::RateLimited { retry_after_secs }
         | ApiError::TooManyChanges { retry_after_secs } = self

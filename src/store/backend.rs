@@ -1,5 +1,5 @@
 //! The seam between [`crate::store::Store`] and a storage engine: an enum
-//! with one variant per engine, today only the embedded fjall database.
+//! with one variant per engine: the embedded fjall database, PostgreSQL.
 //!
 //! An enum, not a trait object: the operations are async, and a `dyn`
 //! trait would box every future, the verify path's read included; the
@@ -17,12 +17,15 @@ use crate::domain::user::UserId;
 use crate::store::audit::{Audit, AuditEvent};
 use crate::store::db::Db;
 use crate::store::error::StoreError;
+use crate::store::postgres::Pg;
 use crate::store::records::{ChangeListener, GetOrCreate, IndexEntry, NewToken, UserRecord};
 
 #[derive(Debug)]
 pub enum Backend {
     /// fjall, in `storage.path` (see [`crate::store::db`]).
     Embedded(Db),
+    /// PostgreSQL, shared by replicas (see [`crate::store::postgres`]).
+    Postgres(Pg),
 }
 
 impl Backend {
@@ -34,24 +37,32 @@ impl Backend {
         Db::open_with_listener(path, cache_mb, listener).map(Backend::Embedded)
     }
 
-    pub fn get(&self, user: &UserId) -> Result<Option<UserRecord>, StoreError> {
-        let Backend::Embedded(db) = self;
-        db.get(user)
+    pub async fn get(&self, user: &UserId) -> Result<Option<UserRecord>, StoreError> {
+        match self {
+            Backend::Embedded(db) => db.get(user),
+            Backend::Postgres(pg) => pg.get(user).await,
+        }
     }
 
-    pub fn lookup(&self, hash: &TokenHash) -> Result<Option<IndexEntry>, StoreError> {
-        let Backend::Embedded(db) = self;
-        db.lookup(hash)
+    pub async fn lookup(&self, hash: &TokenHash) -> Result<Option<IndexEntry>, StoreError> {
+        match self {
+            Backend::Embedded(db) => db.lookup(hash),
+            Backend::Postgres(pg) => pg.lookup(hash).await,
+        }
     }
 
     pub fn count_tokens(&self, counts: impl Fn(&IndexEntry) -> bool) -> Result<u64, StoreError> {
-        let Backend::Embedded(db) = self;
-        db.count_tokens(counts)
+        match self {
+            Backend::Embedded(db) => db.count_tokens(counts),
+            Backend::Postgres(pg) => pg.count_tokens_blocking(counts),
+        }
     }
 
     pub fn grace_ending(&self, from: u64, until: u64) -> Result<u64, StoreError> {
-        let Backend::Embedded(db) = self;
-        db.grace_ending(from, until)
+        match self {
+            Backend::Embedded(db) => db.grace_ending(from, until),
+            Backend::Postgres(pg) => pg.grace_ending_blocking(from, until),
+        }
     }
 
     pub async fn rotate_as(
@@ -62,8 +73,10 @@ impl Backend {
         grace_secs: u64,
         audit: &Audit,
     ) -> Result<(UserRecord, bool), StoreError> {
-        let Backend::Embedded(db) = self;
-        db.rotate_as(user, new, now, grace_secs, audit).await
+        match self {
+            Backend::Embedded(db) => db.rotate_as(user, new, now, grace_secs, audit).await,
+            Backend::Postgres(pg) => pg.rotate_as(user, new, now, grace_secs, audit).await,
+        }
     }
 
     pub async fn get_or_create_as(
@@ -73,8 +86,10 @@ impl Backend {
         now: u64,
         audit: &Audit,
     ) -> Result<GetOrCreate, StoreError> {
-        let Backend::Embedded(db) = self;
-        db.get_or_create_as(user, candidate, now, audit).await
+        match self {
+            Backend::Embedded(db) => db.get_or_create_as(user, candidate, now, audit).await,
+            Backend::Postgres(pg) => pg.get_or_create_as(user, candidate, now, audit).await,
+        }
     }
 
     pub async fn revoke_as(
@@ -83,18 +98,33 @@ impl Backend {
         now: u64,
         audit: &Audit,
     ) -> Result<bool, StoreError> {
-        let Backend::Embedded(db) = self;
-        db.revoke_as(user, now, audit).await
+        match self {
+            Backend::Embedded(db) => db.revoke_as(user, now, audit).await,
+            Backend::Postgres(pg) => pg.revoke_as(user, now, audit).await,
+        }
     }
 
-    pub fn events_of(&self, user: &UserId, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
-        let Backend::Embedded(db) = self;
-        db.events_of(user, limit)
+    pub async fn events_of(
+        &self,
+        user: &UserId,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        match self {
+            Backend::Embedded(db) => db.events_of(user, limit),
+            Backend::Postgres(pg) => pg.events_of(user, limit).await,
+        }
     }
 
-    pub fn snapshot(&self) -> crate::store::snapshot::Snapshot {
-        let Backend::Embedded(db) = self;
-        db.snapshot()
+    /// The embedded store's point-in-time view. PostgreSQL has none here:
+    /// the verbs that walk every user read the database with SQL or
+    /// `agent-tokens export` (docs/postgresql.md).
+    pub fn snapshot(&self) -> Result<crate::store::snapshot::Snapshot, StoreError> {
+        match self {
+            Backend::Embedded(db) => Ok(db.snapshot()),
+            Backend::Postgres(_) => Err(StoreError::NotOnPostgres(
+                "walking every user from a running server",
+            )),
+        }
     }
 
     pub async fn revoke_all(
@@ -103,18 +133,24 @@ impl Backend {
         now: u64,
         audit: &Audit,
     ) -> Result<usize, StoreError> {
-        let Backend::Embedded(db) = self;
-        db.revoke_all(before, now, audit).await
+        match self {
+            Backend::Embedded(db) => db.revoke_all(before, now, audit).await,
+            Backend::Postgres(pg) => pg.revoke_all(before, now, audit).await,
+        }
     }
 
     pub async fn note(&self, event: AuditEvent) -> Result<(), StoreError> {
-        let Backend::Embedded(db) = self;
-        db.note(event).await
+        match self {
+            Backend::Embedded(db) => db.note(event).await,
+            Backend::Postgres(pg) => pg.note(event).await,
+        }
     }
 
     pub async fn sweep_audit(&self, before: u64) -> Result<usize, StoreError> {
-        let Backend::Embedded(db) = self;
-        db.sweep_audit(before).await
+        match self {
+            Backend::Embedded(db) => db.sweep_audit(before).await,
+            Backend::Postgres(pg) => pg.sweep_audit(before).await,
+        }
     }
 
     pub async fn revoke_token(
@@ -123,52 +159,72 @@ impl Backend {
         now: u64,
         audit: &Audit,
     ) -> Result<crate::store::TokenRevoked, StoreError> {
-        let Backend::Embedded(db) = self;
-        db.revoke_token(hash, now, audit).await
+        match self {
+            Backend::Embedded(db) => db.revoke_token(hash, now, audit).await,
+            Backend::Postgres(pg) => pg.revoke_token(hash, now, audit).await,
+        }
     }
 
     pub fn stamp_blocking(&self, stamps: Vec<([u8; 32], u64)>) -> Result<usize, StoreError> {
-        let Backend::Embedded(db) = self;
-        db.stamp_blocking(stamps)
+        match self {
+            Backend::Embedded(db) => db.stamp_blocking(stamps),
+            Backend::Postgres(pg) => pg.stamp_blocking(stamps),
+        }
     }
 
     pub async fn expire_grace(&self, now: u64) -> Result<usize, StoreError> {
-        let Backend::Embedded(db) = self;
-        db.expire_grace(now).await
+        match self {
+            Backend::Embedded(db) => db.expire_grace(now).await,
+            Backend::Postgres(pg) => pg.expire_grace(now).await,
+        }
     }
 
     pub async fn probe_write(&self, now: u64) -> Result<(), StoreError> {
-        let Backend::Embedded(db) = self;
-        db.probe_write(now).await
+        match self {
+            Backend::Embedded(db) => db.probe_write(now).await,
+            Backend::Postgres(pg) => pg.probe_write(now).await,
+        }
     }
 
     pub fn probe_write_blocking(&self) -> Result<(), StoreError> {
-        let Backend::Embedded(db) = self;
-        db.probe_write_blocking()
+        match self {
+            Backend::Embedded(db) => db.probe_write_blocking(),
+            Backend::Postgres(pg) => pg.probe_write_blocking(),
+        }
     }
 
     pub async fn wait_until_durable(&self) -> Result<(), StoreError> {
-        let Backend::Embedded(db) = self;
-        db.wait_until_durable().await
+        match self {
+            Backend::Embedded(db) => db.wait_until_durable().await,
+            // Every change committed (synchronously) before it was answered.
+            Backend::Postgres(_) => Ok(()),
+        }
     }
 
-    /// What the store takes on disk in bytes, and its background jobs.
+    /// What the store takes on disk in bytes, and its background jobs
+    /// (zeros for PostgreSQL: its server reports its own).
     pub fn storage_state(&self) -> (u64, usize) {
-        let Backend::Embedded(db) = self;
-        (db.disk_bytes(), db.background_jobs())
+        match self {
+            Backend::Embedded(db) => (db.disk_bytes(), db.background_jobs()),
+            Backend::Postgres(_) => (0, 0),
+        }
     }
 
     #[cfg(test)]
     pub fn flush_stats(&self) -> &crate::store::durability::FlushStats {
-        let Backend::Embedded(db) = self;
-        db.flush_stats()
+        match self {
+            Backend::Embedded(db) => db.flush_stats(),
+            Backend::Postgres(_) => panic!("PostgreSQL has no flusher"),
+        }
     }
 
     /// Before a graceful stop: makes the next start quick (for fjall, the
     /// memtables are written out so no journal is replayed). Returns whether
     /// that finished within `timeout`; nothing is lost either way.
     pub fn prepare_stop(&self, timeout: Duration) -> Result<bool, StoreError> {
-        let Backend::Embedded(db) = self;
-        db.flush_memtables(timeout)
+        match self {
+            Backend::Embedded(db) => db.flush_memtables(timeout),
+            Backend::Postgres(_) => Ok(true),
+        }
     }
 }

@@ -44,6 +44,23 @@ pub enum StoreError {
     /// Cannot happen: a batch committed without running one of its operations.
     #[error("a queued change was not applied")]
     NotApplied,
+    /// PostgreSQL cannot be reached (down, restarting, no connection free
+    /// in time). Reads and writes fail until it is back; the pool reconnects.
+    #[error("PostgreSQL is unreachable: {0}")]
+    Unavailable(String),
+    /// PostgreSQL answered with an error (the text never holds the URL).
+    #[error("PostgreSQL refused a query: {0}")]
+    Postgres(String),
+    /// A storage setting that cannot work (a bad `storage.url`), in words
+    /// that name the key and never repeat a secret.
+    #[error("{0}")]
+    Setting(String),
+    #[error("the PostgreSQL database has schema version {found}, but this binary knows versions up to {known}; use a newer release")]
+    PostgresSchema { found: i64, known: i64 },
+    /// What the embedded store does and PostgreSQL does not, from a
+    /// running server (see docs/postgresql.md).
+    #[error("not available with storage.backend = \"postgres\": {0}; see docs/postgresql.md")]
+    NotOnPostgres(&'static str),
     /// Writes are refused while the store reopens after an I/O failure.
     #[error("the store is recovering from an I/O failure and refuses writes for now")]
     Recovering,

@@ -71,6 +71,7 @@ pub mod layout;
 pub mod legacy;
 pub(crate) mod mutation;
 pub mod offline;
+pub mod postgres;
 pub mod records;
 pub mod schema;
 pub mod snapshot;
@@ -167,6 +168,33 @@ impl Store {
         Self::open_with_stamp_interval(path, cache_mb, listener, STAMP_INTERVAL)
     }
 
+    /// Opens PostgreSQL (`storage.backend = "postgres"`): connects,
+    /// migrates its schema, and starts the stamp writer.
+    pub fn open_postgres(
+        settings: &postgres::PgSettings,
+        listener: Arc<dyn ChangeListener>,
+    ) -> Result<Self, StoreError> {
+        let pg = postgres::Pg::open(settings, Arc::clone(&listener))?;
+        // No path: PostgreSQL is never reopened by this process.
+        Self::start(
+            Backend::Postgres(pg),
+            Path::new(""),
+            0,
+            listener,
+            STAMP_INTERVAL,
+        )
+    }
+
+    /// Whether other processes may change the store (PostgreSQL's
+    /// replicas): then no answer may be remembered in memory, since no
+    /// write of another replica is ever heard here.
+    pub fn is_shared(&self) -> bool {
+        matches!(
+            self.shared.backend.load().as_deref(),
+            Some(Backend::Postgres(_))
+        )
+    }
+
     fn open_with_stamp_interval(
         path: &Path,
         cache_mb: u64,
@@ -174,6 +202,16 @@ impl Store {
         stamp_interval: Duration,
     ) -> Result<Self, StoreError> {
         let store = Backend::open(path, cache_mb, Arc::clone(&listener))?;
+        Self::start(store, path, cache_mb, listener, stamp_interval)
+    }
+
+    fn start(
+        store: Backend,
+        path: &Path,
+        cache_mb: u64,
+        listener: Arc<dyn ChangeListener>,
+        stamp_interval: Duration,
+    ) -> Result<Self, StoreError> {
         let shared = Arc::new(Shared {
             backend: ArcSwapOption::from_pointee(store),
             refusing_writes: AtomicBool::new(false),
@@ -244,20 +282,28 @@ impl Store {
         self.shared.refuse_writes_on_io_failure(result)
     }
 
-    pub fn get(&self, user: &UserId) -> Result<Option<UserRecord>, StoreError> {
+    pub async fn get(&self, user: &UserId) -> Result<Option<UserRecord>, StoreError> {
         // A guard, not a clone: no shared reference count to bounce between cores.
-        match &*self.shared.backend.load() {
-            Some(store) => store.get(user),
-            None => Err(StoreError::Recovering),
-        }
+        let store = match &*self.shared.backend.load() {
+            Some(store) => match &**store {
+                Backend::Embedded(db) => return db.get(user),
+                Backend::Postgres(_) => Arc::clone(store),
+            },
+            None => return Err(StoreError::Recovering),
+        };
+        store.get(user).await
     }
 
     /// The verify path's one read.
-    pub fn lookup(&self, hash: &TokenHash) -> Result<Option<IndexEntry>, StoreError> {
-        match &*self.shared.backend.load() {
-            Some(store) => store.lookup(hash),
-            None => Err(StoreError::Recovering),
-        }
+    pub async fn lookup(&self, hash: &TokenHash) -> Result<Option<IndexEntry>, StoreError> {
+        let store = match &*self.shared.backend.load() {
+            Some(store) => match &**store {
+                Backend::Embedded(db) => return db.lookup(hash),
+                Backend::Postgres(_) => Arc::clone(store),
+            },
+            None => return Err(StoreError::Recovering),
+        };
+        store.lookup(hash).await
     }
 
     /// See [`Db::count_tokens`]; a whole-index read for background passes.
@@ -339,7 +385,7 @@ impl Store {
     /// Last-used times recorded in the last [`STAMP_INTERVAL`] are not in
     /// it yet: see [`Store::pending_last_use`].
     pub fn snapshot(&self) -> Result<snapshot::Snapshot, StoreError> {
-        Ok(self.backend()?.snapshot())
+        self.backend()?.snapshot()
     }
 
     /// The newest use of a token recorded in memory and not written yet.
@@ -367,8 +413,12 @@ impl Store {
     }
 
     /// The user's audit events, newest first, at most `limit`.
-    pub fn events_of(&self, user: &UserId, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
-        self.backend()?.events_of(user, limit)
+    pub async fn events_of(
+        &self,
+        user: &UserId,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        self.backend()?.events_of(user, limit).await
     }
 
     /// Removes audit events older than `before`; skipped (0) while the store recovers.
@@ -404,8 +454,8 @@ impl Store {
 
     /// The user's record with its current token's newest last-used stamp,
     /// written or not.
-    pub fn get_with_last_use(&self, user: &UserId) -> Result<Option<UserRecord>, StoreError> {
-        Ok(self.get(user)?.map(|mut record| {
+    pub async fn get_with_last_use(&self, user: &UserId) -> Result<Option<UserRecord>, StoreError> {
+        Ok(self.get(user).await?.map(|mut record| {
             // Read after the record: a stamp written since is still here.
             let pending = self.shared.stamps.newest(&record.hash);
             record.last_used_at = record.last_used_at.max(pending);
@@ -651,15 +701,14 @@ mod tests {
 
     fn assert_holds(store: &Backend, expected: &Acknowledged) {
         for (&n, hash) in expected {
-            let record = store.get(&user(n)).unwrap();
+            let record = futures::executor::block_on(store.get(&user(n))).unwrap();
             assert_eq!(
                 record.as_ref().map(|r| r.hash),
                 hash.map(|h| *h.as_bytes()),
                 "user {n}"
             );
             if let Some(hash) = hash {
-                let entry = store
-                    .lookup(hash)
+                let entry = futures::executor::block_on(store.lookup(hash))
                     .unwrap()
                     .expect("the current token is indexed");
                 assert_eq!(entry.user_id, user(n).as_str());
@@ -705,21 +754,37 @@ mod tests {
             live.record_use(&hash, now);
         }
         assert_eq!(flushes(&live), before, "no write, no sync");
-        let record = live.get_with_last_use(&user(1)).unwrap().unwrap();
+        let record = futures::executor::block_on(live.get_with_last_use(&user(1)))
+            .unwrap()
+            .unwrap();
         assert_eq!(
             record.last_used_at,
             Some(2_000),
             "shown before it is written"
         );
-        assert_eq!(live.get(&user(1)).unwrap().unwrap().last_used_at, None);
+        assert_eq!(
+            futures::executor::block_on(live.get(&user(1)))
+                .unwrap()
+                .unwrap()
+                .last_used_at,
+            None
+        );
         // Written in the background within the interval, once.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while live.get(&user(1)).unwrap().unwrap().last_used_at.is_none() {
+        while futures::executor::block_on(live.get(&user(1)))
+            .unwrap()
+            .unwrap()
+            .last_used_at
+            .is_none()
+        {
             assert!(Instant::now() < deadline, "the stamp was never written");
             std::thread::sleep(Duration::from_millis(20));
         }
         assert_eq!(
-            live.lookup(&hash).unwrap().unwrap().last_used_at,
+            futures::executor::block_on(live.lookup(&hash))
+                .unwrap()
+                .unwrap()
+                .last_used_at,
             Some(2_000)
         );
         assert_eq!(flushes(&live), before + 1, "one batch for the three uses");
@@ -743,10 +808,21 @@ mod tests {
             .block_on(live.rotate(&user(2), &current, 1_500, 0))
             .unwrap();
         live.write_stamps();
-        assert_eq!(live.get(&user(1)).unwrap(), None);
-        assert_eq!(live.lookup(&revoked).unwrap(), None);
-        assert_eq!(live.lookup(&rotated_out).unwrap(), None);
-        let record = live.get_with_last_use(&user(2)).unwrap().unwrap();
+        assert_eq!(
+            futures::executor::block_on(live.get(&user(1))).unwrap(),
+            None
+        );
+        assert_eq!(
+            futures::executor::block_on(live.lookup(&revoked)).unwrap(),
+            None
+        );
+        assert_eq!(
+            futures::executor::block_on(live.lookup(&rotated_out)).unwrap(),
+            None
+        );
+        let record = futures::executor::block_on(live.get_with_last_use(&user(2)))
+            .unwrap()
+            .unwrap();
         assert_eq!(record.hash, *current.hash.as_bytes());
         assert_eq!(
             record.last_used_at, None,

@@ -22,6 +22,10 @@ async fn app_with_a_damaged_record(victim: &str) -> TestApp {
 
 #[tokio::test]
 async fn each_route_answers_its_page_message_when_storage_fails_and_nothing_changes() {
+    if crate::helpers::on_postgres() {
+        eprintln!("embedded store only: this test damages the embedded store's files; PostgreSQL failures are tests/postgres.rs");
+        return;
+    }
     let app = app_with_a_damaged_record("victim").await;
     let jwt = user_jwt("victim");
     for (method, path, message) in [

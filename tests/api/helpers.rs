@@ -45,9 +45,65 @@ pub struct TestApp {
     task: tokio::task::JoinHandle<Result<(), StartupError>>,
 }
 
+pub use crate::common::pg;
+
+/// Whether this run is against PostgreSQL (`AGENT_TOKENS_TEST_BACKEND=postgres`,
+/// as scripts/test.sh runs the suite a second time) instead of the embedded store.
+pub fn on_postgres() -> bool {
+    std::env::var("AGENT_TOKENS_TEST_BACKEND").is_ok_and(|b| b == "postgres")
+}
+
+/// `config` on the backend under test. On PostgreSQL, each data
+/// directory gets its own database, kept across restarts (its name is
+/// written beside the store's path).
+pub fn with_backend(config: TestConfig, db_path: &Path) -> TestConfig {
+    if !on_postgres() {
+        return config;
+    }
+    let cluster = pg::shared();
+    let marker = db_path.with_extension("pg-database");
+    let name = match std::fs::read_to_string(&marker) {
+        Ok(name) => name,
+        Err(_) => {
+            let name = cluster.new_database();
+            std::fs::write(&marker, &name).unwrap();
+            name
+        }
+    };
+    config
+        .set("storage", "backend", "postgres")
+        .set("storage", "url", cluster.url(&name))
+        .set("storage", "pool_size", 8)
+}
+
+/// What the PostgreSQL database of the store at `db_path` holds.
+pub fn stored_in_postgres(db_path: &Path) -> Stored {
+    let name = std::fs::read_to_string(db_path.with_extension("pg-database")).unwrap();
+    let store = agent_tokens::store::postgres::PgOffline::open(
+        &agent_tokens::store::postgres::PgSettings {
+            url: pg::shared().url(&name).into(),
+            pool_size: 1,
+        },
+    )
+    .unwrap();
+    let snapshot = store.snapshot().unwrap();
+    Stored {
+        users: snapshot.users,
+        grace_entries: snapshot
+            .index
+            .values()
+            .filter(|e| e.grace_until.is_some())
+            .count(),
+        index: snapshot
+            .index
+            .into_iter()
+            .map(|(hash, entry)| (TokenHash::from_bytes(hash), entry))
+            .collect(),
+    }
+}
+
 pub fn settings_for(config: &TestConfig, db_path: &Path) -> Settings {
-    let toml = config
-        .clone()
+    let toml = with_backend(config.clone(), db_path)
         .or_set("server", "access_log", false)
         .to_toml(db_path);
     Settings::load(Sources {
@@ -124,6 +180,9 @@ impl TestApp {
     /// Stops the server and opens its store directly to inspect what is stored.
     pub async fn stop_and_inspect(self) -> (Stored, TempDir) {
         let (dir, _) = self.stop().await;
+        if on_postgres() {
+            return (stored_in_postgres(&dir.path().join("db")), dir);
+        }
         let store = Offline::open(&dir.path().join("db"), 8).unwrap();
         let stored = Stored {
             users: store.users().map(Result::unwrap).collect(),

@@ -86,6 +86,7 @@ async fn events(req: HttpRequest, UserJwt(user): UserJwt) -> Result<HttpResponse
     let events = state
         .store
         .events_of(&user, MAX_EVENTS)
+        .await
         .map_err(|e| ApiError::failed(Operation::FetchStatus, e))?;
     Ok(HttpResponse::Ok()
         .insert_header(no_store())

@@ -111,7 +111,7 @@ async fn introspect(req: HttpRequest, payload: web::Payload) -> Result<HttpRespo
         METRICS.token_operation(TokenOperation::IntrospectInactive);
         return Ok(answer(INACTIVE.as_bytes().to_vec()));
     };
-    let (known, active) = match live_token(state, &presented) {
+    let (known, active) = match live_token(state, &presented).await {
         Ok(live) => live,
         Err(ApiError::InvalidAgentToken(_)) => {
             METRICS.token_operation(TokenOperation::IntrospectInactive);

@@ -131,6 +131,7 @@ async fn status(req: HttpRequest, UserJwt(user): UserJwt) -> Result<HttpResponse
             let record = state
                 .store
                 .get_with_last_use(&user)
+                .await
                 .map_err(|e| ApiError::failed(Operation::FetchStatus, e))?;
             let response = match record {
                 Some(r) => StatusResponse {
@@ -237,6 +238,7 @@ async fn get_or_create(
     if let Some(existing) = state
         .store
         .get(&user)
+        .await
         .map_err(|e| ApiError::failed(op, e))?
     {
         state

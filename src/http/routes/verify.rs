@@ -73,6 +73,7 @@ pub struct ActiveResponse<'a> {
             body = crate::http::error::InactiveBody,
             headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"agent-tokens\", error=\"invalid_token\", error_description=\"...\"`"))),
         (status = 500, description = "Failed to verify token.", body = crate::http::error::ErrorBody),
+        (status = 503, description = "The shared store (PostgreSQL) is unreachable: the token can be neither vouched for nor refused. Retry.", body = crate::http::error::ErrorBody),
     )
 )]
 async fn verify(req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -89,7 +90,7 @@ async fn verify(req: HttpRequest) -> Result<HttpResponse, ApiError> {
 async fn answer(req: &HttpRequest, state: &AppState) -> Result<HttpResponse, ApiError> {
     let mut scratch = BasicScratch::default();
     let presented = presented(req, state, &mut scratch)?;
-    let (known, active) = live_token(state, &presented)?;
+    let (known, active) = live_token(state, &presented).await?;
     let user_header = known
         .user_header()
         .map_err(|e| ApiError::failed(Operation::Verify, e))?;
@@ -127,7 +128,7 @@ fn presented<'a>(
 /// Whether a presented token is live now: its remembered (or freshly
 /// read) answer and when it stops verifying. Records the use (in memory,
 /// written in the background). What verify and introspection share.
-pub(crate) fn live_token(
+pub(crate) async fn live_token(
     state: &AppState,
     presented: &PresentedToken<'_>,
 ) -> Result<(VerifyAnswer, Active), ApiError> {
@@ -144,7 +145,8 @@ pub(crate) fn live_token(
             let entry = state
                 .store
                 .lookup(hash)
-                .map_err(|e| ApiError::failed(Operation::Verify, e))?
+                .await
+                .map_err(ApiError::verify_failed)?
                 .ok_or(ApiError::InvalidAgentToken(VerifyRefusal::Unknown))?;
             let known = render(&entry, state, now)?;
             state

@@ -206,7 +206,7 @@ async fn run(
         }
         Request::Show { user } => {
             let user = user_id(&user)?;
-            match store.get_with_last_use(&user).map_err(failed)? {
+            match store.get_with_last_use(&user).await.map_err(failed)? {
                 Some(r) => {
                     send(Reply::Item(summary(
                         user.as_str(),
