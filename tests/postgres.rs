@@ -1,0 +1,419 @@
+//! Several replicas on one PostgreSQL (a real one from Debian's packages,
+//! started by tests/common/pg.rs; scripts/test.sh installs it): the binary
+//! run twice as an operator runs it, against one database.
+//!
+//! - concurrent get-or-create requests split between two replicas create
+//!   exactly one token;
+//! - a token created on A verifies on B; revoked on B, A refuses it on the
+//!   very next request;
+//! - A killed with SIGKILL in the middle of rotations loses nothing it
+//!   acknowledged, and B keeps serving;
+//! - PostgreSQL stopped: management routes answer 500 with the page's
+//!   messages, verify 503, `/readyz` is not ready; started again, both
+//!   replicas recover without a restart;
+//! - the URL's password reaches neither the logs nor `check-config`.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::pg::{self, Cluster};
+use common::*;
+use reqwest::Method;
+use serde_json::Value;
+
+/// A replica's config: served as an operator would, on `url`.
+fn replica_config(dir: &Path, url: &str) -> std::path::PathBuf {
+    TestConfig::served(dir)
+        .set("storage", "backend", "postgres")
+        .set("storage", "url", url)
+        .set("storage", "pool_size", 8)
+        .write(dir)
+}
+
+/// A replica of its own directory on `url`.
+struct Replica {
+    server: Server,
+    _dir: tempfile::TempDir,
+}
+
+impl Replica {
+    fn start(url: &str) -> Replica {
+        let dir = tempfile::tempdir().unwrap();
+        let config = replica_config(dir.path(), url);
+        Replica {
+            server: Server::start(&config),
+            _dir: dir,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.server.base())
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+async fn send(client: &reqwest::Client, method: Method, url: &str, bearer: &str) -> (u16, Value) {
+    call(client, method, url, bearer).await
+}
+
+async fn verify(client: &reqwest::Client, r: &Replica, token: &str) -> u16 {
+    send(
+        client,
+        Method::GET,
+        &r.url("/api/agent-tokens/verify"),
+        token,
+    )
+    .await
+    .0
+}
+
+async fn readyz(client: &reqwest::Client, r: &Replica) -> u16 {
+    client
+        .get(r.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_create_one_token_per_user_and_see_each_others_revocations() {
+    let cluster = pg::shared();
+    let url = cluster.url(&cluster.new_database());
+    let (a, b) = (Replica::start(&url), Replica::start(&url));
+    let client = client();
+
+    // 40 users, each asked for 16 times at once, half on A, half on B.
+    let mut tasks = Vec::new();
+    for user in 0..40 {
+        for i in 0..16 {
+            let target = if i % 2 == 0 { a.url("") } else { b.url("") };
+            let client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                let jwt = hs256_jwt(&format!("user-{user}"));
+                let (status, body) = send(
+                    &client,
+                    Method::POST,
+                    &format!("{target}/api/agent-tokens/me/get-or-create"),
+                    &jwt,
+                )
+                .await;
+                assert_eq!(status, 200, "{body}");
+                (user, body)
+            }));
+        }
+    }
+    let mut created: Vec<Vec<String>> = vec![Vec::new(); 40];
+    let mut prefixes: Vec<Vec<String>> = vec![Vec::new(); 40];
+    for task in tasks {
+        let (user, body) = task.await.unwrap();
+        if body["is_new"] == true {
+            created[user].push(body["token"].as_str().unwrap().to_owned());
+        } else {
+            assert!(body["token"].is_null(), "{body}");
+        }
+        prefixes[user].push(body["token_prefix"].as_str().unwrap().to_owned());
+    }
+    for (user, (created, told)) in created.iter().zip(&prefixes).enumerate() {
+        assert_eq!(
+            created.len(),
+            1,
+            "user-{user}: {} tokens created",
+            created.len()
+        );
+        assert!(
+            told.iter().all(|p| *p == told[0]),
+            "user-{user} was told of two tokens: {told:?}"
+        );
+    }
+    let count = cluster.query(
+        url.rsplit('/').next().unwrap(),
+        "SELECT count(*) FROM tokens WHERE slot = 0",
+    );
+    assert_eq!(count, "40", "one current token per user in the database");
+
+    // Created on A, verified on B (and A); revoked on B, refused by A at once.
+    for (user, created) in created.iter().enumerate() {
+        let token = &created[0];
+        assert_eq!(verify(&client, &b, token).await, 200);
+        assert_eq!(verify(&client, &a, token).await, 200);
+        let jwt = hs256_jwt(&format!("user-{user}"));
+        let (status, _) = send(
+            &client,
+            Method::DELETE,
+            &b.url("/api/agent-tokens/me"),
+            &jwt,
+        )
+        .await;
+        assert_eq!(status, 204);
+        assert_eq!(verify(&client, &a, token).await, 401, "user-{user}");
+        assert_eq!(verify(&client, &b, token).await, 401, "user-{user}");
+    }
+
+    // A rotation on A ends the old token on B at once (no grace configured).
+    let jwt = hs256_jwt("rotator");
+    let (_, first) = send(&client, Method::POST, &a.url("/api/agent-tokens/me"), &jwt).await;
+    let first = first["token"].as_str().unwrap().to_owned();
+    assert_eq!(verify(&client, &b, &first).await, 200);
+    let (_, second) = send(&client, Method::POST, &b.url("/api/agent-tokens/me"), &jwt).await;
+    let second = second["token"].as_str().unwrap().to_owned();
+    assert_eq!(verify(&client, &a, &first).await, 401);
+    assert_eq!(verify(&client, &a, &second).await, 200);
+    // Both replicas' audit trails are one trail.
+    let (status, events) = send(
+        &client,
+        Method::GET,
+        &a.url("/api/agent-tokens/me/events"),
+        &jwt,
+    )
+    .await;
+    assert_eq!(status, 200, "{events}");
+    let text = events.to_string();
+    assert!(
+        text.contains("created") && text.contains("rotated"),
+        "{text}"
+    );
+}
+
+#[derive(Default, Clone)]
+struct UserState {
+    acked: Vec<String>,
+    in_flight: Option<()>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_killed_mid_rotations_loses_nothing_acknowledged_and_the_other_serves() {
+    let cluster = pg::shared();
+    let url = cluster.url(&cluster.new_database());
+    let (mut a, b) = (Replica::start(&url), Replica::start(&url));
+    let client = client();
+    const USERS: usize = 8;
+    let states = Arc::new(Mutex::new(vec![UserState::default(); USERS]));
+    let mut tasks = Vec::new();
+    for user in 0..USERS {
+        let (client, states, base) = (client.clone(), Arc::clone(&states), a.url(""));
+        tasks.push(tokio::spawn(async move {
+            let jwt = hs256_jwt(&format!("user-{user}"));
+            loop {
+                states.lock().unwrap()[user].in_flight = Some(());
+                let sent = client
+                    .post(format!("{base}/api/agent-tokens/me"))
+                    .bearer_auth(&jwt)
+                    .send()
+                    .await;
+                let Ok(resp) = sent else { return };
+                if resp.status() != 200 {
+                    return;
+                }
+                let Ok(body) = resp.json::<Value>().await else {
+                    return;
+                };
+                let mut states = states.lock().unwrap();
+                states[user]
+                    .acked
+                    .push(body["token"].as_str().unwrap().to_owned());
+                states[user].in_flight = None;
+            }
+        }));
+    }
+    // Let rotations run, then kill A in the middle of them.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while states.lock().unwrap().iter().any(|s| s.acked.len() < 5) {
+        assert!(Instant::now() < deadline, "rotations on A are too slow");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.server.child.kill().unwrap();
+    a.server.child.wait().unwrap();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let states = states.lock().unwrap().clone();
+    for (user, state) in states.iter().enumerate() {
+        let last = state.acked.last().unwrap();
+        let jwt = hs256_jwt(&format!("user-{user}"));
+        let (status, me) = send(&client, Method::GET, &b.url("/api/agent-tokens/me"), &jwt).await;
+        assert_eq!(status, 200);
+        let prefix = me["token_prefix"].as_str().unwrap();
+        if state.in_flight.is_none() || last.starts_with(prefix.trim_end_matches('.')) {
+            // Nothing in flight (or it never committed): the last
+            // acknowledged token is current, and verifies on B.
+            assert!(
+                last.starts_with(prefix.trim_end_matches('.')),
+                "user-{user}"
+            );
+            assert_eq!(verify(&client, &b, last).await, 200, "user-{user}");
+        } else {
+            // The rotation in flight committed: never an older acked one.
+            assert!(
+                !state
+                    .acked
+                    .iter()
+                    .any(|t| t.starts_with(prefix.trim_end_matches('.'))),
+                "user-{user} went back to an older token"
+            );
+            assert_eq!(verify(&client, &b, last).await, 401, "user-{user}");
+        }
+        for older in &state.acked[..state.acked.len() - 1] {
+            assert_eq!(verify(&client, &b, older).await, 401, "user-{user}");
+        }
+    }
+    // B keeps serving: rotations and verifies.
+    let jwt = hs256_jwt("user-0");
+    let (status, body) = send(&client, Method::POST, &b.url("/api/agent-tokens/me"), &jwt).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        verify(&client, &b, body["token"].as_str().unwrap()).await,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_down_fails_closed_and_both_replicas_recover_when_it_returns() {
+    let cluster = Cluster::start();
+    let url = cluster.url(&cluster.new_database());
+    let (a, b) = (Replica::start(&url), Replica::start(&url));
+    let client = client();
+    let jwt = hs256_jwt("alice");
+    let (_, body) = send(&client, Method::POST, &a.url("/api/agent-tokens/me"), &jwt).await;
+    let token = body["token"].as_str().unwrap().to_owned();
+    assert_eq!(verify(&client, &b, &token).await, 200);
+    assert_eq!(readyz(&client, &a).await, 200);
+
+    cluster.stop_server();
+    for r in [&a, &b] {
+        // Fails closed: never 200, never 401 for a good token.
+        assert_eq!(verify(&client, r, &token).await, 503);
+        assert_eq!(verify(&client, r, "not-a-token").await, 401);
+        // A probe's success is reused for a second at most.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while readyz(&client, r).await != 503 {
+            assert!(Instant::now() < deadline, "/readyz stays ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for (method, path, message) in [
+            (
+                Method::GET,
+                "/api/agent-tokens/me",
+                "Failed to fetch token status.",
+            ),
+            (
+                Method::POST,
+                "/api/agent-tokens/me",
+                "Failed to store agent token.",
+            ),
+            (
+                Method::POST,
+                "/api/agent-tokens/me/get-or-create",
+                "Failed to check or store token.",
+            ),
+            (
+                Method::DELETE,
+                "/api/agent-tokens/me",
+                "Failed to revoke token.",
+            ),
+        ] {
+            let (status, body) = send(&client, method.clone(), &r.url(path), &jwt).await;
+            assert_eq!(status, 500, "{method} {path}: {body}");
+            assert_eq!(body["message"], message, "{method} {path}: {body}");
+        }
+    }
+
+    cluster.start_server();
+    for r in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while verify(&client, r, &token).await != 200 || readyz(&client, r).await != 200 {
+            assert!(Instant::now() < deadline, "a replica did not recover");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // Writes work again on both, and each sees the other's.
+    let (status, _) = send(
+        &client,
+        Method::DELETE,
+        &b.url("/api/agent-tokens/me"),
+        &jwt,
+    )
+    .await;
+    assert_eq!(status, 204);
+    assert_eq!(verify(&client, &a, &token).await, 401);
+}
+
+#[test]
+fn the_urls_password_reaches_neither_logs_nor_check_config() {
+    let cluster = pg::shared();
+    let database = cluster.new_database();
+    let url = format!(
+        "postgres://postgres:pw-never-shown@127.0.0.1:{}/{database}",
+        cluster.port
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = replica_config(dir.path(), &url);
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("PostgreSQL") && text.contains(&database),
+        "{text}"
+    );
+    assert!(!text.contains("pw-never-shown"), "{text}");
+
+    // Unreachable: check-config fails, saying so without the password.
+    let bad_dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bad = replica_config(
+        bad_dir.path(),
+        &format!("postgres://postgres:pw-never-shown@127.0.0.1:{port}/nowhere"),
+    );
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("storage.url"), "{text}");
+    assert!(!text.contains("pw-never-shown"), "{text}");
+
+    // A server's log from start to stop.
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(child.stderr.take().unwrap());
+    let server = Server {
+        child,
+        port: 0,
+        log: lines,
+    };
+    let mut seen = Vec::new();
+    wait_for_line(&server.log, "listening on port", &mut seen);
+    let mut server = server;
+    server.terminate();
+    seen.extend(server.drain_log());
+    let joined = seen.join("\n");
+    assert!(joined.contains("PostgreSQL at 127.0.0.1"), "{joined}");
+    assert!(!joined.contains("pw-never-shown"), "{joined}");
+}
