@@ -417,3 +417,102 @@ fn the_urls_password_reaches_neither_logs_nor_check_config() {
     assert!(joined.contains("PostgreSQL at 127.0.0.1"), "{joined}");
     assert!(!joined.contains("pw-never-shown"), "{joined}");
 }
+
+/// Rotates for `users` on `server` (twice for the first: one token in
+/// grace); returns each user's current token.
+async fn tokens_on(server: &Server, users: &[&str]) -> Vec<String> {
+    let client = client();
+    let mut tokens = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        let jwt = hs256_jwt(user);
+        let url = format!("{}/api/agent-tokens/me", server.base());
+        for _ in 0..if i == 0 { 2 } else { 1 } {
+            let (status, body) = send(&client, Method::POST, &url, &jwt).await;
+            assert_eq!(status, 200, "{body}");
+            if tokens.len() == i {
+                tokens.push(String::new());
+            }
+            tokens[i] = body["token"].as_str().unwrap().to_owned();
+        }
+    }
+    tokens
+}
+
+async fn verifies_on(server: &Server, token: &str) -> u16 {
+    send(
+        &client(),
+        Method::GET,
+        &format!("{}/api/agent-tokens/verify", server.base()),
+        token,
+    )
+    .await
+    .0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_and_import_move_tokens_between_the_embedded_store_and_postgresql() {
+    let cluster = pg::shared();
+    let users = ["alice", "bob", "ünïcødé@example.com"];
+    // Embedded -> PostgreSQL.
+    let embedded_dir = tempfile::tempdir().unwrap();
+    let embedded = TestConfig::served(embedded_dir.path())
+        .set("tokens", "rotation_grace_secs", 3600)
+        .write(embedded_dir.path());
+    let server = Server::start(&embedded);
+    let tokens = tokens_on(&server, &users).await;
+    server.stop();
+    let export = run("export", &embedded, &[], b"");
+    assert!(export.status.success(), "{}", output_text(&export));
+    let check = run("check", &embedded, &[], b"");
+    assert!(check.status.success(), "{}", output_text(&check));
+
+    let pg_dir = tempfile::tempdir().unwrap();
+    let database = cluster.new_database();
+    let postgres = TestConfig::served(pg_dir.path())
+        .set("tokens", "rotation_grace_secs", 3600)
+        .set("storage", "backend", "postgres")
+        .set("storage", "url", cluster.url(&database))
+        .write(pg_dir.path());
+    let import = run("import", &postgres, &[], &export.stdout);
+    let text = output_text(&import);
+    assert!(import.status.success(), "{text}");
+    assert!(text.contains("imported 3 users (1 in grace)"), "{text}");
+    // Again: refused, the database holds tokens.
+    let again = run("import", &postgres, &[], &export.stdout);
+    assert_eq!(again.status.code(), Some(73), "{}", output_text(&again));
+    let check = run("check", &postgres, &[], b"");
+    let text = output_text(&check);
+    assert!(check.status.success(), "{text}");
+    assert!(
+        text.contains("3 users with a token (1 in grace), 4 tokens"),
+        "{text}"
+    );
+
+    // The imported tokens verify on a replica, the one in grace too.
+    let replica = Server::start(&postgres);
+    for token in &tokens {
+        assert_eq!(verifies_on(&replica, token).await, 200);
+    }
+    let newer = tokens_on(&replica, &["carol"]).await;
+    // PostgreSQL -> embedded, while the replica serves.
+    let export = run("export", &postgres, &[], b"");
+    assert!(export.status.success(), "{}", output_text(&export));
+    let header: Value =
+        serde_json::from_slice(export.stdout.split(|&b| b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(header["users"], 4);
+    replica.stop();
+
+    let back_dir = tempfile::tempdir().unwrap();
+    let back = TestConfig::served(back_dir.path())
+        .set("tokens", "rotation_grace_secs", 3600)
+        .write(back_dir.path());
+    let import = run("import", &back, &[], &export.stdout);
+    assert!(import.status.success(), "{}", output_text(&import));
+    let check = run("check", &back, &[], b"");
+    assert!(check.status.success(), "{}", output_text(&check));
+    let server = Server::start(&back);
+    for token in tokens.iter().chain(&newer) {
+        assert_eq!(verifies_on(&server, token).await, 200);
+    }
+    server.stop();
+}

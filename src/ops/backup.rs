@@ -27,6 +27,7 @@ use crate::domain::token::{display_prefix_bytes, TOKEN_PREFIX};
 use crate::domain::user::UserId;
 use crate::store::error::StoreError;
 use crate::store::offline::{ImportedUser, Offline};
+use crate::store::postgres::PgOffline;
 use crate::store::records::{GraceToken, UserRecord};
 use crate::store::snapshot::Records;
 
@@ -46,6 +47,8 @@ pub enum BackupError {
     NoStore { path: PathBuf },
     #[error("the store at {} is not empty; use --force to replace its content", path.display())]
     NotEmpty { path: PathBuf },
+    #[error("the PostgreSQL database {target} holds tokens; use --force to replace them")]
+    NotEmptyDatabase { target: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot read the backup: {0}")]
@@ -583,17 +586,37 @@ pub fn import(store: &mut Offline, backup: &Backup, force: bool) -> Result<Summa
             path: store.path().to_owned(),
         });
     }
-    let users: Vec<ImportedUser<'_>> = backup
-        .entries
-        .iter()
-        .map(|entry| ImportedUser {
-            user_id: entry.user.as_str(),
-            record: &entry.record,
-            grace_token_times: entry.grace_times,
-        })
-        .collect();
-    store.replace_with(&users)?;
+    store.replace_with(&backup.imported_users())?;
     Ok(backup.summary())
+}
+
+/// [`import`] into PostgreSQL: one transaction, which replicas serving
+/// the database see all at once or not at all.
+pub fn import_postgres(
+    store: &PgOffline,
+    backup: &Backup,
+    force: bool,
+) -> Result<Summary, BackupError> {
+    if !force && store.holds_tokens()? {
+        return Err(BackupError::NotEmptyDatabase {
+            target: store.target().to_owned(),
+        });
+    }
+    store.replace_with(&backup.imported_users())?;
+    Ok(backup.summary())
+}
+
+impl Backup {
+    fn imported_users(&self) -> Vec<ImportedUser<'_>> {
+        self.entries
+            .iter()
+            .map(|entry| ImportedUser {
+                user_id: entry.user.as_str(),
+                record: &entry.record,
+                grace_token_times: entry.grace_times,
+            })
+            .collect()
+    }
 }
 
 /// The grace part of an export line, from the rotated-out token's index

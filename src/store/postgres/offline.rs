@@ -12,6 +12,7 @@ use crate::domain::token::TokenHash;
 use crate::store::error::StoreError;
 use crate::store::offline::ImportedUser;
 use crate::store::records::{IndexEntry, NoListener, UserRecord};
+use crate::store::snapshot::Records;
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -27,6 +28,21 @@ pub struct Snapshot {
     pub orphans: Vec<(String, String)>,
     pub audit_events: u64,
     pub schema_version: i64,
+}
+
+/// As the embedded store's snapshot, for `agent-tokens export`.
+impl Records for Snapshot {
+    fn user_count(&self) -> Result<usize> {
+        Ok(self.users.len())
+    }
+
+    fn each_user(&self) -> Box<dyn Iterator<Item = Result<(String, UserRecord)>> + '_> {
+        Box::new(self.users.iter().cloned().map(Ok))
+    }
+
+    fn index_entry(&self, hash: &TokenHash) -> Result<Option<IndexEntry>> {
+        Ok(self.index.get(hash.as_bytes()).cloned())
+    }
 }
 
 /// A PostgreSQL database opened by an offline command.
@@ -63,7 +79,7 @@ impl PgOffline {
             let rows = tx
                 .query(
                     "SELECT user_id, hash, slot, prefix, created_at, last_used_at, grace_until \
-                     FROM tokens ORDER BY user_id, slot",
+                     FROM tokens ORDER BY user_id COLLATE \"C\", slot",
                     &[],
                 )
                 .await
