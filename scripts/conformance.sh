@@ -35,7 +35,19 @@ algorithms = ["HS256"]
 hmac_secret = "$secret"
 [rate_limit]
 management_per_minute = 0
+[introspection]
+clients_file = "$work/introspection-clients"
+[admin]
+token_file = "$work/admin-token"
 TOML
+# The routes that exist only when configured are tested too: introspection
+# and RFC 7009 with a client's credentials, deprovisioning without the
+# admin secret (every call 401), so fuzzing never revokes the test's token.
+client_secret="conformance-client-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+printf 'conformance:%s\n' "$client_secret" > "$work/introspection-clients"
+printf 'admin-%s\n' "$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" > "$work/admin-token"
+chmod 600 "$work/introspection-clients" "$work/admin-token"
+export ST_CLIENT_SECRET="$client_secret"
 
 # An HS256 JWT signed with the test secret, from the standard library alone.
 jwt() {
@@ -69,6 +81,10 @@ bearer = "${ST_USER_JWT}"
 
 [auth.openapi.agent_token]
 bearer = "${ST_AGENT_TOKEN}"
+
+[auth.openapi.introspection_client]
+username = "conformance"
+password = "${ST_CLIENT_SECRET}"
 TOML
 
 status=0

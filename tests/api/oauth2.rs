@@ -261,22 +261,50 @@ async fn malformed_requests_get_400_and_say_why() {
                 .body("token=a&token=b"),
             "A parameter was sent more than once.",
         ),
-        (
-            app.client
-                .post(&url)
-                .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
-                .form(&[
-                    ("token", "x"),
-                    ("client_id", CLIENT_ID),
-                    ("client_secret", CLIENT_SECRET),
-                ]),
-            "Use one client authentication method: Basic or the form, not both.",
-        ),
     ];
     for (req, message) in cases {
         let resp = req.send().await.unwrap();
         let body = assert_error(resp, 400, "invalid_request").await;
         assert_eq!(body["message"], message);
+    }
+    // An empty token is one that is not live, not a malformed request.
+    let resp = app
+        .client
+        .post(&url)
+        .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+        .form(&[("token", "")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap(),
+        json!({"active": false})
+    );
+    // Both methods at once: taken only when the form names the Basic client.
+    for (form_id, form_secret, status) in [
+        (CLIENT_ID, CLIENT_SECRET, 200),
+        ("", "", 200),
+        ("another-client", "", 401),
+        (CLIENT_ID, "not-the-secret-of-this-client-at-all", 401),
+    ] {
+        let resp = app
+            .client
+            .post(&url)
+            .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+            .form(&[
+                ("token", "x"),
+                ("client_id", form_id),
+                ("client_secret", form_secret),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status().as_u16(),
+            status,
+            "{form_id:?} {form_secret:?}"
+        );
     }
     let resp = app
         .client

@@ -325,28 +325,31 @@ impl Form {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The `token` parameter. An empty one is a token like any other that
+    /// is not live: inactive, or nothing to revoke.
     fn token(&self) -> Result<&str, ApiError> {
         self.get("token")
-            .filter(|t| !t.is_empty())
             .ok_or(ApiError::InvalidRequest("The token parameter is required."))
     }
 
-    /// RFC 6749 §2.3.1: Basic or the form's `client_id` and
-    /// `client_secret`, not both.
+    /// RFC 6749 §2.3.1: Basic, or the form's `client_id` and
+    /// `client_secret`. A client that sends both (§2.3 asks it not to) is
+    /// taken at its Basic word only when the form names the same client:
+    /// its `client_id`, if not empty, is the Basic one and its
+    /// `client_secret`, if not empty, is that client's secret too.
     fn authenticate(&self, req: &HttpRequest, oauth: &OAuthClients) -> Result<(), ApiError> {
-        let basic = req.headers().get(AUTHORIZATION);
-        let posted = (self.get("client_id"), self.get("client_secret"));
-        let accepted = match (basic, posted) {
-            (Some(_), (Some(_), _) | (_, Some(_))) => {
-                return Err(ApiError::InvalidRequest(
-                    "Use one client authentication method: Basic or the form, not both.",
-                ))
-            }
-            (Some(header), _) => {
-                basic_client(header).is_some_and(|(id, secret)| authenticate(oauth, &id, &secret))
-            }
-            (None, (Some(id), Some(secret))) => oauth.clients.authenticate(id, secret),
-            (None, _) => false,
+        let posted_id = self.get("client_id").filter(|v| !v.is_empty());
+        let posted_secret = self.get("client_secret").filter(|v| !v.is_empty());
+        let accepted = match req.headers().get(AUTHORIZATION) {
+            Some(header) => basic_client(header).is_some_and(|(id, secret)| {
+                authenticate(oauth, &id, &secret)
+                    && posted_id.is_none_or(|posted| posted == id.as_str())
+                    && posted_secret.is_none_or(|posted| oauth.clients.authenticate(&id, posted))
+            }),
+            None => match (posted_id, posted_secret) {
+                (Some(id), Some(secret)) => oauth.clients.authenticate(id, secret),
+                _ => false,
+            },
         };
         if accepted {
             Ok(())
