@@ -77,7 +77,7 @@ pub enum Command {
     },
     /// Find agent tokens in files and directories (recursively, skipping .git and binary files), or in stdin when no path is given. Prints path:line:prefix for each token with a valid checksum, never the token. Exit 1 if any is found, 0 if none, 2 on errors.
     Scan {
-        /// Files or directories to scan; stdin when none.
+        /// Files or directories to scan (a symbolic link named here is followed; links inside a directory are not), or - for stdin; stdin when none.
         #[arg(value_name = "PATH")]
         paths: Vec<PathBuf>,
         /// Also revoke what was found: POST it to this agent-tokens server's revoke route (its base URL, or the route's full URL). Holding a token is all the route asks.
@@ -548,15 +548,8 @@ fn check_postgres(settings: &Settings) -> ExitCode {
 
 fn scan(paths: &[PathBuf], revoke: Option<&str>) -> ExitCode {
     use crate::ops::scan;
-    let report = if paths.is_empty() {
-        let mut report = scan::Report::default();
-        if let Err(e) = scan::scan_reader("stdin", std::io::stdin().lock(), &mut report) {
-            report.errors.push(format!("cannot read stdin: {e}"));
-        }
-        report
-    } else {
-        scan::scan_paths(paths)
-    };
+    let stdin = [PathBuf::from("-")];
+    let report = scan::scan_paths(if paths.is_empty() { &stdin } else { paths });
     for finding in &report.findings {
         print_stdout(format_args!("{}\n", finding.describe()));
     }

@@ -141,6 +141,83 @@ fn without_a_path_it_scans_stdin() {
     assert_eq!(out.status.code(), Some(0));
 }
 
+#[test]
+fn a_symlink_named_on_the_command_line_is_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = token();
+    let target = dir.path().join("a.txt");
+    fs::write(&target, format!("TOKEN={}\n", t.expose())).unwrap();
+    let link = dir.path().join("link.txt");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let out = scan(&[&link], None);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        format!("{}:1:{}\n", link.display(), t.display_prefix())
+    );
+    assert!(
+        stderr(&out).contains("in 1 of 1 file(s) scanned"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Inside a directory a link is still skipped: the token is found once,
+    // through the real file.
+    let out = scan(&[dir.path()], None);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        format!("{}:1:{}\n", target.display(), t.display_prefix())
+    );
+
+    // A named link that leads nowhere is an error, never "clean".
+    let dangling = dir.path().join("dangling");
+    std::os::unix::fs::symlink(dir.path().join("gone"), &dangling).unwrap();
+    let out = scan(&[&dangling], None);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("cannot read {}", dangling.display())),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_named_path_that_is_not_a_file_or_directory_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("s.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let out = scan(&[&socket], None);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not a regular file or a directory"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_lone_dash_reads_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (token(), token());
+    let file = dir.path().join("f.txt");
+    fs::write(&file, format!("{}\n", a.expose())).unwrap();
+    let out = scan(
+        &[Path::new("-"), &file],
+        Some(&format!("x\n{}\n", b.expose())),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "stdin:2:{}\n{}:1:{}\n",
+            b.display_prefix(),
+            file.display(),
+            a.display_prefix()
+        )
+    );
+}
+
 fn git(dir: &Path, args: &[&str]) {
     let status = Command::new("git")
         .current_dir(dir)
