@@ -482,11 +482,14 @@ async fn expire_grace_periodically(state: Weak<AppState>) {
 }
 
 /// How often the tokens expiring within 7 days are counted (a read of the
-/// whole index when `tokens.max_age_days` is set).
-const EXPIRING_COUNT_INTERVAL: Duration = Duration::from_secs(300);
+/// whole index when `tokens.max_age_days` is set), and tokens past that
+/// age removed.
+const EXPIRING_COUNT_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Keeps `agent_tokens_tokens_expiring_within_7d` current, off the request
-/// threads, at start and then every [`EXPIRING_COUNT_INTERVAL`].
+/// Keeps `agent_tokens_tokens_expiring_within_7d` current and removes
+/// tokens past `tokens.max_age_days` (each leaves an `expired` event; verify
+/// refuses them by time before that), off the request threads, at start
+/// and then every [`EXPIRING_COUNT_INTERVAL`].
 async fn count_expiring_periodically(state: Weak<AppState>) {
     loop {
         let counting = state.clone();
@@ -494,13 +497,36 @@ async fn count_expiring_periodically(state: Weak<AppState>) {
             tokio::task::spawn_blocking(move || counting.upgrade().map(|app| app.count_expiring()))
                 .await;
         match counted {
-            Ok(Some(Ok(n))) => METRICS
-                .tokens_expiring
-                .set(i64::try_from(n).unwrap_or(i64::MAX)),
+            Ok(Some(Ok(found))) => {
+                METRICS
+                    .tokens_expiring
+                    .set(i64::try_from(found.soon).unwrap_or(i64::MAX));
+                if found.expired > 0 {
+                    remove_expired(&state).await;
+                }
+            }
             Ok(Some(Err(e))) => log::warn!("cannot count the tokens expiring soon: {e}"),
             Ok(None) | Err(_) => return,
         }
         tokio::time::sleep(EXPIRING_COUNT_INTERVAL).await;
+    }
+}
+
+/// Revokes every token created `tokens.max_age_days` ago or earlier, as
+/// the server (`expired` events), through the store's revoke-all.
+async fn remove_expired(state: &Weak<AppState>) {
+    let Some(app) = state.upgrade() else { return };
+    let Some(max_age) = app.policy.max_age_secs else {
+        return;
+    };
+    let now = app.clock.now();
+    // Expired when now >= created_at + max_age, so created before this.
+    let before = now.saturating_sub(max_age).saturating_add(1);
+    let system = crate::store::audit::Audit::by(crate::store::audit::Actor::System);
+    match app.store.revoke_all(Some(before), now, &system).await {
+        Ok(0) => {}
+        Ok(n) => log::info!("removed {n} token(s) past tokens.max_age_days"),
+        Err(e) => log::error!("cannot remove tokens past tokens.max_age_days: {e}"),
     }
 }
 

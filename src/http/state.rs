@@ -55,25 +55,46 @@ pub struct OAuthClients {
     pub max_body_bytes: usize,
 }
 
+/// What [`AppState::count_expiring`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expiring {
+    /// Live tokens that stop verifying within the window.
+    pub soon: u64,
+    /// Tokens past `tokens.max_age_days`, to be removed.
+    pub expired: u64,
+}
+
 /// The window of `agent_tokens_tokens_expiring_within_7d`.
 pub const EXPIRING_WINDOW_SECS: u64 = 7 * 86_400;
 
 impl AppState {
-    /// Live tokens that stop verifying within [`EXPIRING_WINDOW_SECS`]:
-    /// without `tokens.max_age_days` only grace windows end (a range
-    /// read); with it, every token is assessed (a read of the index).
-    pub fn count_expiring(&self) -> Result<u64, StoreError> {
+    /// Live tokens that stop verifying within [`EXPIRING_WINDOW_SECS`],
+    /// and tokens past `tokens.max_age_days` still stored: without that
+    /// setting only grace windows end (a range read); with it, every
+    /// token is assessed (a read of the index).
+    pub fn count_expiring(&self) -> Result<Expiring, StoreError> {
         let now = self.clock.now();
         let until = now.saturating_add(EXPIRING_WINDOW_SECS);
         if self.policy.max_age_secs.is_none() {
-            return self
+            let soon = self
                 .store
-                .grace_ending(now.saturating_add(1), until.saturating_add(1));
+                .grace_ending(now.saturating_add(1), until.saturating_add(1))?;
+            return Ok(Expiring { soon, expired: 0 });
         }
-        self.store.count_tokens(|entry| {
-            self.policy
-                .assess(entry.created_at, entry.grace_until, now)
-                .is_ok_and(|active| active.expires_at.is_some_and(|t| t <= until))
+        let expired = std::cell::Cell::new(0u64);
+        let soon = self.store.count_tokens(|entry| {
+            match self.policy.assess(entry.created_at, entry.grace_until, now) {
+                Ok(active) => active.expires_at.is_some_and(|t| t <= until),
+                Err(crate::domain::policy::Inactive::Expired) => {
+                    expired.set(expired.get() + 1);
+                    false
+                }
+                Err(_) => false,
+            }
+        })?;
+        Ok(Expiring {
+            soon,
+            expired: expired.get(),
         })
     }
 

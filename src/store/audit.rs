@@ -104,8 +104,14 @@ impl Audit {
         self
     }
 
-    /// The event this context records for `kind` at `at`.
+    /// The event this context records for `kind` at `at`. The server
+    /// revokes a token only when it outlives `tokens.max_age_days`, so a
+    /// revocation by [`Actor::System`] is recorded as `expired`.
     pub(crate) fn event(&self, kind: EventKind, at: u64, user_id: &str) -> AuditEvent {
+        let kind = match (kind, self.actor) {
+            (EventKind::Revoked, Actor::System) => EventKind::Expired,
+            (kind, _) => kind,
+        };
         AuditEvent {
             at,
             kind,

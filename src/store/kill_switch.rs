@@ -144,6 +144,11 @@ impl Db {
                 })
                 .await?;
         }
+        if audit.actor == Actor::System {
+            // Expiry (tokens.max_age_days): each token's `expired` event
+            // says it all; there is no operator's action to sum up.
+            return Ok(revoked);
+        }
         let asked = match before {
             Some(before) => format!("created before {}", crate::domain::clock::rfc3339(before)),
             None => "existing when it ran".to_owned(),

@@ -619,6 +619,8 @@ impl Pg {
                 events.push(event);
             }
             let revoked = events.len();
+            // Expiry (actor system) has no operator's action to sum up.
+            let summarise = audit.actor != Actor::System;
             let asked = match before {
                 Some(before) => format!(
                     "created before {}",
@@ -635,7 +637,9 @@ impl Pg {
                 "revoked {revoked} of the {listed} token(s) {asked}"
             ));
             summary.user_id = None;
-            events.push(summary);
+            if summarise {
+                events.push(summary);
+            }
             for event in &events {
                 insert_event(&tx, event).await?;
             }
