@@ -172,9 +172,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => "Too many requests from this address. Retry later.",
             ApiError::TooManyChanges { .. } => "Too many token changes for this user. Retry later.",
             ApiError::HeadersTooLarge => "The request headers are too large.",
-            ApiError::PayloadTooLarge => {
-                "The request body is too large; these routes take no body."
-            }
+            ApiError::PayloadTooLarge => "The request body is too large.",
             ApiError::NotFound => "No such route.",
             ApiError::MethodNotAllowed { .. } => "This method is not allowed on this route.",
         }
