@@ -47,6 +47,11 @@ async fn the_binary_serves_the_api_from_a_real_config_file_and_stops_cleanly_on_
     )
     .await;
     assert_eq!(status["token_prefix"], created["token_prefix"]);
+    // POST /me twice: a creation, then a rotation, each logged as what it is.
+    let other = hs256_jwt("smoke user 2");
+    let me = format!("{base}/api/agent-tokens/me");
+    let (_, first) = call(&client, Method::POST, &me, &other).await;
+    let (_, second) = call(&client, Method::POST, &me, &other).await;
 
     let exit = server.terminate();
     assert!(exit.success(), "exit status {exit:?}");
@@ -59,6 +64,32 @@ async fn the_binary_serves_the_api_from_a_real_config_file_and_stops_cleanly_on_
     assert!(!log.contains(&jwt), "the JWT reached the log");
     assert!(!log.contains(&token[15..]), "the token reached the log");
     assert!(!log.contains(SECRET), "the HMAC secret reached the log");
+    for t in [&first, &second] {
+        let t = t["token"].as_str().unwrap();
+        assert!(!log.contains(&t[15..]), "the token reached the log");
+    }
+    assert!(
+        log.contains(&format!(
+            "created an agent token for user \"smoke-user\" ({})",
+            created["token_prefix"].as_str().unwrap()
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "created an agent token for user \"smoke user 2\" ({})",
+            first["token_prefix"].as_str().unwrap()
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "rotated the agent token of user \"smoke user 2\" (now {})",
+            second["token_prefix"].as_str().unwrap()
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("UserId("), "{log}");
 
     // Restarted on the same data, the token is still there.
     let mut server = Server::start(&config);

@@ -74,7 +74,10 @@ pub async fn deprovision(
     METRICS.admin_action("deprovision", true);
     if removed {
         METRICS.token_operation(TokenOperation::Revoked);
-        log::info!("deprovisioned user {user:?}: their agent token is revoked");
+        log::info!(
+            "deprovisioned user {:?}: their agent token is revoked",
+            user.as_str()
+        );
     }
     Ok(HttpResponse::NoContent().insert_header(no_store()).finish())
 }

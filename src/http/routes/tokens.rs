@@ -201,10 +201,20 @@ async fn rotate(
     } else {
         TokenOperation::Created
     });
-    log::info!(
-        "rotated the agent token of user {user:?} (now {})",
-        new.prefix
-    );
+    // The user's id only, quoted (ids may hold spaces); the token never.
+    if replaced {
+        log::info!(
+            "rotated the agent token of user {:?} (now {})",
+            user.as_str(),
+            new.prefix
+        );
+    } else {
+        log::info!(
+            "created an agent token for user {:?} ({})",
+            user.as_str(),
+            new.prefix
+        );
+    }
     Ok(HttpResponse::Ok()
         .insert_header(no_store())
         .json(RotateResponse {
@@ -262,7 +272,8 @@ async fn get_or_create(
             reservation.commit();
             METRICS.token_operation(TokenOperation::Created);
             log::info!(
-                "created an agent token for user {user:?} ({})",
+                "created an agent token for user {:?} ({})",
+                user.as_str(),
                 record.prefix
             );
             HttpResponse::Ok()
@@ -318,7 +329,7 @@ async fn revoke(
         // Counted after the fact and never refused: see `charge_change`.
         state.limits.charge_change(&user);
         METRICS.token_operation(TokenOperation::Revoked);
-        log::info!("revoked the agent token of user {user:?}");
+        log::info!("revoked the agent token of user {:?}", user.as_str());
     }
     Ok(HttpResponse::NoContent().insert_header(no_store()).finish())
 }

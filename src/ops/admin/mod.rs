@@ -270,7 +270,7 @@ async fn run(
                 .map_err(failed)?;
             if revoked {
                 crate::metrics::METRICS.token_operation(crate::metrics::TokenOperation::Revoked);
-                log::info!("admin: revoked the agent token of user {user:?}");
+                log::info!("admin: revoked the agent token of user {:?}", user.as_str());
                 Ok(format!(
                     "revoked the token of user {:?} (and any token in its grace window)",
                     user.as_str()
