@@ -60,20 +60,33 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
+/// The line up to a `#` that starts it or follows a blank.
+fn without_comment(line: &str) -> &str {
+    let mut previous_blank = true;
+    for (i, c) in line.char_indices() {
+        if c == '#' && previous_blank {
+            return &line[..i];
+        }
+        previous_blank = c.is_whitespace();
+    }
+    line
+}
+
 /// Equal digests, looked at in full whatever differs first.
 fn same_digest(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl ClientList {
-    /// Parses `client_id:secret` lines. Blank lines and lines whose first
-    /// visible character is `#` are skipped; the id ends at the first `:`
-    /// (secrets may contain `:` and `#`); surrounding blanks are trimmed.
+    /// Parses `client_id:secret` lines. `#` starts a comment at the start
+    /// of a line or after a blank, so `id:secret  # note` is the secret
+    /// alone; the id ends at the first `:` (secrets may contain `:`, and
+    /// `#` not after a blank); surrounding blanks are trimmed.
     pub fn parse(text: &str) -> Result<Self, ClientsError> {
         let mut clients: Vec<(Client, usize)> = Vec::new();
         for (n, line) in text.lines().enumerate() {
             let line_no = n + 1;
-            let line = line.trim();
+            let line = without_comment(line).trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
@@ -206,6 +219,18 @@ mod tests {
         assert!(!list.authenticate("off", SECRET));
         assert!(!list.authenticate("mcp", &SECRET[1..]));
         assert!(!list.authenticate("MCP", SECRET));
+    }
+
+    #[test]
+    fn a_comment_after_a_blank_ends_the_secret() {
+        let text = format!("mcp:{SECRET}  # the MCP server\napache:{SECRET}\t#x\n");
+        let list = ClientList::parse(&text).unwrap();
+        assert!(list.authenticate("mcp", SECRET));
+        assert!(list.authenticate("apache", SECRET));
+        assert!(!list.authenticate("mcp", &format!("{SECRET}  # the MCP server")));
+        // What is left after the comment must still be a long enough secret.
+        let short = ClientList::parse("mcp:0123456789 #0123456789012345678901234567890");
+        assert!(short.is_err());
     }
 
     #[test]
