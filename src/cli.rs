@@ -115,7 +115,7 @@ pub enum AdminVerb {
     },
     /// Revoke a user's token at once, grace window included; the next verify answers 401.
     Revoke { user: String },
-    /// The incident kill switch: revoke every token created before TIME (RFC 3339 or Unix seconds), or every token that exists now.
+    /// The incident kill switch: revoke every token created before TIME (RFC 3339 with Z or an offset, or Unix seconds), or every token that exists now. Creation times are whole seconds, so a TIME with a fraction is rounded up to the next second: a token created in that second is revoked too, and nothing created before TIME survives.
     RevokeAll {
         #[arg(long, value_name = "TIME|now", value_parser = parse_before)]
         before: Before,
@@ -128,8 +128,8 @@ pub enum AdminVerb {
     /// The audit trail, oldest first: every event, or one user's.
     Events {
         user: Option<String>,
-        /// Only events at or after TIME (RFC 3339 or Unix seconds).
-        #[arg(long, value_name = "TIME", value_parser = parse_time)]
+        /// Only events at or after TIME (RFC 3339 with Z or an offset, Unix seconds, or now); a fraction of a second is rounded down, so the whole second is included.
+        #[arg(long, value_name = "TIME", value_parser = parse_since)]
         since: Option<u64>,
         #[arg(long)]
         json: bool,
@@ -146,22 +146,62 @@ fn parse_duration(text: &str) -> Result<u64, String> {
         .map_err(|e| format!("{e} (write e.g. 30d, 12h or 90m)"))
 }
 
-fn parse_time(text: &str) -> Result<u64, String> {
+/// How a TIME with a fraction of a second becomes whole seconds, the unit
+/// creation and event times are stored in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rounding {
+    /// `events --since`: an event in that second is included.
+    Down,
+    /// `revoke-all --before`: a token created in that second, perhaps
+    /// before TIME, is revoked too; nothing created before TIME survives.
+    Up,
+}
+
+const TIME_FORMS: &str = "write a time as RFC 3339 (2026-12-01T10:00:00Z or 2026-12-01T11:00:00+01:00), Unix seconds, or now";
+
+/// A TIME: RFC 3339 with `Z` or an offset, Unix seconds, or `now`; as
+/// seconds since the Unix epoch, rounded as `rounding` says.
+fn parse_time_rounded(text: &str, rounding: Rounding, now: u64) -> Result<u64, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("now") {
+        return Ok(now);
+    }
     if let Ok(secs) = text.parse::<u64>() {
         return Ok(secs);
     }
-    humantime::parse_rfc3339_weak(text)
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_secs())
-        .ok_or_else(|| "write a time as RFC 3339 (2026-12-01T10:00:00Z) or Unix seconds".to_owned())
+    let (secs, nanos) =
+        match time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339) {
+            Ok(t) => (t.unix_timestamp(), t.nanosecond()),
+            // Without a zone, as earlier releases took it: UTC.
+            Err(_) => humantime::parse_rfc3339_weak(text)
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .and_then(|d| Some((i64::try_from(d.as_secs()).ok()?, d.subsec_nanos())))
+                .ok_or_else(|| TIME_FORMS.to_owned())?,
+        };
+    let secs = u64::try_from(secs).map_err(|_| format!("{TIME_FORMS}, not before 1970"))?;
+    Ok(if rounding == Rounding::Up && nanos > 0 {
+        secs.saturating_add(1)
+    } else {
+        secs
+    })
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn parse_since(text: &str) -> Result<u64, String> {
+    parse_time_rounded(text, Rounding::Down, unix_now())
 }
 
 fn parse_before(text: &str) -> Result<Before, String> {
-    match text {
-        "now" => Ok(Before(None)),
-        text => parse_time(text).map(|t| Before(Some(t))),
+    if text.trim().eq_ignore_ascii_case("now") {
+        return Ok(Before(None));
     }
+    parse_time_rounded(text, Rounding::Up, unix_now()).map(|t| Before(Some(t)))
 }
 
 /// `scan`'s exit codes, as gitleaks has them: a pre-commit hook or a CI
@@ -628,4 +668,85 @@ fn admin(config: PathBuf, verb: AdminVerb) -> ExitCode {
         }
     };
     crate::ops::admin::client::run(&settings, request, &output)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn down(text: &str) -> Result<u64, String> {
+        parse_time_rounded(text, Rounding::Down, NOW)
+    }
+
+    fn up(text: &str) -> Result<u64, String> {
+        parse_time_rounded(text, Rounding::Up, NOW)
+    }
+
+    /// 2026-12-03T04:00:00Z.
+    const T: u64 = 1_796_270_400;
+
+    #[test]
+    fn rfc3339_with_z_or_any_offset_is_the_same_instant() {
+        for text in [
+            "2026-12-03T04:00:00Z",
+            "2026-12-03T05:00:00+01:00",
+            "2026-12-02T23:00:00-05:00",
+            "2026-12-03T04:00:00+00:00",
+            "2026-12-03t04:00:00z",
+            "2026-12-03T04:00:00",
+            "2026-12-03 04:00:00",
+        ] {
+            assert_eq!(down(text), Ok(T), "{text}");
+            assert_eq!(up(text), Ok(T), "{text}");
+        }
+    }
+
+    #[test]
+    fn unix_seconds_and_now_are_taken_as_they_are() {
+        assert_eq!(down("1796270400"), Ok(T));
+        assert_eq!(up("1796270400"), Ok(T));
+        assert_eq!(down("now"), Ok(NOW));
+        assert_eq!(up("NOW"), Ok(NOW));
+    }
+
+    #[test]
+    fn a_fraction_rounds_up_for_before_and_down_for_since() {
+        for text in [
+            "2026-12-03T04:00:00.5Z",
+            "2026-12-03T05:00:00.000000001+01:00",
+            "2026-12-03T04:00:00.999Z",
+        ] {
+            assert_eq!(up(text), Ok(T + 1), "{text}");
+            assert_eq!(down(text), Ok(T), "{text}");
+        }
+        // A zero fraction is a whole second.
+        assert_eq!(up("2026-12-03T04:00:00.000Z"), Ok(T));
+    }
+
+    #[test]
+    fn before_now_means_every_token_that_exists() {
+        assert!(matches!(parse_before("now"), Ok(Before(None))));
+        assert!(matches!(
+            parse_before("2026-12-03T05:00:00.25+01:00"),
+            Ok(Before(Some(t))) if t == T + 1
+        ));
+    }
+
+    #[test]
+    fn anything_else_is_refused_with_the_forms_it_takes() {
+        for text in [
+            "",
+            "yesterday",
+            "2026-12-03",
+            "2026-13-03T04:00:00Z",
+            "2026-12-03T04:00:00+25:00",
+            "1969-12-31T23:59:59Z",
+            "-5",
+        ] {
+            let err = down(text).unwrap_err();
+            assert!(err.contains("RFC 3339"), "{text}: {err}");
+        }
+    }
 }
