@@ -516,3 +516,55 @@ async fn export_and_import_move_tokens_between_the_embedded_store_and_postgresql
     }
     server.stop();
 }
+
+fn admin_ok(config: &Path, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(["admin", "--config"])
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{args:?}: {}", output_text(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_verbs_read_and_revoke_what_every_replica_wrote() {
+    let cluster = pg::shared();
+    let url = cluster.url(&cluster.new_database());
+    let (a, b) = (Replica::start(&url), Replica::start(&url));
+    let alice = tokens_on(&a.server, &["alice"]).await.remove(0);
+    let bob = tokens_on(&b.server, &["bob"]).await.remove(0);
+    let config = a._dir.path().join("agent-tokens.toml");
+
+    let list = admin_ok(&config, &["list", "--json"]);
+    assert_eq!(list.lines().count(), 2, "{list}");
+    assert!(
+        list.contains("\"alice\"") && list.contains("\"bob\""),
+        "{list}"
+    );
+    let prefix = &bob[..15];
+    let found = admin_ok(&config, &["lookup", prefix, "--json"]);
+    assert!(
+        found.contains("\"bob\"") && found.contains("current"),
+        "{found}"
+    );
+    let export = admin_ok(&config, &["export"]);
+    assert_eq!(export.lines().count(), 3, "{export}");
+    let events = admin_ok(&config, &["events", "--json"]);
+    assert!(
+        events.contains("\"alice\"") && events.contains("\"bob\""),
+        "{events}"
+    );
+
+    admin_ok(&config, &["revoke-all", "--before", "now"]);
+    let client = client();
+    for token in [&alice, &bob] {
+        assert_eq!(verify(&client, &a, token).await, 401);
+        assert_eq!(verify(&client, &b, token).await, 401);
+    }
+    let events = admin_ok(&config, &["events", "--json"]);
+    assert!(events.contains("revoke_all"), "{events}");
+    assert!(admin_ok(&config, &["list", "--json"]).trim().is_empty());
+}

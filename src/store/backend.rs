@@ -115,15 +115,12 @@ impl Backend {
         }
     }
 
-    /// The embedded store's point-in-time view. PostgreSQL has none here:
-    /// the verbs that walk every user read the database with SQL or
-    /// `agent-tokens export` (docs/postgresql.md).
-    pub fn snapshot(&self) -> Result<crate::store::snapshot::Snapshot, StoreError> {
+    /// Every token (and with `events`, every audit event) at one moment.
+    pub async fn view(&self, events: bool) -> Result<crate::store::view::View, StoreError> {
+        use crate::store::view::View;
         match self {
-            Backend::Embedded(db) => Ok(db.snapshot()),
-            Backend::Postgres(_) => Err(StoreError::NotOnPostgres(
-                "walking every user from a running server",
-            )),
+            Backend::Embedded(db) => Ok(View::Embedded(db.snapshot())),
+            Backend::Postgres(pg) => pg.snapshot(events).await.map(View::Postgres),
         }
     }
 

@@ -57,10 +57,6 @@ pub enum StoreError {
     Setting(String),
     #[error("the PostgreSQL database has schema version {found}, but this binary knows versions up to {known}; use a newer release")]
     PostgresSchema { found: i64, known: i64 },
-    /// What the embedded store does and PostgreSQL does not, from a
-    /// running server (see docs/postgresql.md).
-    #[error("not available with storage.backend = \"postgres\": {0}; see docs/postgresql.md")]
-    NotOnPostgres(&'static str),
     /// Writes are refused while the store reopens after an I/O failure.
     #[error("the store is recovering from an I/O failure and refuses writes for now")]
     Recovering,

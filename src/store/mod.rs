@@ -76,6 +76,7 @@ pub mod records;
 pub mod schema;
 pub mod snapshot;
 pub mod stamps;
+pub mod view;
 
 pub use error::StoreError;
 pub use keyspaces::{GRACE_EXPIRY, META, TOKENHASH_USER, USER_TOKEN};
@@ -381,11 +382,12 @@ impl Store {
         self.refuse_writes_on_io_failure(store.revoke_as(user, now, audit).await)
     }
 
-    /// The store as it is now, for consistent reads while writes go on.
-    /// Last-used times recorded in the last [`STAMP_INTERVAL`] are not in
-    /// it yet: see [`Store::pending_last_use`].
-    pub fn snapshot(&self) -> Result<snapshot::Snapshot, StoreError> {
-        self.backend()?.snapshot()
+    /// Every token (and with `events`, every audit event) as one
+    /// consistent state, while writes go on. Last-used times recorded in
+    /// the last [`STAMP_INTERVAL`] are not in it yet: see
+    /// [`Store::pending_last_use`].
+    pub async fn view(&self, events: bool) -> Result<view::View, StoreError> {
+        self.backend()?.view(events).await
     }
 
     /// The newest use of a token recorded in memory and not written yet.

@@ -172,7 +172,7 @@ async fn run(
             expiring_within,
             unused_for,
         } => {
-            let snapshot = store.snapshot().map_err(failed)?;
+            let snapshot = store.view(false).await.map_err(failed)?;
             let mut count = 0usize;
             let items: Vec<_> = snapshot.each_user().collect();
             for item in items {
@@ -231,7 +231,7 @@ async fn run(
                     EXIT_DATAERR,
                 ));
             };
-            let snapshot = store.snapshot().map_err(failed)?;
+            let snapshot = store.view(false).await.map_err(failed)?;
             let mut found = 0usize;
             let items: Vec<_> = snapshot.each_user().collect();
             for item in items {
@@ -295,7 +295,7 @@ async fn run(
             Ok(format!("revoked {revoked} token(s) {what}"))
         }
         Request::Export => {
-            let snapshot = store.snapshot().map_err(failed)?;
+            let snapshot = store.view(false).await.map_err(failed)?;
             let tx = sink.clone();
             // Streamed from a blocking thread: a large store is read and
             // encoded off the runtime, at the pace the client reads.
@@ -323,7 +323,7 @@ async fn run(
             ))
         }
         Request::Events { user, since } => {
-            let snapshot = store.snapshot().map_err(failed)?;
+            let snapshot = store.view(true).await.map_err(failed)?;
             let events: Vec<AuditEvent> = match &user {
                 Some(user) => {
                     let user = user_id(user)?;
@@ -333,10 +333,7 @@ async fn run(
                     events.retain(|e| since.is_none_or(|s| e.at >= s));
                     events
                 }
-                None => snapshot
-                    .events_since(since.unwrap_or(0))
-                    .collect::<Result<_, _>>()
-                    .map_err(failed)?,
+                None => snapshot.events_since(since.unwrap_or(0)).map_err(failed)?,
             };
             let count = events.len();
             for event in events {

@@ -18,9 +18,11 @@
 mod offline;
 mod queries;
 mod schema;
+mod snapshot;
 
-pub use offline::{PgOffline, Snapshot};
+pub use offline::PgOffline;
 pub use schema::SCHEMA_VERSION;
+pub use snapshot::Snapshot;
 
 use std::future::Future;
 use std::net::IpAddr;

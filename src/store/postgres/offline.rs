@@ -3,47 +3,17 @@
 //! consistent snapshot (a repeatable-read transaction), an import one
 //! transaction that replicas see all at once or not at all.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::queries::{from_sql, to_sql, token_row, user_record, TokenRow};
+use super::queries::{from_sql, to_sql};
+use super::snapshot::{load, Snapshot};
 use super::{pg_error, pool_error, Pg, PgSettings, SCHEMA_VERSION};
 use crate::domain::token::TokenHash;
 use crate::store::error::StoreError;
 use crate::store::offline::ImportedUser;
-use crate::store::records::{IndexEntry, NoListener, UserRecord};
-use crate::store::snapshot::Records;
+use crate::store::records::{IndexEntry, NoListener};
 
 type Result<T> = std::result::Result<T, StoreError>;
-
-/// Every token stored, read in one transaction.
-#[derive(Debug, Default)]
-pub struct Snapshot {
-    /// Users with a current token, by user id.
-    pub users: Vec<(String, UserRecord)>,
-    /// Every token (current and in grace), by hash.
-    pub index: BTreeMap<[u8; 32], IndexEntry>,
-    /// Rotated-out tokens whose user has no current token (a damaged
-    /// database: the server never leaves one).
-    pub orphans: Vec<(String, String)>,
-    pub audit_events: u64,
-    pub schema_version: i64,
-}
-
-/// As the embedded store's snapshot, for `agent-tokens export`.
-impl Records for Snapshot {
-    fn user_count(&self) -> Result<usize> {
-        Ok(self.users.len())
-    }
-
-    fn each_user(&self) -> Box<dyn Iterator<Item = Result<(String, UserRecord)>> + '_> {
-        Box::new(self.users.iter().cloned().map(Ok))
-    }
-
-    fn index_entry(&self, hash: &TokenHash) -> Result<Option<IndexEntry>> {
-        Ok(self.index.get(hash.as_bytes()).cloned())
-    }
-}
 
 /// A PostgreSQL database opened by an offline command.
 #[derive(Debug)]
@@ -66,73 +36,7 @@ impl PgOffline {
 
     /// Everything stored, as one consistent state.
     pub fn snapshot(&self) -> Result<Snapshot> {
-        let pool = self.pg.pool.clone();
-        self.pg.block(async move {
-            let mut client = pool.get().await.map_err(pool_error)?;
-            let tx = client
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await
-                .map_err(pg_error)?;
-            let rows = tx
-                .query(
-                    "SELECT user_id, hash, slot, prefix, created_at, last_used_at, grace_until \
-                     FROM tokens ORDER BY user_id COLLATE \"C\", slot",
-                    &[],
-                )
-                .await
-                .map_err(pg_error)?;
-            let audit_events: i64 = tx
-                .query_one("SELECT count(*) FROM audit_events", &[])
-                .await
-                .map_err(pg_error)?
-                .try_get(0)
-                .map_err(pg_error)?;
-            let schema_version: i64 = tx
-                .query_one(
-                    "SELECT coalesce(max(version), 0)::bigint FROM schema_migrations",
-                    &[],
-                )
-                .await
-                .map_err(pg_error)?
-                .try_get(0)
-                .map_err(pg_error)?;
-            tx.commit().await.map_err(pg_error)?;
-            let mut snapshot = Snapshot {
-                audit_events: u64::try_from(audit_events).unwrap_or(0),
-                schema_version,
-                ..Snapshot::default()
-            };
-            let mut by_user: BTreeMap<String, Vec<TokenRow>> = BTreeMap::new();
-            for row in &rows {
-                let user: String = row.try_get("user_id").map_err(pg_error)?;
-                let token = token_row(row)?;
-                snapshot.index.insert(
-                    token.hash,
-                    IndexEntry {
-                        user_id: user.clone(),
-                        prefix: token.prefix.clone(),
-                        created_at: token.created_at,
-                        last_used_at: token.last_used_at,
-                        grace_until: token.grace_until,
-                    },
-                );
-                by_user.entry(user).or_default().push(token);
-            }
-            for (user, tokens) in by_user {
-                match user_record(&tokens) {
-                    Some(record) => snapshot.users.push((user, record)),
-                    None => {
-                        for t in tokens {
-                            snapshot.orphans.push((user.clone(), t.prefix));
-                        }
-                    }
-                }
-            }
-            Ok(snapshot)
-        })
+        self.pg.block(load(self.pg.pool.clone(), false))
     }
 
     /// Whether any token is stored.

@@ -30,7 +30,7 @@ const DELETE_TOKEN: &str = "DELETE FROM tokens WHERE hash = $1";
 const INSERT_EVENT: &str = "INSERT INTO audit_events \
      (at, kind, actor, user_id, token_prefix, previous_prefix, request_id, address, detail) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
-const EVENT_COLUMNS: &str =
+pub(crate) const EVENT_COLUMNS: &str =
     "at, kind, actor, user_id, token_prefix, previous_prefix, request_id, address, detail";
 
 /// Times are Unix seconds: far inside `i64`.
