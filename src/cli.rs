@@ -120,7 +120,7 @@ pub enum AdminVerb {
         #[arg(long, value_name = "TIME|now", value_parser = parse_before)]
         before: Before,
     },
-    /// A consistent snapshot while serving, in the format `agent-tokens import` reads (to FILE, created 0600, or stdout).
+    /// A consistent snapshot while serving, in the format `agent-tokens import` reads (to FILE, made 0600 even if it exists, or stdout).
     Export {
         #[arg(value_name = "FILE")]
         file: Option<PathBuf>,

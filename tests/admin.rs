@@ -239,6 +239,106 @@ async fn with_the_server_stopped_the_verbs_work_on_the_store() {
     assert_eq!(verify(&client, &server.base(), &alice).await, 401);
 }
 
+/// The `type`, `actor` and `user_id` of each line of an `audit.file`.
+fn audit_lines(path: &Path) -> Vec<(String, String, String)> {
+    json_lines(&std::fs::read_to_string(path).unwrap())
+        .iter()
+        .map(|e| {
+            let field = |k: &str| e[k].as_str().unwrap_or("").to_owned();
+            (field("type"), field("actor"), field("user_id"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_server_stopped_changes_still_reach_the_audit_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let config = write_config_with(
+        dir.path(),
+        &format!("[audit]\nfile = \"{}\"", audit.display()),
+    );
+    let mut server = Server::start(&config);
+    let client = reqwest::Client::new();
+    rotate(&client, &server.base(), "alice").await;
+    let bob = rotate(&client, &server.base(), "bob").await;
+    assert!(server.terminate().success());
+    let entry =
+        |kind: &str, actor: &str, user: &str| (kind.to_owned(), actor.to_owned(), user.to_owned());
+    assert_eq!(
+        audit_lines(&audit),
+        [
+            entry("created", "user", "alice"),
+            entry("created", "user", "bob")
+        ]
+    );
+
+    admin_ok(&config, &["revoke", "alice"]);
+    // TIMEs with an offset: before 2026 nothing goes, before 2100 bob's.
+    let out = admin(
+        &config,
+        &["revoke-all", "--before", "2026-01-01T05:00:00+05:00"],
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("revoked 0 token(s) created before 2026-01-01T00:00:00Z"),
+        "{}",
+        output_text(&out)
+    );
+    admin_ok(
+        &config,
+        &["revoke-all", "--before", "2099-12-31T23:00:00.5-05:00"],
+    );
+    // An existing file readable by others ends up private.
+    let export = dir.path().join("export.jsonl");
+    std::fs::write(&export, "old content\n").unwrap();
+    std::fs::set_permissions(&export, std::fs::Permissions::from_mode(0o644)).unwrap();
+    admin_ok(&config, &["export", export.to_str().unwrap()]);
+    let mode = std::fs::metadata(&export).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(!std::fs::read_to_string(&export)
+        .unwrap()
+        .contains("old content"));
+    // The read-only verbs add nothing.
+    admin_ok(&config, &["list"]);
+    let events = admin_ok(&config, &["events", "--json"]);
+
+    assert_eq!(
+        audit_lines(&audit),
+        [
+            entry("created", "user", "alice"),
+            entry("created", "user", "bob"),
+            entry("revoked", "admin", "alice"),
+            entry("revoke_all", "admin", ""),
+            entry("revoked", "admin", "bob"),
+            entry("revoke_all", "admin", ""),
+            entry("export", "admin", ""),
+        ]
+    );
+    // The file holds what the store holds, and no token.
+    let file_text = std::fs::read_to_string(&audit).unwrap();
+    assert_eq!(json_lines(&file_text), json_lines(&events));
+    assert_no_secret(&file_text, &[&bob]);
+
+    let server = Server::start(&config);
+    assert_eq!(verify(&client, &server.base(), &bob).await, 401);
+}
+
+#[test]
+fn an_export_file_that_cannot_be_created_exits_74() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let missing = dir.path().join("no-such-dir/export.jsonl");
+    let out = admin(&config, &["export", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(74), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("cannot create the export file"),
+        "{}",
+        output_text(&out)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_unix_user_is_refused_at_the_socket() {
     use std::os::unix::fs::PermissionsExt;

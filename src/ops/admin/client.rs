@@ -15,9 +15,10 @@ use super::{execute, Reply, Request, EXIT_FAILED};
 use crate::config::Settings;
 use crate::domain::clock::Clock;
 use crate::domain::policy::TokenPolicy;
+use crate::http::audit::AuditFile;
 use crate::store::error::StoreError;
 use crate::store::offline::Offline;
-use crate::store::records::NoListener;
+use crate::store::records::{ChangeListener, NoListener};
 use crate::store::Store;
 
 /// How an answer is printed.
@@ -29,6 +30,12 @@ pub struct Output {
     pub file: Option<PathBuf>,
 }
 
+/// The export file cannot be created or written (EX_IOERR). Not 73: that
+/// is "the target store is not empty" for `import`.
+const EXIT_IOERR: u8 = 74;
+/// Bad configuration (EX_CONFIG), as `serve` exits for it.
+const EXIT_CONFIG: u8 = 78;
+
 fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
     eprintln!("agent-tokens: {message}");
     ExitCode::from(code)
@@ -39,7 +46,7 @@ pub fn run(settings: &Settings, request: Request, output: &Output) -> ExitCode {
     let path = settings.admin_socket_path();
     let mut printer = match Printer::new(output) {
         Ok(p) => p,
-        Err(e) => return fail(73, format!("cannot create the export file: {e}")),
+        Err(e) => return fail(EXIT_IOERR, format!("cannot create the export file: {e}")),
     };
     match UnixStream::connect(&path) {
         Ok(stream) => over_socket(stream, &request, &mut printer),
@@ -106,7 +113,17 @@ fn offline(settings: &Settings, request: Request, printer: &mut Printer) -> Exit
         Ok(r) => r,
         Err(e) => return fail(EXIT_FAILED, e),
     };
-    let store = match Store::open(path, settings.storage.cache_mb, Arc::new(NoListener)) {
+    // Changes made here reach `audit.file` as the server's do; a file that
+    // cannot be opened stops the change before it is made, as it stops the
+    // server from starting.
+    let listener: Arc<dyn ChangeListener> = match (&settings.audit.file, changes(&request)) {
+        (Some(file), true) => match AuditFile::open(file) {
+            Ok(file) => Arc::new(file),
+            Err(e) => return fail(EXIT_CONFIG, e),
+        },
+        _ => Arc::new(NoListener),
+    };
+    let store = match Store::open(path, settings.storage.cache_mb, listener) {
         Ok(store) => store,
         Err(StoreError::InUse { .. }) => {
             return fail(
@@ -142,6 +159,17 @@ fn offline(settings: &Settings, request: Request, printer: &mut Printer) -> Exit
     code
 }
 
+/// Whether the verb writes audit events.
+fn changes(request: &Request) -> bool {
+    match request {
+        Request::Revoke { .. } | Request::RevokeAll { .. } | Request::Export => true,
+        Request::List { .. }
+        | Request::Show { .. }
+        | Request::Lookup { .. }
+        | Request::Events { .. } => false,
+    }
+}
+
 struct Printer {
     json: bool,
     export: Box<dyn Write>,
@@ -169,7 +197,7 @@ impl Printer {
             Reply::Line(line) => writeln!(self.export, "{line}"),
             Reply::Done(message) => {
                 if let Err(e) = self.export.flush() {
-                    return Some(fail(74, format!("cannot write the export: {e}")));
+                    return Some(fail(EXIT_IOERR, format!("cannot write the export: {e}")));
                 }
                 if !message.is_empty() {
                     eprintln!("agent-tokens: {message}");
@@ -181,21 +209,32 @@ impl Printer {
         match written {
             Ok(()) => None,
             // The reader went away (`| head`).
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Some(ExitCode::from(74)),
-            Err(e) => Some(fail(74, format!("cannot write: {e}"))),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                Some(ExitCode::from(EXIT_IOERR))
+            }
+            Err(e) => Some(fail(EXIT_IOERR, format!("cannot write: {e}"))),
         }
     }
 }
 
-/// An export file holds token hashes: 0600 from its creation.
+/// An export file holds token hashes: 0600 from its creation, and an
+/// existing file is made 0600 before its old content is dropped (a file
+/// that cannot be made private is left as it was).
 fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
-        .truncate(true)
+        .truncate(false)
         .mode(0o600)
-        .open(path)
+        .open(path)?;
+    // Not a FIFO or a device such as /dev/stdout: only a regular file
+    // keeps what is written in it.
+    if file.metadata()?.is_file() {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        file.set_len(0)?;
+    }
+    Ok(file)
 }
 
 /// One record as a line for people: the values, tab-separated.
