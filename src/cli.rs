@@ -292,6 +292,11 @@ fn check_config(path: PathBuf) -> ExitCode {
         Ok(None) => jwt.describe_keys(),
         Err(e) => return fail(EXIT_CONFIG, e),
     };
+    // As `serve` resolves it; whether the server's user may use the group
+    // is only known when it gives the socket to it.
+    if let Err(e) = crate::ops::admin::server::admin_group(&settings) {
+        return fail(EXIT_CONFIG, e);
+    }
     let storage = match settings.storage.backend {
         StorageBackend::Embedded => format!(
             "storage {} (cache {} MiB)",

@@ -385,6 +385,74 @@ async fn another_unix_user_is_refused_at_the_socket() {
     assert_eq!(verify(&client, &server.base(), &alice).await, 401);
 }
 
+#[test]
+fn an_admin_group_that_does_not_exist_is_refused_by_check_config_and_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_with(dir.path(), "[server]\nadmin_group = \"no-such-group-x\"");
+    for command in ["check-config", "serve"] {
+        let out = Command::new(BIN)
+            .args([command, "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(78),
+            "{command}: {}",
+            output_text(&out)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(
+                "server.admin_group: there is no group named \"no-such-group-x\" in /etc/group"
+            ),
+            "{command}: {}",
+            output_text(&out)
+        );
+    }
+}
+
+/// A server that is not a member of `server.admin_group` cannot give the
+/// socket to it: the message says what to change, not to move the socket.
+#[test]
+fn a_server_outside_its_admin_group_says_to_make_its_user_a_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_with(dir.path(), "[server]\nadmin_group = \"staff\"");
+    let nobody = Command::new("chown")
+        .args(["-R", "nobody:nogroup"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(nobody.success());
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "--",
+            BIN,
+            "serve",
+            "--config",
+        ])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78), "{}", output_text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("server.admin_group: cannot give the admin socket")
+            && stderr.contains("the server's user must be a member of group \"staff\"")
+            && stderr.contains("SupplementaryGroups=staff"),
+        "{}",
+        output_text(&out)
+    );
+    assert!(
+        !stderr.contains("set server.admin_socket to another path"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_socket_stops_a_second_server_and_a_stale_one_is_replaced() {
     let shared = tempfile::tempdir().unwrap();

@@ -39,11 +39,8 @@ impl AdminServer {
     /// runtime until dropped. Errors are one sentence naming the key.
     pub fn start(settings: &Settings, state: Weak<AppState>) -> Result<Self, ConfigError> {
         let path = settings.admin_socket_path();
-        let group = match settings.server.admin_group.trim() {
-            "" => None,
-            name => Some(group_id(name)?),
-        };
-        let listener = bind(&path, group)?;
+        let group = admin_group(settings)?;
+        let listener = bind(&path, group.as_ref())?;
         let only_our_user = group.is_none();
         let task = tokio::spawn(accept(listener, state, only_our_user));
         log::info!("admin socket listening at {}", path.display());
@@ -69,7 +66,36 @@ fn socket_error(path: &Path, what: impl std::fmt::Display) -> ConfigError {
     ))
 }
 
-fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, ConfigError> {
+/// `server.admin_group` as its name and id: `None` when unset, an error
+/// naming the key when no such group exists (`serve` and `check-config`).
+pub fn admin_group(settings: &Settings) -> Result<Option<(String, u32)>, ConfigError> {
+    match settings.server.admin_group.trim() {
+        "" => Ok(None),
+        name => Ok(Some((name.to_owned(), group_id(name)?))),
+    }
+}
+
+/// Why the socket could not be given to `server.admin_group`: an
+/// unprivileged server can only give a file to a group it is a member of.
+fn group_error(path: &Path, name: &str, gid: u32, e: &std::io::Error) -> ConfigError {
+    let cause = if matches!(
+        e.raw_os_error(),
+        Some(code) if code == rustix::io::Errno::PERM.raw_os_error()
+            || code == rustix::io::Errno::INVAL.raw_os_error()
+    ) {
+        format!(
+            "the server's user must be a member of group {name:?} (gid {gid}): under systemd, add SupplementaryGroups={name} to the unit, and PrivateUsers=no (a private user namespace does not map the group); see \"Admin commands\" in docs/operations.md"
+        )
+    } else {
+        "check that the group exists and the server's user is a member".to_owned()
+    };
+    ConfigError::new(format!(
+        "server.admin_group: cannot give the admin socket {} to group {name:?}: {e}; {cause}.",
+        path.display()
+    ))
+}
+
+fn bind(path: &Path, group: Option<&(String, u32)>) -> Result<UnixListener, ConfigError> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if !meta.file_type().is_socket() => {
             return Err(socket_error(path, "the path exists and is not a socket"));
@@ -100,11 +126,14 @@ fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, ConfigError> {
     let _ = std::fs::remove_file(&temporary);
     let listener = std::os::unix::net::UnixListener::bind(&temporary)
         .map_err(|e| socket_error(path, format!("cannot create the socket: {e}")))?;
+    if let Some((name, gid)) = group {
+        if let Err(e) = std::os::unix::fs::chown(&temporary, None, Some(*gid)) {
+            let _ = std::fs::remove_file(&temporary);
+            return Err(group_error(path, name, *gid, &e));
+        }
+    }
     let placed = (|| {
         let mode = if group.is_some() { 0o660 } else { 0o600 };
-        if let Some(gid) = group {
-            std::os::unix::fs::chown(&temporary, None, Some(gid))?;
-        }
         std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(mode))?;
         std::fs::rename(&temporary, path)
     })();
