@@ -73,6 +73,8 @@
 #   --no-nginx         skip the gateway runs
 #   --no-build         use the existing target/release/agent-tokens
 #   --keep             keep the work directory (logs, seed, results)
+#   --postgres-url URL storage.backend = "postgres" on this URL (an empty
+#                      database; docs/postgresql.md) instead of the embedded store
 #
 # Client settings: 2 cores are shared by wrk, the server (2 actix workers)
 # and, for the gateway runs, nginx. The default is one wrk thread with 64
@@ -111,6 +113,7 @@ COLD=0
 NGINX=1
 BUILD=1
 KEEP=0
+PG_URL=""
 SECRET="agent-tokens-bench-hs256-secret-0123456789abcdef"
 
 die() {
@@ -142,6 +145,7 @@ while [ $# -gt 0 ]; do
     --no-nginx) NGINX=0; shift ;;
     --no-build) BUILD=0; shift ;;
     --keep) KEEP=1; shift ;;
+    --postgres-url) PG_URL=${2:?}; shift 2 ;;
     -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
     esac
@@ -303,6 +307,7 @@ workers = $WORKERS
 [storage]
 path = "$DATA"
 $([ "$CACHE_MB" -gt 0 ] && echo "cache_mb = $CACHE_MB")
+$([ -n "$PG_URL" ] && printf 'backend = "postgres"\nurl = "%s"\n' "$PG_URL")
 
 [jwt]
 algorithms = ["HS256"]
