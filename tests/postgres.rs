@@ -393,7 +393,16 @@ fn the_urls_password_reaches_neither_logs_nor_check_config() {
     assert!(text.contains("storage.url"), "{text}");
     assert!(!text.contains("pw-never-shown"), "{text}");
 
-    // A server's log from start to stop.
+    // A server's log from start to stop, the URL in storage.url_file
+    // (a systemd credential: a trailing newline).
+    let url_file = dir.path().join("postgres-url");
+    std::fs::write(&url_file, format!("{url}\n")).unwrap();
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("url = \"{url}\""),
+        &format!("url_file = \"{}\"", url_file.display()),
+    );
+    assert!(text.contains("url_file"), "{text}");
+    std::fs::write(&config, text).unwrap();
     let mut child = Command::new(BIN)
         .args(["serve", "--config"])
         .arg(&config)
