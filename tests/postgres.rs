@@ -567,6 +567,15 @@ async fn admin_verbs_read_and_revoke_what_every_replica_wrote() {
         "{events}"
     );
 
+    // With no server of its own, the command acts on the database directly.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let direct = replica_config(elsewhere.path(), &url);
+    let list = admin_ok(&direct, &["list", "--json"]);
+    assert_eq!(list.lines().count(), 2, "{list}");
+    admin_ok(&direct, &["revoke", "alice"]);
+    assert_eq!(verify(&client(), &a, &alice).await, 401);
+    assert_eq!(verify(&client(), &b, &bob).await, 200);
+
     admin_ok(&config, &["revoke-all", "--before", "now"]);
     let client = client();
     for token in [&alice, &bob] {

@@ -12,12 +12,13 @@ use tokio::sync::mpsc;
 
 use super::server::EXIT_NOPERM;
 use super::{execute, Reply, Request, EXIT_FAILED};
-use crate::config::Settings;
+use crate::config::{Settings, StorageBackend};
 use crate::domain::clock::Clock;
 use crate::domain::policy::TokenPolicy;
 use crate::http::audit::AuditFile;
 use crate::store::error::StoreError;
 use crate::store::offline::Offline;
+use crate::store::postgres::PgSettings;
 use crate::store::records::{ChangeListener, NoListener};
 use crate::store::Store;
 
@@ -96,7 +97,8 @@ fn over_socket(mut stream: UnixStream, request: &Request, printer: &mut Printer)
 
 fn offline(settings: &Settings, request: Request, printer: &mut Printer) -> ExitCode {
     let path = &settings.storage.path;
-    if !Offline::exists(path) {
+    let postgres = settings.storage.backend == StorageBackend::Postgres;
+    if !postgres && !Offline::exists(path) {
         return fail(
             66,
             format!(
@@ -123,7 +125,17 @@ fn offline(settings: &Settings, request: Request, printer: &mut Printer) -> Exit
         },
         _ => Arc::new(NoListener),
     };
-    let store = match Store::open(path, settings.storage.cache_mb, listener) {
+    // On PostgreSQL no server needs to be stopped: the verbs act on the
+    // shared database, as any replica's socket would.
+    let opened = if postgres {
+        match settings.storage.postgres_url() {
+            Ok(url) => Store::open_postgres(&PgSettings { url, pool_size: 2 }, listener),
+            Err(e) => return fail(EXIT_CONFIG, e),
+        }
+    } else {
+        Store::open(path, settings.storage.cache_mb, listener)
+    };
+    let store = match opened {
         Ok(store) => store,
         Err(StoreError::InUse { .. }) => {
             return fail(
