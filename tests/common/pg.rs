@@ -69,7 +69,7 @@ fn ensure_user() {
                 PG_USER,
             ])
             .status()
-            .expect("useradd runs");
+            .expect("cannot run useradd (Debian's passwd package; scripts/test.sh runs on Debian)");
         // Another test binary may have created it meanwhile.
         assert!(
             status.success() || Command::new("id").arg(PG_USER).status().unwrap().success(),
@@ -131,7 +131,7 @@ impl Cluster {
             ])
             .arg(dir.path().join("data"))
             .output()
-            .expect("initdb runs");
+            .expect("cannot run initdb (or runuser, when root): run scripts/test.sh, which installs postgresql and util-linux");
         assert!(
             out.status.success(),
             "initdb failed: {}",
@@ -175,7 +175,7 @@ impl Cluster {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("postgres starts");
+            .expect("cannot start postgres (or runuser, when root): run scripts/test.sh, which installs postgresql and util-linux");
         let stdin = child.stdin.take().unwrap();
         *server = Some((child, stdin));
         drop(server);
@@ -212,7 +212,7 @@ impl Cluster {
             ])
             .args(["-p", &self.port.to_string(), "-d", database, "-c", sql])
             .output()
-            .expect("psql runs")
+            .expect("cannot run psql: run scripts/test.sh, which installs postgresql")
     }
 
     /// One query's output, trimmed; panics on an error.
