@@ -357,6 +357,26 @@ pub async fn assert_invalid_jwt(resp: reqwest::Response) {
 }
 
 /// Writes a sled directory directly: a store as releases before 0.2 left it.
+/// Closes a sled store made by [`legacy_db`] and waits until its lock is
+/// free: sled's background threads keep the file locked for a moment after
+/// the last handle is dropped, and an open right after would find the store
+/// "in use by another process" (a 0.1 server that exited holds nothing).
+pub fn close_legacy(db: sled::Db, path: &Path) {
+    db.flush().unwrap();
+    drop(db);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let file = std::fs::File::open(path.join("db")).unwrap();
+        match file.try_lock() {
+            Ok(()) => return,
+            Err(e) if std::time::Instant::now() > deadline => {
+                panic!("the sled store at {} stayed locked: {e:?}", path.display())
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    }
+}
+
 pub fn legacy_db(path: &Path) -> sled::Db {
     sled::Config::new()
         .path(path)

@@ -118,7 +118,7 @@ async fn a_store_from_a_newer_release_is_refused_with_a_clear_error() {
             .unwrap()
             .insert("schema_version", &99u32.to_be_bytes())
             .unwrap();
-        db.flush().unwrap();
+        close_legacy(db, &old);
     }
     let err = agent_tokens::store::offline::Offline::open(&old, 8).unwrap_err();
     assert!(err.to_string().contains("schema version 99"), "{err}");

@@ -475,7 +475,7 @@ async fn a_store_written_by_schema_1_is_migrated_and_its_tokens_still_verify() {
                 }),
             )
             .unwrap();
-        db.flush().unwrap();
+        close_legacy(db, &dir.path().join("db"));
     }
     let app = TestApp::start_in(
         TestConfig::hs256(),
@@ -603,7 +603,8 @@ async fn a_store_written_by_schema_2_is_migrated_with_its_grace_token_and_last_u
             .unwrap()
             .insert(grace_key, "v2-user")
             .unwrap();
-        db.flush().unwrap();
+        drop(index);
+        close_legacy(db, &dir.path().join("db"));
     }
     let app = TestApp::start_in(TestConfig::hs256(), dir, clock).await;
     let body: Value = app.verify(&current).await.json().await.unwrap();
