@@ -240,27 +240,14 @@ pub fn check_connection(settings: &PgSettings) -> Result<String, StoreError> {
             .map_err(pg_error)?
             .try_get(0)
             .map_err(pg_error)?;
-        let schema: i64 = if migrated {
-            client
-                .query_one(
-                    "SELECT coalesce(max(version), 0)::bigint FROM schema_migrations",
-                    &[],
-                )
-                .await
-                .map_err(pg_error)?
-                .try_get(0)
-                .map_err(pg_error)?
+        let schema = if migrated {
+            schema::applied_version(&client).await?
         } else {
             0
         };
         drop(client);
         let _ = driver.await;
-        if schema > SCHEMA_VERSION {
-            return Err(StoreError::PostgresSchema {
-                found: schema,
-                known: SCHEMA_VERSION,
-            });
-        }
+        schema::refuse_newer(schema)?;
         Ok(format!(
             "PostgreSQL {version} at {target} (schema version {schema} of {SCHEMA_VERSION})"
         ))

@@ -5,6 +5,7 @@
 //! refused, never misread.
 
 use deadpool_postgres::Client;
+use tokio_postgres::GenericClient;
 
 use super::pg_error;
 use crate::store::error::StoreError;
@@ -17,6 +18,31 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// The advisory lock migrations hold ("agtokmig" as a number).
 const MIGRATION_LOCK: i64 = 0x6167_746f_6b6d_6967;
+
+/// The newest migration applied to the database (0 for none), from its
+/// `schema_migrations` table.
+pub(crate) async fn applied_version(client: &impl GenericClient) -> Result<i64, StoreError> {
+    client
+        .query_one(
+            "SELECT coalesce(max(version), 0)::bigint FROM schema_migrations",
+            &[],
+        )
+        .await
+        .map_err(pg_error)?
+        .try_get(0)
+        .map_err(pg_error)
+}
+
+/// A database a newer release migrated is refused, never misread.
+pub(crate) fn refuse_newer(found: i64) -> Result<(), StoreError> {
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::PostgresSchema {
+            found,
+            known: SCHEMA_VERSION,
+        });
+    }
+    Ok(())
+}
 
 /// Brings the schema to [`SCHEMA_VERSION`]; returns the version found.
 pub async fn migrate(client: &mut Client) -> Result<i64, StoreError> {
@@ -32,21 +58,8 @@ pub async fn migrate(client: &mut Client) -> Result<i64, StoreError> {
     )
     .await
     .map_err(pg_error)?;
-    let found: i64 = tx
-        .query_one(
-            "SELECT coalesce(max(version), 0)::bigint FROM schema_migrations",
-            &[],
-        )
-        .await
-        .map_err(pg_error)?
-        .try_get(0)
-        .map_err(pg_error)?;
-    if found > SCHEMA_VERSION {
-        return Err(StoreError::PostgresSchema {
-            found,
-            known: SCHEMA_VERSION,
-        });
-    }
+    let found = applied_version(&*tx).await?;
+    refuse_newer(found)?;
     for (version, sql) in (1i64..)
         .zip(MIGRATIONS)
         .skip(usize::try_from(found).unwrap_or(0))

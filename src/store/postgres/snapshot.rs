@@ -97,15 +97,7 @@ pub(crate) async fn load(pool: deadpool_postgres::Pool, events: bool) -> Result<
         .map_err(pg_error)?
         .try_get(0)
         .map_err(pg_error)?;
-    let schema_version: i64 = tx
-        .query_one(
-            "SELECT coalesce(max(version), 0)::bigint FROM schema_migrations",
-            &[],
-        )
-        .await
-        .map_err(pg_error)?
-        .try_get(0)
-        .map_err(pg_error)?;
+    let schema_version = super::schema::applied_version(&*tx).await?;
     let events = if events {
         tx.query(
             &format!("SELECT {EVENT_COLUMNS} FROM audit_events ORDER BY at, id"),
