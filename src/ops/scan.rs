@@ -253,10 +253,16 @@ pub fn revoke(url: &str, tokens: &[&PlainToken]) -> Result<String, RevokeError> 
             let status = resp.status();
             if !status.is_success() {
                 let text = resp.text().await.unwrap_or_default();
+                // A URL that is not our route may echo what it was sent.
+                let body = if text.contains(crate::domain::token::TOKEN_PREFIX) {
+                    "(not shown: it repeats a token)".to_owned()
+                } else {
+                    text.chars().take(300).collect()
+                };
                 return Err(RevokeError::Refused {
                     url: endpoint.clone(),
                     status: status.as_u16(),
-                    body: text.chars().take(300).collect(),
+                    body,
                 });
             }
         }
